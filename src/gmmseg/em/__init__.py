@@ -1,0 +1,1 @@
+"""Expectation-maximisation for Gaussian mixtures: offline (batched) and online (momentum)."""

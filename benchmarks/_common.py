@@ -1,0 +1,52 @@
+"""Shared helpers for the benchmark scripts: timing with medians, a table, JSON output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def report(name: str, rows: list[dict[str, Any]]) -> None:
+    """Print a table (case, ours, reference, ratio, goal) and write results/<name>.json."""
+    print(f"\n{name} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    header = f"{'case':<52} {'ours ms':>10} {'ref ms':>10} {'ratio':>8}  goal"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        status = "ok" if r["pass"] else "MISSED"
+        print(
+            f"{r['case']:<52} {1e3 * r['ours_s']:>10.2f} {1e3 * r['reference_s']:>10.2f} "
+            f"{r['ratio']:>8.2f}  {r['goal']} [{status}]"
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "benchmark": name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "statistic": "median",
+        "rows": rows,
+    }
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")

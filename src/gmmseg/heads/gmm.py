@@ -1,0 +1,451 @@
+"""The GMMSeg dense generative classifier (DESIGN.md §2).
+
+Every class c is a mixture of M diagonal Gaussians in a D-dimensional embedding space, with unit-
+length means μ_cm and standard deviations σ_cm, and uniform mixture weights. One training step is
+
+1. ``forward``: embed the decoder features (optional 1×1 conv + BN + ReLU, LayerNorm(D), L2
+   normalisation), compute every component log-density ℓ (one fused matrix product, float32), the
+   class score s = max_m ℓ and the logits z = LayerNorm(C)(s);
+2. ``loss``: cross-entropy on z plus a weighted cross-entropy on ℓ (as C·M logits) towards the
+   component chosen by the Sinkhorn E-step;
+3. ``update``: write correctly classified embeddings to the memory and, every ``update_interval``
+   steps, run the momentum M-step.
+
+Everything is vectorised over classes and components. ``faithful=True`` (the default) reproduces
+the original release's numbers, including its quirks; each fix is a named option:
+
+* ``separate_component_ignore`` (faithful: False): component targets get their own ignore
+  value, so a target ``c·M + m == 255`` (possible when C·M > 255) is no longer ignored.
+* ``count_only_filled`` (faithful: False): the M-step counts only memory slots written so far,
+  instead of also averaging the random unit vectors the memory starts with.
+* ``persist_memory`` (faithful: True): when False, the memory bank is left out of
+  ``state_dict`` (an ADE20K bank is 150·5·32000·64 floats = 5.7 GiB).
+* ``loss_average`` (faithful: ``"all"``): ``"valid"`` divides the segmentation loss by the
+  non-ignored pixels instead of by all pixels.
+
+Distributed training needs no option: embeddings, labels and assignments are all-gathered before
+the memory write only when ``torch.distributed`` is initialised with more than one process, so
+every rank holds identical GMM state (the original crashes without ``torch.distributed``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from gmmseg.distributions import log_prob_from_precision_cholesky
+from gmmseg.em.memory import ComponentMemory
+from gmmseg.em.momentum import momentum_m_step
+from gmmseg.em.streaming import StreamingStatistics
+from gmmseg.heads._common import (
+    LossAverage,
+    check_features,
+    check_target,
+    resize_target,
+    segmentation_loss,
+)
+from gmmseg.sinkhorn import segmented_sinkhorn
+
+__all__ = ["GMMClassifier", "GMMOutput"]
+
+#: Ignore value of the component targets when ``separate_component_ignore`` is on.
+COMPONENT_IGNORE = -100
+
+
+class GMMOutput(NamedTuple):
+    """Output of :class:`GMMClassifier` (all at feature resolution).
+
+    Attributes:
+        logits: (B, C, H, W) z = LayerNorm(C)(s).
+        class_log_prob: (B, C, H, W) s = max_m ℓ, float32.
+        component_log_prob: (B, C, M, H, W) ℓ, float32.
+        embeddings: (B, D, H, W) unit-length pixel embeddings.
+    """
+
+    logits: Tensor
+    class_log_prob: Tensor
+    component_log_prob: Tensor
+    embeddings: Tensor
+
+
+def _positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _all_gather_rows(t: Tensor) -> Tensor:
+    """Concatenate ``t`` (N, ...) from every rank in rank order (ranks may hold different N)."""
+    world = dist.get_world_size()
+    n = torch.tensor([t.shape[0]], device=t.device, dtype=torch.int64)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    counts = [int(s.item()) for s in sizes]
+    padded = t.new_zeros((max(counts), *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)], dim=0)
+
+
+class GMMClassifier(nn.Module):
+    """GMMSeg's generative classifier: one Gaussian mixture per class over pixel embeddings.
+
+    Args:
+        num_classes: C.
+        in_channels: channels of the decoder feature map.
+        embed_dim: D (64 in the paper). A 1×1 conv + BatchNorm + ReLU projects the features
+            when ``in_channels != embed_dim``; otherwise there is no ``projection``.
+        num_components: M components per class.
+        memory_size: K ring slots per (class, component) (``memory="ring"``).
+        max_samples_per_component: at most this many embeddings per (class, component) and step
+            enter the memory (evenly spaced in pixel order).
+        update_interval: the M-step runs at steps 0, k, 2k, …
+        mean_momentum: momentum of the means in the M-step (0.999).
+        scale_momentum: momentum of the standard deviations (0: replaced at every M-step).
+        variance_floor: added to the variance before the square root (0.01).
+        sinkhorn_epsilon: entropic temperature of the E-step (0.05).
+        sinkhorn_iters: Sinkhorn rounds of the E-step (3).
+        component_loss_weight: weight of the component cross-entropy (0.01).
+        ignore_index: label value of void pixels.
+        memory: ``"ring"`` (the paper's ring bank, :class:`~gmmseg.em.memory.ComponentMemory`)
+            or ``"stats"`` (decayed sufficient statistics,
+            :class:`~gmmseg.em.streaming.StreamingStatistics`, O(C·M·D) memory).
+        stats_decay: decay per step of ``memory="stats"``.
+        chunk_size: pixels per chunk of the log-density (``None``: automatic).
+        faithful: reproduce the original release exactly; sets the defaults of the options below.
+        separate_component_ignore: see the module table (default ``not faithful``).
+        count_only_filled: see the module table (default ``not faithful``).
+        persist_memory: see the module table (default ``faithful``).
+        loss_average: see the module table (default ``"all"`` if faithful else ``"valid"``).
+        align_corners: of the bilinear upsampling of the logits in the loss.
+        generator: random generator for the initial means and memory (reproducibility).
+
+    Example:
+        >>> head = GMMClassifier(num_classes=3, in_channels=16, embed_dim=8, memory_size=32)
+        >>> out = head(torch.randn(2, 16, 4, 4))
+        >>> out.component_log_prob.shape
+        torch.Size([2, 3, 5, 4, 4])
+    """
+
+    means: Tensor
+    scales: Tensor
+    step: Tensor
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        *,
+        embed_dim: int = 64,
+        num_components: int = 5,
+        memory_size: int = 32000,
+        max_samples_per_component: int = 20,
+        update_interval: int = 5,
+        mean_momentum: float = 0.999,
+        scale_momentum: float = 0.0,
+        variance_floor: float = 1e-2,
+        sinkhorn_epsilon: float = 0.05,
+        sinkhorn_iters: int = 3,
+        component_loss_weight: float = 0.01,
+        ignore_index: int = 255,
+        memory: Literal["ring", "stats"] = "ring",
+        stats_decay: float = 0.999,
+        chunk_size: int | None = None,
+        faithful: bool = True,
+        separate_component_ignore: bool | None = None,
+        count_only_filled: bool | None = None,
+        persist_memory: bool | None = None,
+        loss_average: LossAverage | None = None,
+        align_corners: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("num_classes", num_classes),
+            ("in_channels", in_channels),
+            ("embed_dim", embed_dim),
+            ("num_components", num_components),
+            ("memory_size", memory_size),
+            ("max_samples_per_component", max_samples_per_component),
+            ("update_interval", update_interval),
+            ("sinkhorn_iters", sinkhorn_iters),
+        ):
+            _positive_int(name, value)
+        if not sinkhorn_epsilon > 0:
+            raise ValueError(f"sinkhorn_epsilon must be > 0, got {sinkhorn_epsilon!r}")
+        if not variance_floor >= 0:
+            raise ValueError(f"variance_floor must be >= 0, got {variance_floor!r}")
+        if not component_loss_weight >= 0:
+            raise ValueError(f"component_loss_weight must be >= 0, got {component_loss_weight!r}")
+        if memory not in ("ring", "stats"):
+            raise ValueError(f"memory must be 'ring' or 'stats', got {memory!r}")
+        loss_average = loss_average or ("all" if faithful else "valid")
+        if loss_average not in ("all", "valid"):
+            raise ValueError(f"loss_average must be 'all' or 'valid', got {loss_average!r}")
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.embed_dim = embed_dim
+        self.num_components = num_components
+        self.update_interval = update_interval
+        self.mean_momentum = mean_momentum
+        self.scale_momentum = scale_momentum
+        self.variance_floor = variance_floor
+        self.sinkhorn_epsilon = sinkhorn_epsilon
+        self.sinkhorn_iters = sinkhorn_iters
+        self.component_loss_weight = component_loss_weight
+        self.ignore_index = ignore_index
+        self.chunk_size = chunk_size
+        self.faithful = faithful
+        self.separate_component_ignore = (
+            (not faithful) if separate_component_ignore is None else separate_component_ignore
+        )
+        self.count_only_filled = (not faithful) if count_only_filled is None else count_only_filled
+        self.loss_average: LossAverage = loss_average
+        self.align_corners = align_corners
+
+        self.projection: nn.Module | None = None
+        if in_channels != embed_dim:
+            self.projection = nn.Sequential(
+                nn.Conv2d(in_channels, embed_dim, kernel_size=1, bias=False),
+                nn.BatchNorm2d(embed_dim),
+                nn.ReLU(inplace=True),
+            )
+        self.feature_norm = nn.LayerNorm(embed_dim)
+        self.logit_norm = nn.LayerNorm(num_classes)
+
+        means = torch.empty(num_classes, num_components, embed_dim)
+        nn.init.trunc_normal_(means, std=0.02, generator=generator)
+        self.register_buffer("means", F.normalize(means, dim=-1))
+        self.register_buffer("scales", torch.ones(num_classes, num_components, embed_dim))
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+
+        self.memory: ComponentMemory | StreamingStatistics
+        if memory == "ring":
+            self.memory = ComponentMemory(
+                num_classes,
+                num_components,
+                embed_dim,
+                capacity=memory_size,
+                max_per_step=max_samples_per_component,
+                init="random",
+                count_only_filled=self.count_only_filled,
+                persistent=faithful if persist_memory is None else persist_memory,
+                generator=generator,
+            )
+        else:
+            self.memory = StreamingStatistics(
+                num_classes, num_components, embed_dim, decay=stats_decay
+            )
+
+    # ------------------------------------------------------------------ forward
+
+    def embed(self, features: Tensor) -> Tensor:
+        """Unit-length pixel embeddings (DESIGN.md §2 step 1).
+
+        Args:
+            features: (B, in_channels, H, W) float.
+
+        Returns:
+            (B, D, H, W) embeddings with ‖e‖ = 1 at every pixel.
+        """
+        check_features(features, self.in_channels)
+        x: Tensor = features if self.projection is None else self.projection(features)
+        b, _, h, w = x.shape
+        flat = self.feature_norm(rearrange(x, "b d h w -> (b h w) d"))
+        flat = F.normalize(flat.float(), dim=-1)
+        return rearrange(flat, "(b h w) d -> b d h w", b=b, h=h, w=w)
+
+    def forward(self, features: Tensor) -> GMMOutput:
+        """Component and class log-likelihoods, and logits, at every pixel.
+
+        Args:
+            features: (B, in_channels, H, W) float decoder features.
+
+        Returns:
+            :class:`GMMOutput`; the log-densities are float32 even under autocast.
+
+        Raises:
+            ValueError: on a wrong channel count or non-finite features.
+        """
+        emb = self.embed(features)
+        b, _, h, w = emb.shape
+        c, m, d = self.num_classes, self.num_components, self.embed_dim
+        x = rearrange(emb, "b d h w -> (b h w) d")
+        means = F.normalize(self.means.float(), dim=-1).reshape(c * m, d)
+        inv_scales = self.scales.float().reciprocal().reshape(c * m, d)
+        ell = log_prob_from_precision_cholesky(
+            x, means, inv_scales, "diag", chunk_size=self.chunk_size
+        ).view(-1, c, m)
+        s = ell.amax(dim=-1)
+        z: Tensor = self.logit_norm(s)
+        return GMMOutput(
+            logits=rearrange(z, "(b h w) c -> b c h w", b=b, h=h, w=w),
+            class_log_prob=rearrange(s, "(b h w) c -> b c h w", b=b, h=h, w=w),
+            component_log_prob=rearrange(ell, "(b h w) c m -> b c m h w", b=b, h=h, w=w),
+            embeddings=emb,
+        )
+
+    # ------------------------------------------------------------------ E-step and losses
+
+    def _feature_target(self, output: GMMOutput, target: Tensor) -> Tensor:
+        check_target(target, self.num_classes, self.ignore_index)
+        if target.shape[0] != output.logits.shape[0]:
+            raise ValueError(
+                f"target batch size {target.shape[0]} != features batch size "
+                f"{output.logits.shape[0]}"
+            )
+        size = (output.logits.shape[-2], output.logits.shape[-1])
+        return resize_target(target, size).reshape(-1)
+
+    @torch.no_grad()
+    def e_step(self, output: GMMOutput, target: Tensor) -> Tensor:
+        """Sinkhorn assignment of every labelled pixel to a component of its class (step 6).
+
+        Within each class k, the scores ℓ[pixels of k, k, :] are divided by their largest
+        magnitude, then balanced by ``sinkhorn_iters`` rounds of Sinkhorn with uniform marginals
+        (all classes at once); the component is the argmax of the plan.
+
+        Args:
+            output: the result of :meth:`forward`.
+            target: (B, H', W') int64 labels at label resolution (resized to the features with
+                nearest neighbour).
+
+        Returns:
+            (B·H·W,) int64 component index per pixel at feature resolution, in (b, h, w) order;
+            -1 at ignored pixels.
+        """
+        gt = self._feature_target(output, target)
+        ell = rearrange(output.component_log_prob.detach(), "b c m h w -> (b h w) c m")
+        valid = gt != self.ignore_index
+        assignments = torch.full_like(gt, -1, dtype=torch.int64)
+        if not bool(valid.any()):
+            return assignments
+        cls = gt[valid].long()
+        scores = ell[valid].gather(1, cls.view(-1, 1, 1).expand(-1, 1, self.num_components))
+        scores = scores[:, 0, :]
+        absmax = torch.zeros(self.num_classes, dtype=scores.dtype, device=scores.device)
+        absmax = absmax.scatter_reduce(0, cls, scores.abs().amax(dim=1), "amax")
+        # A class whose scores are all exactly 0 would divide by 0 (NaN in the original): keep 0.
+        denom = absmax[cls].unsqueeze(1)
+        scores = torch.where(denom > 0, scores / denom.clamp_min(torch.finfo(scores.dtype).tiny), 0)
+        plan = segmented_sinkhorn(
+            scores, cls, self.num_classes, self.sinkhorn_epsilon, self.sinkhorn_iters
+        )
+        assignments[valid] = plan.argmax(dim=1)
+        return assignments
+
+    def loss(
+        self, output: GMMOutput, target: Tensor, assignments: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """The training losses (DESIGN.md §2 step 5), already weighted: sum them.
+
+        Args:
+            output: the result of :meth:`forward`.
+            target: (B, H', W') int64 labels with ``ignore_index`` for void.
+            assignments: (B·H·W,) the result of :meth:`e_step` for this output and target, to
+                share it with :meth:`update`; computed here when omitted.
+
+        Returns:
+            ``{"loss_seg": CE(upsampled z, y), "loss_component": weight · CE(ℓ, c·M + m*)}``.
+            ``loss_component`` averages over non-ignored pixels and is 0 when there are none.
+
+        Raises:
+            ValueError: on labels outside [0, C) ∪ {ignore_index} or mismatched shapes.
+        """
+        gt = self._feature_target(output, target)
+        if assignments is None:
+            assignments = self.e_step(output, target)
+        loss_seg = segmentation_loss(
+            output.logits, target, self.ignore_index, self.loss_average, self.align_corners
+        )
+        m = self.num_components
+        valid = gt != self.ignore_index
+        ignore = COMPONENT_IGNORE if self.separate_component_ignore else self.ignore_index
+        comp_target = torch.where(valid, gt.long() * m + assignments.clamp_min(0), ignore)
+        comp_logits = rearrange(output.component_log_prob, "b c m h w -> (b h w) (c m)")
+        per_pixel = F.cross_entropy(comp_logits, comp_target, ignore_index=ignore, reduction="none")
+        counted = (comp_target != ignore).sum()
+        loss_component = per_pixel.sum() / counted.clamp_min(1)
+        return {
+            "loss_seg": loss_seg,
+            "loss_component": self.component_loss_weight * loss_component,
+        }
+
+    # ------------------------------------------------------------------ memory and M-step
+
+    @torch.no_grad()
+    def update(self, output: GMMOutput, target: Tensor, assignments: Tensor | None = None) -> None:
+        """Memory write (step 7) and, every ``update_interval`` steps, the M-step (step 8).
+
+        Only pixels whose predicted class (argmax z) equals their label enter the memory. With
+        ``torch.distributed`` initialised, embeddings, labels and assignments are gathered from
+        all ranks first, so every rank ends with the same state.
+
+        Args:
+            output: the result of :meth:`forward`.
+            target: (B, H', W') int64 labels.
+            assignments: the result of :meth:`e_step` (computed when omitted).
+        """
+        gt = self._feature_target(output, target)
+        if assignments is None:
+            assignments = self.e_step(output, target)
+        emb = rearrange(output.embeddings.detach(), "b d h w -> (b h w) d")
+        pred = rearrange(output.logits.detach().argmax(dim=1), "b h w -> (b h w)")
+        correct = (pred == gt) & (gt != self.ignore_index)
+        labels = gt.long()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            emb = _all_gather_rows(emb.float().contiguous())
+            labels = _all_gather_rows(labels)
+            assignments = _all_gather_rows(assignments)
+            correct = _all_gather_rows(correct)
+        present = torch.unique(labels[labels != self.ignore_index])
+        sel_emb, sel_cls, sel_comp = emb[correct], labels[correct], assignments[correct]
+        run_m_step = int(self.step.item()) % self.update_interval == 0
+        means = F.normalize(self.means, dim=-1)
+        if isinstance(self.memory, ComponentMemory):
+            self.memory.enqueue(sel_emb.to(self.memory.bank.dtype), sel_cls, sel_comp)
+            if run_m_step and present.numel() > 0:
+                valid = self.memory.valid_mask() if self.count_only_filled else None
+                means, scales = momentum_m_step(
+                    means,
+                    self.scales,
+                    self.memory.bank,
+                    present,
+                    mean_momentum=self.mean_momentum,
+                    scale_momentum=self.scale_momentum,
+                    variance_floor=self.variance_floor,
+                    valid=valid,
+                )
+                self.scales.copy_(scales)
+        else:
+            self.memory.update(sel_emb.float(), sel_cls, sel_comp)
+            if run_m_step and present.numel() > 0:
+                means, scales = self.memory.m_step(
+                    means,
+                    self.scales,
+                    present,
+                    mean_momentum=self.mean_momentum,
+                    scale_momentum=self.scale_momentum,
+                    variance_floor=self.variance_floor,
+                )
+                self.scales.copy_(scales)
+        self.means.copy_(means)
+        self.step.add_(1)
+
+    # ------------------------------------------------------------------ anomaly
+
+    def anomaly_score(self, output: GMMOutput) -> Tensor:
+        """Negative best class log-likelihood, −max_c s (step 9); higher = more anomalous.
+
+        Args:
+            output: the result of :meth:`forward`.
+
+        Returns:
+            (B, H, W) float32 scores.
+        """
+        return -output.class_log_prob.amax(dim=1)

@@ -1,0 +1,315 @@
+"""GMMClassifier against a plain per-class / per-component implementation of DESIGN.md §2."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gmmseg.heads import GMMClassifier, LinearClassifier
+
+
+class NaiveGMMHead:
+    """DESIGN.md §2 written plainly: broadcast densities, loops over classes and components."""
+
+    def __init__(self, head: GMMClassifier) -> None:
+        self.head = head  # only its learnable layers (projection, norms) are used
+        self.c, self.m, self.d = head.num_classes, head.num_components, head.embed_dim
+        self.means = head.means.clone().double()
+        self.scales = head.scales.clone().double()
+        self.bank = head.memory.bank.clone().double()  # type: ignore[union-attr]
+        self.ptr = [[0] * self.m for _ in range(self.c)]
+        self.step = 0
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.head
+        x = features if h.projection is None else h.projection(features)
+        b, _, hh, ww = x.shape
+        x = x.permute(0, 2, 3, 1).reshape(-1, self.d)
+        x = F.normalize(h.feature_norm(x), dim=-1).double()
+        mu = F.normalize(self.means, dim=-1)
+        sig = self.scales
+        ell = torch.empty(x.shape[0], self.c, self.m, dtype=torch.float64)
+        for c in range(self.c):
+            for m in range(self.m):
+                diff = (x - mu[c, m]) / sig[c, m]
+                ell[:, c, m] = (
+                    -0.5 * self.d * math.log(2 * math.pi)
+                    - torch.log(sig[c, m]).sum()
+                    - 0.5 * (diff**2).sum(-1)
+                )
+        s = ell.max(dim=-1).values
+        z = h.logit_norm(s.float())
+        return {"x": x, "ell": ell, "s": s, "z": z, "shape": torch.tensor([b, hh, ww])}
+
+    def e_step(self, ell: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        eps, iters = self.head.sinkhorn_epsilon, self.head.sinkhorn_iters
+        out = torch.full_like(gt, -1)
+        for k in gt.unique().tolist():
+            if k == 255:
+                continue
+            sel = gt == k
+            q = ell[sel, k, :].clone()
+            q = q / q.abs().max()
+            big_q = torch.exp(q / eps).T  # M × N_k, as the original
+            big_q = big_q / big_q.sum()
+            for _ in range(iters):
+                big_q = big_q / big_q.sum(dim=1, keepdim=True) / big_q.shape[0]
+                big_q = big_q / big_q.sum(dim=0, keepdim=True) / big_q.shape[1]
+            out[sel] = big_q.T.argmax(dim=1)
+        return out
+
+    def update(
+        self, x: torch.Tensor, z: torch.Tensor, gt: torch.Tensor, assign: torch.Tensor
+    ) -> None:
+        h = self.head
+        cap = self.bank.shape[2]
+        correct = (z.argmax(dim=1) == gt) & (gt != 255)
+        for k in range(self.c):
+            for m in range(self.m):
+                rows = torch.nonzero(correct & (gt == k) & (assign == m))[:, 0]
+                n = len(rows)
+                if n == 0:
+                    continue
+                if n > h.memory.max_per_step:  # type: ignore[union-attr,operator]
+                    keep = torch.linspace(0, n - 1, h.memory.max_per_step, dtype=torch.int64)  # type: ignore[union-attr,arg-type]
+                    rows = rows[keep]
+                for r in rows.tolist():
+                    self.bank[k, m, self.ptr[k][m]] = x[r]
+                    self.ptr[k][m] = (self.ptr[k][m] + 1) % cap
+        if self.step % h.update_interval == 0:
+            mu = F.normalize(self.means, dim=-1)
+            for k in gt.unique().tolist():
+                if k == 255:
+                    continue
+                for m in range(self.m):
+                    e = self.bank[k, m]
+                    f = F.normalize(e.sum(0), dim=0)
+                    mu[k, m] = h.mean_momentum * mu[k, m] + (1 - h.mean_momentum) * f
+                    new_sig = torch.sqrt(((e - f) ** 2).mean(0) + h.variance_floor)
+                    self.scales[k, m] = (
+                        h.scale_momentum * self.scales[k, m] + (1 - h.scale_momentum) * new_sig
+                    )
+            self.means = mu
+        else:
+            self.means = F.normalize(self.means, dim=-1)
+        self.step += 1
+
+
+def make_head(**kw: object) -> GMMClassifier:
+    defaults: dict[str, object] = {
+        "embed_dim": 8,
+        "num_components": 3,
+        "memory_size": 40,
+        "max_samples_per_component": 4,
+        "update_interval": 2,
+        "generator": torch.Generator().manual_seed(0),
+    }
+    defaults.update(kw)
+    return GMMClassifier(4, 12, **defaults)  # type: ignore[arg-type]
+
+
+def test_training_steps_equal_plain_loop() -> None:
+    torch.manual_seed(0)
+    head = make_head(mean_momentum=0.9)  # a larger step makes the M-step visible
+    head.eval()  # BatchNorm in eval so both implementations see the same projection
+    ref = NaiveGMMHead(head)
+    for step in range(6):
+        feats = torch.randn(2, 12, 5, 6)
+        target = torch.randint(0, 4, (2, 10, 12))
+        target[:, :2, :3] = 255
+        out = head(feats)
+        r = ref.forward(feats)
+        torch.testing.assert_close(
+            out.component_log_prob.permute(0, 3, 4, 1, 2).reshape(-1, 4, 3).double(),
+            r["ell"],
+            rtol=1e-5,
+            atol=2e-4,
+        )
+        torch.testing.assert_close(
+            out.logits.permute(0, 2, 3, 1).reshape(-1, 4), r["z"], atol=2e-4, rtol=1e-4
+        )
+        gt = F.interpolate(target[:, None].float(), size=(5, 6), mode="nearest").long().reshape(-1)
+        assign = head.e_step(out, target)
+        ref_assign = ref.e_step(r["ell"], gt)
+        assert torch.equal(assign, ref_assign), f"step {step}"
+        # Losses: CE on upsampled logits over all label pixels + weighted component CE.
+        losses = head.loss(out, target, assign)
+        up = F.interpolate(out.logits, size=(10, 12), mode="bilinear", align_corners=False)
+        logp = torch.log_softmax(up, 1).permute(0, 2, 3, 1).reshape(-1, 4)
+        t = target.reshape(-1)
+        v = t != 255
+        exp_seg = -logp[v, t[v]].sum() / t.numel()
+        torch.testing.assert_close(losses["loss_seg"], exp_seg)
+        comp_logp = torch.log_softmax(r["ell"].reshape(-1, 12), 1)
+        valid = gt != 255
+        tgt = gt[valid] * 3 + ref_assign[valid]
+        exp_comp = -comp_logp[valid][torch.arange(int(valid.sum())), tgt].mean() * 0.01
+        torch.testing.assert_close(
+            losses["loss_component"].double(), exp_comp, rtol=1e-4, atol=1e-6
+        )
+        head.update(out, target, assign)
+        ref.update(r["x"], r["z"], gt, ref_assign)
+        torch.testing.assert_close(head.memory.bank.double(), ref.bank, atol=1e-6, rtol=1e-6)  # type: ignore[union-attr]
+        torch.testing.assert_close(head.means.double(), ref.means, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(head.scales.double(), ref.scales, atol=1e-6, rtol=1e-5)
+    assert int(head.step) == 6
+
+
+def test_component_target_collision_with_ignore() -> None:
+    """C·M > 255: the faithful target c·M + m == 255 is ignored; the fix counts it."""
+    c, m = 52, 5  # 51·5 + 0 = 255
+    kw = {
+        "embed_dim": 4,
+        "num_components": m,
+        "memory_size": 8,
+        "generator": torch.Generator().manual_seed(1),
+    }
+    faithful = GMMClassifier(c, 4, **kw)  # type: ignore[arg-type]
+    fixed = GMMClassifier(c, 4, separate_component_ignore=True, **kw)  # type: ignore[arg-type]
+    fixed.load_state_dict(faithful.state_dict())
+    feats = torch.randn(1, 4, 1, 2)
+    target = torch.tensor([[[51, 3]]])
+    out = faithful(feats)
+    assign = torch.tensor([0, 1])  # pixel 0 → target 51·5 + 0 = 255
+    ell = out.component_log_prob.permute(0, 3, 4, 1, 2).reshape(2, c * m)
+    ce = F.cross_entropy(ell, torch.tensor([255, 16]), reduction="none")
+    got_faithful = faithful.loss(out, target, assign)["loss_component"]
+    got_fixed = fixed.loss(fixed(feats), target, assign)["loss_component"]
+    torch.testing.assert_close(got_faithful, 0.01 * ce[1])
+    torch.testing.assert_close(got_fixed, 0.01 * ce.mean())
+
+
+def test_all_ignore_gives_zero_component_loss_and_no_update() -> None:
+    head = make_head()
+    out = head(torch.randn(1, 12, 3, 3))
+    target = torch.full((1, 3, 3), 255)
+    losses = head.loss(out, target)
+    assert losses["loss_component"].item() == 0.0
+    assert torch.isfinite(losses["loss_seg"])
+    means = head.means.clone()
+    head.update(out, target)
+    assert torch.equal(head.means, F.normalize(means, dim=-1))
+    assert int(head.memory.filled.sum()) == 0  # type: ignore[union-attr]
+
+
+def test_one_pixel_and_empty_class() -> None:
+    head = make_head().eval()  # BatchNorm cannot train on one pixel
+    out = head(torch.randn(1, 12, 1, 1))
+    target = torch.tensor([[[2]]])
+    assign = head.e_step(out, target)
+    assert assign.shape == (1,)
+    assert 0 <= int(assign[0]) < 3
+    head.update(out, target, assign)
+
+
+def test_count_only_filled_ignores_random_seed_vectors() -> None:
+    head = make_head(count_only_filled=True, update_interval=1, mean_momentum=0.0)
+    head.eval()
+    feats = torch.randn(1, 12, 4, 4)
+    out = head(feats)
+    target = out.logits.argmax(1)  # every pixel correct
+    assign = head.e_step(out, target)
+    head.update(out, target, assign)
+    emb = out.embeddings.permute(0, 2, 3, 1).reshape(-1, 8)
+    t = target.reshape(-1)
+    for k in t.unique().tolist():
+        for m in range(3):
+            rows = emb[(t == k) & (assign == m)]
+            if len(rows) == 0 or len(rows) > 4:
+                continue
+            expected = F.normalize(rows.sum(0), dim=0)
+            torch.testing.assert_close(head.means[k, m], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_stats_memory_runs_and_updates_present_classes() -> None:
+    head = make_head(memory="stats", update_interval=1)
+    out = head(torch.randn(2, 12, 3, 3))
+    target = torch.zeros(2, 3, 3, dtype=torch.int64)
+    before = F.normalize(head.means, dim=-1).clone()
+    head.update(out, target)
+    assert torch.equal(head.means[1:], before[1:])
+
+
+def test_anomaly_score_is_negative_best_class_log_likelihood() -> None:
+    head = make_head()
+    out = head(torch.randn(2, 12, 3, 3))
+    torch.testing.assert_close(head.anomaly_score(out), -out.class_log_prob.max(dim=1).values)
+
+
+def test_autocast_keeps_density_float32() -> None:
+    head = make_head()
+    feats = torch.randn(1, 12, 3, 3)
+    ref = head(feats)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(feats)
+    assert out.component_log_prob.dtype == torch.float32
+    assert out.class_log_prob.dtype == torch.float32
+    torch.testing.assert_close(out.class_log_prob, ref.class_log_prob, atol=0.5, rtol=0.05)
+
+
+def test_backward_reaches_projection_not_gmm_state() -> None:
+    head = make_head()
+    out = head(torch.randn(2, 12, 3, 3))
+    target = torch.randint(0, 4, (2, 6, 6))
+    sum(head.loss(out, target).values()).backward()  # type: ignore[union-attr]
+    assert head.projection is not None
+    conv = head.projection[0]
+    assert conv.weight.grad is not None
+    assert conv.weight.grad.abs().sum() > 0
+    assert head.logit_norm.weight.grad is not None
+    assert not head.means.requires_grad
+
+
+def test_no_projection_when_widths_match() -> None:
+    head = GMMClassifier(3, 8, embed_dim=8, memory_size=4)
+    assert head.projection is None
+    assert set(head.state_dict()) >= {"means", "scales", "step", "memory.bank"}
+
+
+def test_persist_memory_false_drops_bank_from_state_dict() -> None:
+    head = GMMClassifier(3, 8, embed_dim=8, memory_size=4, persist_memory=False)
+    assert "memory.bank" not in head.state_dict()
+
+
+def test_swaps_with_linear_classifier() -> None:
+    feats = torch.randn(2, 12, 3, 3)
+    target = torch.randint(0, 4, (2, 6, 6))
+    for head in (make_head(), LinearClassifier(4, 12)):
+        out = head(feats)
+        loss = sum(head.loss(out, target).values())
+        loss.backward()  # type: ignore[union-attr]
+        head.update(out, target)
+        assert head.anomaly_score(out).shape == (2, 3, 3)
+
+
+def test_errors() -> None:
+    head = make_head()
+    with pytest.raises(ValueError, match=r"features must have shape \(B, 12, H, W\)"):
+        head(torch.randn(1, 11, 2, 2))
+    with pytest.raises(ValueError, match="finite"):
+        head(torch.full((1, 12, 2, 2), float("nan")))
+    out = head(torch.randn(1, 12, 2, 2))
+    with pytest.raises(ValueError, match=r"target values must be in \[0, 4\)"):
+        head.loss(out, torch.tensor([[[0, 4], [1, 2]]]))
+    with pytest.raises(ValueError, match="batch size"):
+        head.update(out, torch.zeros(2, 2, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="num_components"):
+        GMMClassifier(3, 8, num_components=0)
+    with pytest.raises(ValueError, match="memory"):
+        GMMClassifier(3, 8, memory="bogus")  # type: ignore[arg-type]
+
+
+def test_vectorised_paths_have_no_class_loop_cost() -> None:
+    """Sanity: 150 classes × 8 components on 4096 pixels completes one full step."""
+    head = GMMClassifier(150, 64, num_components=8, memory_size=16)
+    out = head(torch.randn(1, 64, 64, 64))
+    target = torch.from_numpy(np.random.default_rng(0).integers(0, 150, (1, 64, 64)))
+    assign = head.e_step(out, target)
+    losses = head.loss(out, target, assign)
+    sum(losses.values()).backward()  # type: ignore[union-attr]
+    head.update(out, target, assign)
+    assert int(head.step) == 1

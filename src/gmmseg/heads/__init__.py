@@ -12,14 +12,24 @@ from gmmseg.heads.anomaly import (
     max_logit_score,
     msp_score,
 )
+from gmmseg.heads.decoders import (
+    DeepLabV3PlusDecoder,
+    FCNDecoder,
+    SegFormerDecoder,
+    UPerNetDecoder,
+)
 from gmmseg.heads.gmm import GMMClassifier, GMMOutput
 from gmmseg.heads.linear import LinearClassifier, LinearOutput
 
 __all__ = [
+    "DeepLabV3PlusDecoder",
+    "FCNDecoder",
     "GMMClassifier",
     "GMMOutput",
     "LinearClassifier",
     "LinearOutput",
+    "SegFormerDecoder",
+    "UPerNetDecoder",
     "energy_score",
     "entropy_score",
     "logit_anomaly_score",

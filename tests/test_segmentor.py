@@ -1,0 +1,190 @@
+"""Segmentor: composition, training step, whole/slide/multi-scale/flip inference, compile, DDP."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from gmmseg.heads import FCNDecoder, GMMClassifier, LinearClassifier, SegFormerDecoder
+from gmmseg.segmentor import Segmentor
+
+
+class TinyBackbone(nn.Module):
+    """Two strided levels; enough to exercise decoders."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.out_channels = [8, 16]
+        self.strides = [2, 4]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        a = torch.relu(self.c1(x))
+        return [a, torch.relu(self.c2(a))]
+
+
+class PointwiseBackbone(nn.Module):
+    """Stride 1, 1×1 convs: each output pixel depends on its input pixel only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.out_channels = [8]
+        self.strides = [1]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.tanh(self.conv(x))]
+
+
+def gmm(num_classes: int = 3, channels: int = 8) -> GMMClassifier:
+    return GMMClassifier(
+        num_classes,
+        channels,
+        embed_dim=8,
+        num_components=2,
+        memory_size=16,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def pointwise_segmentor(classifier: nn.Module) -> Segmentor:
+    torch.manual_seed(0)
+    bb = PointwiseBackbone()
+    dec = FCNDecoder(bb.out_channels, bb.strides, channels=8, num_convs=0, concat_input=False)
+    return Segmentor(bb, dec, classifier).eval()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("make", [lambda: gmm(), lambda: LinearClassifier(3, 16)])
+def test_training_step_runs_and_swaps(make: object) -> None:
+    torch.manual_seed(0)
+    bb = TinyBackbone()
+    dec = SegFormerDecoder(
+        bb.out_channels, bb.strides, channels=16 if not isinstance(make(), GMMClassifier) else 8
+    )  # type: ignore[operator]
+    seg = Segmentor(bb, dec, make())  # type: ignore[operator]
+    images = torch.randn(2, 3, 16, 16)
+    labels = torch.randint(0, 3, (2, 16, 16))
+    losses = seg.training_step(images, labels)
+    sum(losses.values()).backward()  # type: ignore[union-attr]
+    assert bb.c1.weight.grad is not None
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("classifier", ["gmm", "linear"])
+def test_slide_flip_and_scales_equal_whole_for_pointwise_model(classifier: str) -> None:
+    seg = pointwise_segmentor(gmm() if classifier == "gmm" else LinearClassifier(3, 8))
+    images = torch.randn(2, 3, 13, 17)
+    whole = seg.predict(images)
+    assert whole.logits.shape == (2, 3, 13, 17)
+    assert whole.anomaly.shape == (2, 13, 17)
+    for kwargs in (
+        {"mode": "slide", "crop_size": (5, 6), "stride": (3, 4)},
+        {"mode": "slide", "crop_size": (32, 32), "stride": (16, 16)},
+        {"flip": True},
+        {"scales": (1.0, 1.0)},
+    ):
+        pred = seg.predict(images, **kwargs)  # type: ignore[arg-type]
+        # GEMM blocking differs with the crop size; LayerNorm(C) over nearly equal class scores
+        # amplifies that float32 rounding (~1e-6 on s) to ~1e-4 on z.
+        torch.testing.assert_close(pred.logits, whole.logits, atol=3e-4, rtol=1e-4, msg=str(kwargs))
+        torch.testing.assert_close(
+            pred.anomaly, whole.anomaly, atol=1e-5, rtol=1e-5, msg=str(kwargs)
+        )
+
+
+def test_gmm_anomaly_is_negative_best_class_log_likelihood() -> None:
+    seg = pointwise_segmentor(gmm())
+    images = torch.randn(1, 3, 5, 5)
+    out = seg(images)
+    torch.testing.assert_close(seg.predict(images).anomaly, seg.classifier.anomaly_score(out))  # type: ignore[arg-type]
+
+
+def test_slide_counts_overlaps() -> None:
+    """Sliding windows average overlapping crops: a plain loop over crops as reference."""
+    torch.manual_seed(0)
+    bb = TinyBackbone()
+    seg = Segmentor(
+        bb, SegFormerDecoder(bb.out_channels, bb.strides, channels=16), LinearClassifier(3, 16)
+    ).eval()
+    images = torch.randn(1, 3, 20, 24)
+    pred = seg.predict(images, mode="slide", crop_size=(12, 12), stride=(8, 8))
+    total = torch.zeros(1, 3, 20, 24)
+    count = torch.zeros(1, 1, 20, 24)
+    for y1 in (0, 8):
+        for x1 in (0, 8, 12):
+            crop = images[:, :, y1 : y1 + 12, x1 : x1 + 12]
+            with torch.no_grad():
+                z = seg(crop).logits
+            total[:, :, y1 : y1 + 12, x1 : x1 + 12] += torch.nn.functional.interpolate(
+                z, size=(12, 12), mode="bilinear"
+            )
+            count[:, :, y1 : y1 + 12, x1 : x1 + 12] += 1
+    torch.testing.assert_close(pred.logits, total / count)
+
+
+def test_predict_errors() -> None:
+    seg = pointwise_segmentor(LinearClassifier(3, 8))
+    images = torch.randn(1, 3, 4, 4)
+    with pytest.raises(ValueError, match="crop_size and stride"):
+        seg.predict(images, mode="slide")
+    with pytest.raises(ValueError, match="mode"):
+        seg.predict(images, mode="tile")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="scales"):
+        seg.predict(images, scales=(0.0,))
+    with pytest.raises(ValueError, match="images must be"):
+        seg(torch.randn(3, 4, 4))
+
+
+@pytest.mark.slow
+def test_torch_compile_forward_eval() -> None:
+    seg = pointwise_segmentor(gmm())
+    images = torch.randn(1, 3, 8, 8)
+    ref = seg(images)
+    compiled = torch.compile(seg)
+    with torch.no_grad():
+        out = compiled(images)
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.class_log_prob, ref.class_log_prob, atol=1e-3, rtol=1e-4)
+
+
+def ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        bb = TinyBackbone()
+        seg = Segmentor(bb, SegFormerDecoder(bb.out_channels, bb.strides, channels=8), gmm())
+        # SyncBatchNorm needs GPU modules; on CPU/gloo plain BatchNorm is used.
+        ddp = nn.parallel.DistributedDataParallel(seg)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        g = torch.Generator().manual_seed(1 + rank)
+        for _ in range(3):
+            images = torch.randn(2, 3, 16, 16, generator=g)
+            labels = torch.randint(0, 3, (2, 16, 16), generator=g)
+            losses = seg.losses_and_update(ddp(images), labels)
+            opt.zero_grad()
+            sum(losses.values()).backward()  # type: ignore[union-attr]
+            opt.step()
+        torch.save(
+            {k: v.detach().clone() for k, v in seg.state_dict().items()},
+            os.path.join(out_dir, f"r{rank}.pt"),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_training_keeps_ranks_identical(tmp_path: Path) -> None:
+    mp.spawn(ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = torch.load(tmp_path / "r0.pt"), torch.load(tmp_path / "r1.pt")
+    for key in r0:
+        if key.endswith(("running_mean", "running_var")):
+            continue  # BatchNorm statistics are per rank on CPU (SyncBatchNorm needs CUDA)
+        torch.testing.assert_close(r0[key], r1[key], msg=key)
+    assert int(r0["classifier.step"]) == 3

@@ -281,11 +281,15 @@ class GMMClassifier(nn.Module):
         ell = log_prob_from_precision_cholesky(
             x, means, inv_scales, "diag", chunk_size=self.chunk_size
         ).view(-1, c, m)
-        s = ell.amax(dim=-1)
+        # max (not amax): its backward scatters into one component per class instead of
+        # comparing all C·M entries with the maximum (identical except for exact ties).
+        s = ell.max(dim=-1).values
         z: Tensor = self.logit_norm(s)
+        # Logits and class scores are made contiguous (B, C, H, W): they are small, and the
+        # upsampling in the loss would otherwise produce a channels-last tensor to copy.
         return GMMOutput(
-            logits=rearrange(z, "(b h w) c -> b c h w", b=b, h=h, w=w),
-            class_log_prob=rearrange(s, "(b h w) c -> b c h w", b=b, h=h, w=w),
+            logits=rearrange(z, "(b h w) c -> b c h w", b=b, h=h, w=w).contiguous(),
+            class_log_prob=rearrange(s, "(b h w) c -> b c h w", b=b, h=h, w=w).contiguous(),
             component_log_prob=rearrange(ell, "(b h w) c m -> b c m h w", b=b, h=h, w=w),
             embeddings=emb,
         )
@@ -325,9 +329,9 @@ class GMMClassifier(nn.Module):
         assignments = torch.full_like(gt, -1, dtype=torch.int64)
         if not bool(valid.any()):
             return assignments
-        cls = gt[valid].long()
-        scores = ell[valid].gather(1, cls.view(-1, 1, 1).expand(-1, 1, self.num_components))
-        scores = scores[:, 0, :]
+        rows = torch.nonzero(valid)[:, 0]
+        cls = gt[rows].long()
+        scores = ell[rows, cls]  # (N_valid, M): each pixel's own class only
         absmax = torch.zeros(self.num_classes, dtype=scores.dtype, device=scores.device)
         absmax = absmax.scatter_reduce(0, cls, scores.abs().amax(dim=1), "amax")
         # A class whose scores are all exactly 0 would divide by 0 (NaN in the original): keep 0.

@@ -1,0 +1,132 @@
+"""File decoding and the validation rules shared by every loader (spec: datasets.md §0, G1–G7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from PIL import Image, features
+
+__all__ = [
+    "allowed_mask",
+    "check_same_size",
+    "check_values",
+    "read_image",
+    "read_label",
+]
+
+_LABEL_MODES = ("L", "P")
+
+
+def read_image(path: Path) -> NDArray[np.uint8]:
+    """Decode an image file as RGB uint8, exactly as stored (G7: no gamma or profile correction).
+
+    An alpha channel is dropped; greyscale, palette and CMYK images are converted to RGB.
+
+    Args:
+        path: Image file (PNG, JPEG or WebP).
+
+    Returns:
+        (H, W, 3) uint8 array.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ImportError: a WebP file and Pillow was built without WebP support.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    if path.suffix.lower() == ".webp" and not features.check("webp"):
+        raise ImportError(
+            f"cannot decode {path}: this Pillow build has no WebP support; "
+            "install a Pillow wheel built with libwebp"
+        )
+    with Image.open(path) as img:
+        if img.mode == "RGB":
+            rgb: NDArray[np.uint8] = np.array(img, dtype=np.uint8)  # one writable copy
+            return rgb
+        if img.mode in ("RGBA", "LA", "P", "PA"):
+            arr = np.asarray(img.convert("RGBA"))[..., :3]  # drop alpha
+        else:
+            arr = np.asarray(img.convert("RGB"))
+    return np.array(arr, dtype=np.uint8, order="C")  # writable, contiguous
+
+
+def read_label(path: Path) -> NDArray[np.uint8]:
+    """Decode a label PNG as its stored indices (G2).
+
+    Mode "L" is read as is; for mode "P" the palette indices are used, never the colours.
+
+    Args:
+        path: Label file.
+
+    Returns:
+        (H, W) uint8 array of stored values.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a single-channel 8-bit image (e.g. an RGB colour
+            visualisation such as ``*_color.png``, or a 16-bit file).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"label file not found: {path}")
+    with Image.open(path) as img:
+        if img.mode not in _LABEL_MODES:
+            raise ValueError(
+                f"label file {path} has mode {img.mode!r}; expected a single-channel 8-bit index "
+                f"image (mode 'L' or 'P'). A colour visualisation (e.g. *_color.png) or a 16-bit "
+                f"file is not a label map"
+            )
+        arr = np.array(img, dtype=np.uint8)  # a writable copy of the stored indices
+    return arr
+
+
+def allowed_mask(values: list[int] | range) -> NDArray[np.bool_]:
+    """Boolean table of length 256 that is True exactly at ``values``."""
+    mask = np.zeros(256, dtype=np.bool_)
+    mask[np.asarray(list(values), dtype=np.int64)] = True
+    return mask
+
+
+def check_values(
+    label: NDArray[np.uint8], allowed: NDArray[np.bool_], path: Path, expected: str, hint: str
+) -> None:
+    """Raise if ``label`` holds a value outside ``allowed`` (G4).
+
+    Args:
+        label: (H, W) uint8 stored values.
+        allowed: (256,) bool table of allowed values.
+        path: The file, named in the error.
+        expected: Human-readable allowed set, e.g. ``"{0, …, 18} ∪ {255}"``.
+        hint: What the violation probably means.
+
+    Raises:
+        ValueError: naming the file, up to 10 offending values with pixel counts, and ``hint``.
+    """
+    counts = torch.bincount(torch.from_numpy(label).reshape(-1), minlength=256).numpy()
+    bad = np.flatnonzero((counts > 0) & ~allowed)
+    if bad.size:
+        listed = ", ".join(f"{int(v)} ({int(counts[v])} px)" for v in bad[:10])
+        more = f" and {bad.size - 10} more" if bad.size > 10 else ""
+        raise ValueError(
+            f"label file {path} holds values outside the allowed set {expected}: "
+            f"{listed}{more}. Hint: {hint}"
+        )
+
+
+def check_same_size(
+    image: NDArray[np.uint8], label: NDArray[np.uint8], image_path: Path, label_path: Path
+) -> None:
+    """Raise if image and label sizes differ (G3: labels are never resized by loaders).
+
+    Raises:
+        ValueError: naming both files and both H×W.
+    """
+    if image.shape[:2] != label.shape[:2]:
+        ih, iw = image.shape[:2]
+        lh, lw = label.shape[:2]
+        raise ValueError(
+            f"image {image_path} is {iw}x{ih} (WxH) but its label {label_path} is {lw}x{lh}; "
+            "image and label must have the same size (loaders never resize labels)"
+        )

@@ -1,0 +1,147 @@
+"""Benchmark: gmmseg GaussianMixture (torch, float32) vs scikit-learn (numpy, float64).
+
+Case: diag covariances, N=200k samples, D=64, K=10, 20 EM iterations (tol=0 so every run does
+all 20), the same initial weights/means/precisions for both. Each side is timed as the median
+of ``--repeats`` fits after one warm-up fit, in the same process, with 2 torch threads (and 2
+BLAS threads for numpy). The goal (>= 5x) applies to this case.
+
+An informational second case times ``fit_grouped`` on G=19 groups of the same data against a
+Python loop of 19 separate ``fit`` calls (both gmmseg, float32); it has no goal.
+
+Run: ``python benchmarks/bench_em.py`` (writes benchmarks/results/bench_em.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gmmseg.em.gaussian_mixture import ConvergenceWarning, GaussianMixture
+
+GOAL = 5.0
+RESULTS = Path(__file__).parent / "results" / "bench_em.json"
+
+
+def _data(n: int, d: int, k: int) -> tuple[np.ndarray, dict[str, Any]]:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(k, d)) * 3.0
+    x = centres[rng.integers(0, k, n)] + rng.normal(size=(n, d)) * rng.uniform(0.5, 2.0, (1, d))
+    inits = {
+        "weights_init": np.full(k, 1.0 / k),
+        "means_init": x[rng.choice(n, k, replace=False)],
+        "precisions_init": np.ones((k, d)),
+    }
+    return x, inits
+
+
+def _median_time(fn: Any, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200_000)
+    parser.add_argument("--d", type=int, default=64)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(args.threads)
+    x, inits = _data(args.n, args.d, args.k)
+    x32 = torch.as_tensor(x, dtype=torch.float32)
+    kw: dict[str, Any] = {"covariance_type": "diag", "tol": 0.0, "max_iter": args.iters, **inits}
+
+    def ours() -> None:
+        gm = GaussianMixture(args.k, dtype=torch.float32, **kw).fit(x32)
+        assert gm.n_iter_ == args.iters
+
+    def reference() -> None:
+        gm = SkGaussianMixture(args.k, **kw).fit(x)
+        assert gm.n_iter_ == args.iters
+
+    with warnings.catch_warnings(), threadpool_limits(limits=args.threads):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", UserWarning)  # scikit-learn's ConvergenceWarning
+        t_ours = _median_time(ours, args.repeats)
+        t_ref = _median_time(reference, args.repeats)
+
+        groups = 19
+        gid = torch.as_tensor(np.random.default_rng(1).integers(0, groups, args.n))
+        per_group = {
+            "weights_init": np.full((groups, args.k), 1.0 / args.k),
+            "means_init": np.stack([x[gid.numpy() == g][: args.k] for g in range(groups)]),
+            "precisions_init": np.ones((groups, args.k, args.d)),
+        }
+        common: dict[str, Any] = {"covariance_type": "diag", "tol": 0.0, "max_iter": args.iters}
+
+        def grouped() -> None:
+            GaussianMixture(args.k, dtype=torch.float32, **common, **per_group).fit_grouped(
+                x32, gid, groups
+            )
+
+        def loop() -> None:
+            for g in range(groups):
+                one = {name: value[g] for name, value in per_group.items()}
+                GaussianMixture(args.k, dtype=torch.float32, **common, **one).fit(x32[gid == g])
+
+        t_grouped = _median_time(grouped, args.repeats)
+        t_loop = _median_time(loop, args.repeats)
+
+    ratio = t_ref / t_ours
+    case = f"diag N={args.n} D={args.d} K={args.k} iters={args.iters}"
+    case2 = f"fit_grouped G={groups} vs loop of fits"
+    header = f"{'case':<40} {'ours (s)':>10} {'reference (s)':>14} {'ratio':>8} {'goal':>6}"
+    print(header)
+    print("-" * len(header))
+    print(f"{case:<40} {t_ours:>10.3f} {t_ref:>14.3f} {ratio:>7.1f}x {GOAL:>5.1f}x")
+    print(f"{case2:<40} {t_grouped:>10.3f} {t_loop:>14.3f} {t_loop / t_grouped:>7.1f}x {'-':>6}")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "benchmark": "bench_em",
+        "case": case,
+        "ours": "gmmseg GaussianMixture, torch float32",
+        "reference": "sklearn.mixture.GaussianMixture, numpy float64",
+        "torch_version": torch.__version__,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "median_s": {"ours": t_ours, "reference": t_ref},
+        "ratio": ratio,
+        "goal": GOAL,
+        "pass": ratio >= GOAL,
+        "platform": platform.platform(),
+        "informational": {
+            "case": case2,
+            "ours": "GaussianMixture.fit_grouped, torch float32",
+            "reference": f"loop of {groups} GaussianMixture.fit calls, torch float32",
+            "median_s": {"ours": t_grouped, "reference": t_loop},
+            "ratio": t_loop / t_grouped,
+        },
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

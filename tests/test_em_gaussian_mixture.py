@@ -1,0 +1,666 @@
+"""Tests for gmmseg.em.gaussian_mixture against scikit-learn's GaussianMixture."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats
+from sklearn.datasets import load_iris, load_wine, make_blobs
+from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
+from sklearn.metrics import adjusted_rand_score
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+import gmmseg.em.gaussian_mixture as gmm_module
+from gmmseg.em._kmeans import SegmentLayout, draw_distinct_rows, kmeans_plusplus
+from gmmseg.em.gaussian_mixture import (
+    ConvergenceWarning,
+    GaussianMixture,
+    GroupedGaussianMixture,
+    NotFittedError,
+)
+
+COV_TYPES = ["full", "tied", "diag", "spherical"]
+ATTRS = ["weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"]
+
+
+# -- data and helpers -----------------------------------------------------------------------
+
+
+def _iris() -> np.ndarray:
+    return load_iris().data
+
+
+def _wine() -> np.ndarray:
+    x = load_wine().data
+    return (x - x.mean(0)) / x.std(0)
+
+
+def _blobs() -> np.ndarray:
+    x, _ = make_blobs(n_samples=500, centers=4, n_features=3, cluster_std=1.5, random_state=3)
+    return x
+
+
+DATASETS = {"iris": _iris, "wine": _wine, "blobs": _blobs}
+
+
+def _inits(x: np.ndarray, k: int, ct: str, seed: int = 0) -> dict[str, Any]:
+    """Identical initial values for both implementations."""
+    rng = np.random.default_rng(seed)
+    d = x.shape[1]
+    cov = np.cov(x.T).reshape(d, d) + 1e-3 * np.eye(d)
+    prec = np.linalg.inv(cov)
+    precisions = {
+        "full": np.stack([prec] * k),
+        "tied": prec,
+        "diag": np.tile(1.0 / np.diag(cov), (k, 1)),
+        "spherical": np.full(k, 1.0 / np.diag(cov).mean()),
+    }[ct]
+    return {
+        "means_init": x[rng.choice(len(x), k, replace=False)],
+        "weights_init": np.full(k, 1.0 / k),
+        "precisions_init": precisions,
+    }
+
+
+def _fit_both(x: np.ndarray, k: int, **kw: Any) -> tuple[SkGaussianMixture, GaussianMixture]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkConvergenceWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sk = SkGaussianMixture(k, **kw).fit(x)
+        ours = GaussianMixture(k, **kw).fit(x)
+    return sk, ours
+
+
+def _assert_params_equal(ours: GaussianMixture, sk: SkGaussianMixture, rtol: float = 1e-6) -> None:
+    for name in ATTRS:
+        ref = np.asarray(getattr(sk, name))
+        got = getattr(ours, name)
+        assert isinstance(got, torch.Tensor), name
+        np.testing.assert_allclose(
+            got.cpu().numpy(), ref, rtol=rtol, atol=rtol * 1e-3 * np.abs(ref).max(), err_msg=name
+        )
+    assert math.isclose(ours.lower_bound_, sk.lower_bound_, rel_tol=rtol)
+    assert ours.n_iter_ == sk.n_iter_
+    assert ours.converged_ == sk.converged_
+
+
+class _SklearnResp(GaussianMixture):
+    """Draws the initial responsibilities exactly as scikit-learn does for an integer seed.
+
+    Overrides the private ``_initial_resp`` hook (one group, so laid-out rows are input rows):
+    this checks the initial M-step from responsibilities and the ``n_init`` selection.
+    """
+
+    def __init__(self, *args: Any, sk_seed: int, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._rs = np.random.RandomState(sk_seed)
+
+    def _initial_resp(self, data: Any, generator: torch.Generator | None) -> torch.Tensor:
+        n, k = data.x.shape[0], self.n_components
+        if self.init_params == "random":
+            resp = self._rs.uniform(size=(n, k))
+            resp /= resp.sum(axis=1, keepdims=True)
+        else:
+            resp = np.zeros((n, k))
+            resp[self._rs.choice(n, size=k, replace=False), np.arange(k)] = 1.0
+        return torch.as_tensor(resp, dtype=data.x.dtype, device=data.x.device)
+
+
+# -- parity with scikit-learn ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASETS))
+@pytest.mark.parametrize("ct", COV_TYPES)
+@pytest.mark.parametrize("max_iter", [100, 2])
+def test_fit_matches_sklearn_with_identical_init(dataset: str, ct: str, max_iter: int) -> None:
+    x = DATASETS[dataset]()
+    sk, ours = _fit_both(x, 3, covariance_type=ct, max_iter=max_iter, **_inits(x, 3, ct))
+    assert sk.converged_ == (max_iter == 100)
+    _assert_params_equal(ours, sk)
+    np.testing.assert_allclose(ours.lower_bounds_, sk.lower_bounds_, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("ct", "init"),
+    [(ct, "random") for ct in COV_TYPES]
+    + [(ct, "random_from_data") for ct in ["full", "diag", "spherical"]],
+)
+def test_initial_m_step_from_resp_and_n_init_match_sklearn(ct: str, init: str) -> None:
+    x = _blobs()
+    kw: dict[str, Any] = {"covariance_type": ct, "init_params": init, "n_init": 3, "tol": 1e-4}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkConvergenceWarning)
+        sk = SkGaussianMixture(4, random_state=5, **kw).fit(x)
+    ours = _SklearnResp(4, sk_seed=5, **kw).fit(x)
+    _assert_params_equal(ours, sk, rtol=1e-5)
+
+
+def test_tied_initial_covariance_is_centred_for_one_row_per_component() -> None:
+    """Documented deviation: scikit-learn's (XᵀX − Σ n_k μμᵀ)/Σ n_k also counts rows with no
+    responsibility (about the origin) when each component starts from one row."""
+    x = _blobs()
+    for init in ["random_from_data", "k-means++"]:
+        gm = GaussianMixture(4, covariance_type="tied", init_params=init, max_iter=0)
+        gm.fit(x)
+        torch.testing.assert_close(gm.covariances_, 1e-6 * torch.eye(3, dtype=torch.float64))
+
+
+def test_partial_inits_override_resp_estimates_like_sklearn() -> None:
+    x = _iris()
+    inits = _inits(x, 3, "diag")
+    kw: dict[str, Any] = {"covariance_type": "diag", "init_params": "random"}
+    sk = SkGaussianMixture(3, random_state=1, means_init=inits["means_init"], **kw).fit(x)
+    ours = _SklearnResp(3, sk_seed=1, means_init=inits["means_init"], **kw).fit(x)
+    _assert_params_equal(ours, sk)
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+def test_scoring_methods_match_sklearn(ct: str) -> None:
+    x = _wine()
+    sk, ours = _fit_both(x, 3, covariance_type=ct, **_inits(x, 3, ct, seed=2))
+    x_new = x[::3] + 0.1
+    np.testing.assert_array_equal(ours.predict(x_new).numpy(), sk.predict(x_new))
+    np.testing.assert_allclose(
+        ours.predict_proba(x_new).numpy(), sk.predict_proba(x_new), atol=1e-9
+    )
+    np.testing.assert_allclose(
+        ours.score_samples(x_new).numpy(), sk.score_samples(x_new), rtol=1e-9
+    )
+    assert math.isclose(ours.score(x_new), sk.score(x_new), rel_tol=1e-9)
+    assert math.isclose(ours.bic(x_new), sk.bic(x_new), rel_tol=1e-9)
+    assert math.isclose(ours.aic(x_new), sk.aic(x_new), rel_tol=1e-9)
+
+
+def test_warm_start_matches_sklearn() -> None:
+    x = _blobs()
+    kw: dict[str, Any] = {"covariance_type": "full", "max_iter": 2, "warm_start": True}
+    kw |= _inits(x, 4, "full")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk = SkGaussianMixture(4, **kw)
+        ours = GaussianMixture(4, **kw)
+        for _ in range(3):
+            sk.fit(x)
+            ours.fit(x)
+            _assert_params_equal(ours, sk)
+
+
+@pytest.mark.parametrize("init", ["kmeans", "k-means++", "random", "random_from_data"])
+@pytest.mark.parametrize("max_iter", [1, 100])
+def test_fit_predict_equals_predict(init: str, max_iter: int) -> None:
+    x = _blobs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm = GaussianMixture(4, init_params=init, max_iter=max_iter, random_state=0)
+        labels = gm.fit_predict(x)
+    assert torch.equal(labels, gm.predict(x))
+
+
+def test_convergence_warning_and_max_iter_zero() -> None:
+    x = _iris()
+    with pytest.warns(ConvergenceWarning, match="max_iter=1"):
+        GaussianMixture(3, max_iter=1, random_state=0).fit(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gm = GaussianMixture(3, max_iter=0, random_state=0).fit(x)
+    assert gm.n_iter_ == 0
+    assert gm.lower_bound_ == -math.inf
+    assert gm.converged_ is False
+    assert gm.covariances_.shape == (3, 4, 4)
+
+
+def test_all_inits_with_max_iter_zero_gives_the_inits_back() -> None:
+    x = _iris()
+    inits = _inits(x, 3, "full")
+    gm = GaussianMixture(3, max_iter=0, **inits).fit(x)
+    np.testing.assert_allclose(gm.means_.numpy(), inits["means_init"], rtol=1e-12)
+    np.testing.assert_allclose(gm.precisions_.numpy(), inits["precisions_init"], rtol=1e-10)
+    np.testing.assert_allclose(
+        gm.covariances_.numpy(), np.linalg.inv(inits["precisions_init"]), rtol=1e-9
+    )
+
+
+# -- kmeans initialisation ------------------------------------------------------------------
+
+
+def test_kmeans_init_recovers_separated_blobs_and_is_deterministic() -> None:
+    x, y = make_blobs(n_samples=600, centers=5, n_features=4, cluster_std=0.5, random_state=7)
+    a = GaussianMixture(5, init_params="kmeans", max_iter=0, random_state=3).fit(x)
+    b = GaussianMixture(5, init_params="kmeans", max_iter=0, random_state=3).fit(x)
+    assert torch.equal(a.means_, b.means_)
+    assert adjusted_rand_score(y, a.predict(x).numpy()) == pytest.approx(1.0)
+
+
+def test_kmeans_plusplus_and_distinct_draws_stay_in_their_group() -> None:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 4, (300,), generator=g)
+    x = torch.randn(300, 3, generator=g, dtype=torch.float64) + 10 * ids[:, None]
+    w = (torch.rand(300, generator=g) > 0.2).double()
+    layout = SegmentLayout.grouped(ids, 4, block_rows=16)
+    xr, wr = layout.scatter_rows(x), layout.scatter_rows(w)
+    group_of_row = layout.expand_groups(torch.arange(4))
+    for rows in (
+        draw_distinct_rows(layout, wr, 5, g),
+        kmeans_plusplus(layout, xr, wr, 5, g),
+    ):
+        assert rows.shape == (4, 5)
+        assert torch.equal(group_of_row[rows], torch.arange(4)[:, None].expand(4, 5))
+        assert bool((wr[rows] > 0).all())
+    rows = draw_distinct_rows(layout, wr, 5, g)
+    assert all(len(set(r.tolist())) == 5 for r in rows)
+
+
+# -- grouped fits ---------------------------------------------------------------------------
+
+
+def _grouped_data() -> tuple[np.ndarray, np.ndarray, int]:
+    parts, ids = [], []
+    for g, (n, std) in enumerate([(300, 1.0), (500, 2.0), (700, 0.5), (260, 3.0)]):
+        x, _ = make_blobs(n_samples=n, centers=3, n_features=4, cluster_std=std, random_state=g)
+        parts.append(x + 20 * g)
+        ids.append(np.full(n, g))
+    x, gid = np.concatenate(parts), np.concatenate(ids)
+    perm = np.random.default_rng(0).permutation(len(x))
+    return x[perm], gid[perm], 4
+
+
+def _per_group_inits(x: np.ndarray, gid: np.ndarray, ngroups: int, ct: str) -> dict[str, Any]:
+    per = [_inits(x[gid == g], 3, ct, seed=g) for g in range(ngroups)]
+    return {name: np.stack([p[name] for p in per]) for name in per[0]}
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+def test_fit_grouped_equals_separate_fits(ct: str) -> None:
+    x, gid, ngroups = _grouped_data()
+    inits = _per_group_inits(x, gid, ngroups, ct)
+    max_iter = {"full": 25, "tied": 20, "diag": 15, "spherical": 12}[ct]
+    kw: dict[str, Any] = {"covariance_type": ct, "tol": 1e-4, "max_iter": max_iter}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = GaussianMixture(3, **kw, **inits).fit_grouped(x, gid, ngroups)
+        singles = [
+            GaussianMixture(3, **kw, **{k: v[g] for k, v in inits.items()}).fit(x[gid == g])
+            for g in range(ngroups)
+        ]
+    assert isinstance(res, GroupedGaussianMixture)
+    assert res.num_groups == ngroups and res.n_components == 3 and res.n_features_in_ == 4
+    for g, single in enumerate(singles):
+        for name in ATTRS:
+            torch.testing.assert_close(
+                getattr(res, name)[g], getattr(single, name), rtol=1e-9, atol=1e-9
+            )
+        assert float(res.lower_bound_[g]) == pytest.approx(single.lower_bound_, rel=1e-12)
+        assert int(res.n_iter_[g]) == single.n_iter_
+        assert bool(res.converged_[g]) == single.converged_
+    assert len(set(res.n_iter_.tolist())) > 1, "groups should stop at different iterations"
+    assert not bool(res.converged_.all()), "some group should hit max_iter"
+    assert bool(res.converged_.any()), "some group should converge"
+
+
+def test_fit_grouped_shared_inits_small_chunks_and_scoring() -> None:
+    x, gid, ngroups = _grouped_data()
+    inits = _inits(x[gid == 0], 3, "full")
+    gm = GaussianMixture(3, covariance_type="full", tol=1e-5, chunk_size=37, **inits)
+    res = gm.fit_grouped(torch.as_tensor(x), torch.as_tensor(gid), ngroups)
+    scores = res.score_samples(x[:50])
+    assert scores.shape == (50, ngroups)
+    for g in range(ngroups):
+        single = GaussianMixture(3, covariance_type="full", tol=1e-5, **inits).fit(x[gid == g])
+        torch.testing.assert_close(res.means_[g], single.means_, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(scores[:, g], res.mixture(g).score_samples(x[:50]))
+        torch.testing.assert_close(res.mixture(g).predict(x), single.predict(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("ct", ["tied", "spherical"])
+def test_grouped_score_samples_other_types(ct: str) -> None:
+    x, gid, ngroups = _grouped_data()
+    res = GaussianMixture(2, covariance_type=ct, random_state=0).fit_grouped(x, gid, ngroups)
+    scores = res.score_samples(x[:20])
+    for g in range(ngroups):
+        torch.testing.assert_close(scores[:, g], res.mixture(g).score_samples(x[:20]))
+
+
+def test_fit_grouped_random_inits_and_warning_lists_groups() -> None:
+    x, gid, ngroups = _grouped_data()
+    for init in ["kmeans", "k-means++", "random", "random_from_data"]:
+        gm = GaussianMixture(3, covariance_type="diag", init_params=init, random_state=1)
+        a = gm.fit_grouped(x, gid, ngroups)
+        b = gm.fit_grouped(x, gid, ngroups)
+        assert torch.equal(a.means_, b.means_), init
+        assert bool(torch.isfinite(a.lower_bound_).all())
+    with pytest.warns(ConvergenceWarning, match=r"group\(s\) \[0, 1, 2, 3\]"):
+        GaussianMixture(3, max_iter=1, random_state=0).fit_grouped(x, gid, ngroups)
+
+
+def test_segment_layout_matches_plain_loops() -> None:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 5, (103,), generator=g)
+    ids[ids == 3] = 4  # an empty group
+    a = torch.randn(103, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(103, 2, generator=g, dtype=torch.float64)
+    w = torch.randn(5, 2, 3, generator=g, dtype=torch.float64)
+    layout = SegmentLayout.grouped(ids, 5, block_rows=8)
+    ar, br = layout.scatter_rows(a), layout.scatter_rows(b)
+    assert torch.equal(layout.gather_rows(ar), a)
+    ssum, smat = layout.segment_sum(ar), layout.segment_matmul(ar, br)
+    gmat = layout.gather_rows(layout.group_matmul(br, w))
+    for k in range(5):
+        m = ids == k
+        torch.testing.assert_close(ssum[k], a[m].sum(0))
+        torch.testing.assert_close(smat[k], a[m].T @ b[m])
+        torch.testing.assert_close(gmat[m], b[m] @ w[k])
+    covered = torch.cat([torch.arange(layout.num_rows)[rows] for rows, _ in layout.chunks(1, 20)])
+    assert torch.equal(covered, torch.arange(layout.num_rows))
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_centred_scatter_matches_plain_loop(grouped: bool, sparse: bool, diagonal: bool) -> None:
+    g = torch.Generator().manual_seed(3)
+    n, d, k, ngroups = 120, 3, 4, (3 if grouped else 1)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, ngroups, (n,), generator=g)
+    resp = torch.rand(n, k, generator=g, dtype=torch.float64)
+    if sparse:
+        resp[torch.rand(n, generator=g) > 0.1] = 0.0
+    means = torch.randn(ngroups, k, d, generator=g, dtype=torch.float64)
+    only = torch.rand(ngroups, k, generator=g) > 0.3
+    layout = (
+        SegmentLayout.grouped(ids, ngroups, 8) if grouped else SegmentLayout.single(n, x.device)
+    )
+    w = torch.ones(n, dtype=torch.float64)
+    data = gmm_module._prepare_data(x, w, layout, "full", chunk_size=5)
+    rw = layout.scatter_rows(resp)
+    got = gmm_module._centred_scatter(data, rw, means, diagonal=diagonal, only=only)
+    for gi in range(ngroups):
+        xs = x[ids == gi] - data.centre[gi]
+        for ki in range(k):
+            diff = xs - means[gi, ki]
+            full = (resp[ids == gi, ki, None] * diff).T @ diff
+            want = torch.diagonal(full) if diagonal else full
+            torch.testing.assert_close(got[gi, ki], want if only[gi, ki] else 0 * want)
+
+
+# -- sampling -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+def test_sample_shapes_counts_and_reproducibility(ct: str) -> None:
+    x = _blobs()
+    gm = GaussianMixture(4, covariance_type=ct, random_state=0).fit(x)
+    xs, ys = gm.sample(20000)
+    assert xs.shape == (20000, 3) and ys.shape == (20000,)
+    assert xs.dtype == torch.float64 and ys.dtype == torch.int64
+    assert bool((ys[1:] >= ys[:-1]).all()), "sorted by component, as scikit-learn"
+    counts = torch.bincount(ys, minlength=4).numpy()
+    expected = gm.weights_.numpy() * 20000
+    assert stats.chisquare(counts, expected * counts.sum() / expected.sum()).pvalue > 1e-3
+    for k in range(4):
+        sel = xs[ys == k]
+        se = float(gm.covariances_.max().sqrt()) / math.sqrt(len(sel))
+        assert torch.allclose(sel.mean(0), gm.means_[k], atol=6 * se + 1e-9)
+    again = gm.sample(20000)
+    assert torch.equal(again[0], xs) and torch.equal(again[1], ys)
+    gen = GaussianMixture(4, covariance_type=ct, random_state=torch.Generator().manual_seed(0))
+    gen.fit(x)
+    assert not torch.equal(gen.sample(10)[0], gen.sample(10)[0])
+
+
+# -- sample weights -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+def test_integer_sample_weights_equal_repeated_rows(ct: str) -> None:
+    x = _iris()
+    reps = np.random.default_rng(0).integers(0, 4, len(x))
+    inits = _inits(x, 3, ct)
+    weighted = GaussianMixture(3, covariance_type=ct, **inits).fit(x, sample_weight=reps)
+    repeated = GaussianMixture(3, covariance_type=ct, **inits).fit(np.repeat(x, reps, axis=0))
+    for name in ATTRS:
+        torch.testing.assert_close(getattr(weighted, name), getattr(repeated, name))
+    assert weighted.lower_bound_ == pytest.approx(repeated.lower_bound_, rel=1e-12)
+    assert weighted.n_iter_ == repeated.n_iter_
+
+
+def test_sample_weight_random_init_and_fractional_weights() -> None:
+    x = _blobs()
+    w = np.random.default_rng(1).uniform(0.5, 2.0, len(x))
+    for init in ["kmeans", "random_from_data", "random"]:
+        gm = GaussianMixture(4, init_params=init, random_state=0).fit(x, sample_weight=w)
+        assert gm.weights_.sum().item() == pytest.approx(1.0)
+        lb = (w * gm.score_samples(x).numpy()).sum() / w.sum()
+        assert gm.lower_bound_ == pytest.approx(lb, abs=1e-3)
+
+
+# -- numerics -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+def test_float32_tight_cluster_far_from_origin(ct: str) -> None:
+    """One-pass E[x²] − μ² would give garbage here in float32 (scikit-learn fails to fit)."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (500, 3)), rng.normal(5, math.sqrt(0.1), (100, 3))])
+    x += 1e4
+    precisions = {
+        "full": np.stack([np.eye(3)] * 2),
+        "tied": np.eye(3),
+        "diag": np.ones((2, 3)),
+        "spherical": np.ones(2),
+    }[ct]
+    kw: dict[str, Any] = {
+        "covariance_type": ct,
+        "means_init": np.array([[1e4] * 3, [1e4 + 5] * 3]),
+        "weights_init": [0.5, 0.5],
+        "precisions_init": precisions,
+    }
+    f32 = GaussianMixture(2, dtype=torch.float32, **kw).fit(torch.as_tensor(x, dtype=torch.float32))
+    f64 = GaussianMixture(2, **kw).fit(x)
+    assert f32.covariances_.dtype == torch.float32
+    torch.testing.assert_close(f32.covariances_.double(), f64.covariances_, rtol=2e-3, atol=1e-4)
+    if ct in ("diag", "spherical"):
+        assert float(f32.covariances_[1].mean()) == pytest.approx(0.1, rel=0.15)
+
+
+def test_float32_singleton_component_far_from_the_rest() -> None:
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(0, 1, (500, 3)), rng.normal(300, math.sqrt(0.1), (50, 3))])
+    x += 1000.0
+    kw: dict[str, Any] = {
+        "covariance_type": "diag",
+        "means_init": np.array([[1000.0] * 3, [1300.0] * 3]),
+        "weights_init": [0.5, 0.5],
+        "precisions_init": np.ones((2, 3)),
+    }
+    f32 = GaussianMixture(2, dtype=torch.float32, **kw).fit(x)
+    f64 = GaussianMixture(2, **kw).fit(x)
+    torch.testing.assert_close(f32.covariances_.double(), f64.covariances_, rtol=1e-3, atol=0)
+    # Initial M-step from one row per component: each variance is reg_covar (1e-6), whereas
+    # one-pass E[x²] − μ² rounds to about eps·x² ≈ 1e-3 here (or goes negative).
+    singleton = GaussianMixture(
+        2, covariance_type="diag", dtype=torch.float32, init_params="random_from_data", max_iter=0
+    ).fit(x)
+    assert bool((singleton.covariances_ > 0.5e-6).all() & (singleton.covariances_ < 2e-6).all())
+
+
+def test_duplicate_points_get_reg_covar() -> None:
+    x = np.tile([[3.0, -1.0]], (10, 1)) + 1e6
+    for ct, expected in [("diag", np.full((1, 2), 1e-3)), ("spherical", np.full(1, 1e-3))]:
+        gm = GaussianMixture(1, covariance_type=ct, reg_covar=1e-3).fit(x)
+        np.testing.assert_allclose(gm.covariances_.numpy(), expected, rtol=1e-9)
+    gm = GaussianMixture(1, covariance_type="full", reg_covar=1e-3).fit(x)
+    np.testing.assert_allclose(gm.covariances_[0].numpy(), 1e-3 * np.eye(2), rtol=1e-9)
+
+
+@given(
+    n=st.integers(1, 25),
+    d=st.integers(1, 4),
+    k=st.integers(1, 3),
+    ct=st.sampled_from(COV_TYPES),
+    seed=st.integers(0, 2**16),
+    duplicates=st.booleans(),
+)
+def test_property_shapes_and_invariants(
+    n: int, d: int, k: int, ct: str, seed: int, duplicates: bool
+) -> None:
+    k = min(k, n)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)) * rng.uniform(0.1, 10)
+    if duplicates:
+        x[: max(1, n // 2)] = x[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm = GaussianMixture(k, covariance_type=ct, reg_covar=1e-4, random_state=seed)
+        labels = gm.fit_predict(x)
+    shapes = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}
+    assert gm.weights_.shape == (k,) and gm.means_.shape == (k, d)
+    assert gm.covariances_.shape == shapes[ct] == gm.precisions_cholesky_.shape
+    assert gm.weights_.sum().item() == pytest.approx(1.0)
+    assert torch.equal(labels, gm.predict(x))
+    proba = gm.predict_proba(x)
+    torch.testing.assert_close(proba.sum(1), torch.ones(n, dtype=torch.float64))
+    assert bool(torch.isfinite(gm.score_samples(x)).all())
+    if n >= 2:  # scikit-learn needs two samples; one EM step from identical initial values
+        inits = _inits(x, k, ct, seed=seed)
+        sk, ours = _fit_both(x, k, covariance_type=ct, reg_covar=1e-4, max_iter=1, **inits)
+        _assert_params_equal(ours, sk, rtol=1e-6)
+
+
+# -- dtypes, devices, fitted-state -----------------------------------------------------------
+
+
+def test_dtype_and_device_defaults() -> None:
+    x = _blobs()
+    assert GaussianMixture(2).fit(x).means_.dtype == torch.float64
+    gm = GaussianMixture(2).fit(torch.as_tensor(x, dtype=torch.float32))
+    assert gm.means_.dtype == torch.float32 and gm.means_.device.type == "cpu"
+    assert gm.predict(x).dtype == torch.int64
+    assert isinstance(gm.lower_bound_, float) and isinstance(gm.n_iter_, int)
+    assert GaussianMixture(2, dtype=torch.float32).fit(x).means_.dtype == torch.float32
+    assert GaussianMixture(2).fit(torch.as_tensor(x).half()).means_.dtype == torch.float32
+    assert "n_components=2" in repr(GaussianMixture(2, covariance_type="diag"))
+
+
+def test_not_fitted_error() -> None:
+    gm = GaussianMixture(2)
+    for call in (gm.predict, gm.predict_proba, gm.score_samples, gm.score, gm.bic, gm.aic):
+        with pytest.raises(NotFittedError, match="not fitted"):
+            call(np.zeros((3, 2)))
+    with pytest.raises(NotFittedError):
+        gm.sample(3)
+    err = NotFittedError("x")
+    assert isinstance(err, ValueError) and isinstance(err, AttributeError)
+
+
+# -- validation errors -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_components": 0}, "n_components"),
+        ({"n_components": 2.5}, "n_components"),
+        ({"covariance_type": "banana"}, "covariance_type"),
+        ({"tol": -1.0}, "tol"),
+        ({"reg_covar": -1e-6}, "reg_covar"),
+        ({"max_iter": -1}, "max_iter"),
+        ({"n_init": 0}, "n_init"),
+        ({"init_params": "kmeans--"}, "init_params"),
+        ({"random_state": "seed"}, "random_state"),
+        ({"warm_start": 1}, "warm_start"),
+        ({"dtype": torch.int64}, "dtype"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"device": "not-a-device"}, "device"),
+    ],
+)
+def test_bad_hyperparameters(kwargs: dict[str, Any], match: str) -> None:
+    k = kwargs.pop("n_components", 2)
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(k, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"weights_init": [0.5, 0.6]}, "weights_init must sum to 1"),
+        ({"weights_init": [1.5, -0.5]}, r"weights_init must lie in \[0, 1\]"),
+        ({"weights_init": [1.0]}, r"weights_init must have shape \(2,\)"),
+        ({"means_init": np.zeros((2, 3))}, r"means_init must have shape \(2, 4\)"),
+        ({"means_init": np.full((2, 4), np.nan)}, "means_init must be finite"),
+        ({"precisions_init": np.ones((2, 4, 4))}, "precisions_init.*positive definite"),
+        ({"precisions_init": np.triu(np.ones((2, 4, 4)))}, "precisions_init.*symmetric"),
+        ({"precisions_init": np.ones((2, 3, 3))}, r"precisions_init must have shape \(2, 4, 4\)"),
+        (
+            {"covariance_type": "diag", "precisions_init": -np.ones((2, 4))},
+            "precisions_init.*positive",
+        ),
+    ],
+)
+def test_bad_initial_values(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(2, **kwargs).fit(_iris())
+
+
+def test_bad_data() -> None:
+    x = _iris()
+    gm = GaussianMixture(2)
+    with pytest.raises(ValueError, match=r"X must have shape \(N, D\)"):
+        gm.fit(x[:, 0])
+    with pytest.raises(ValueError, match="X must be finite"):
+        gm.fit(np.where(x > 7, np.inf, x))
+    with pytest.raises(ValueError, match="X must hold numbers"):
+        gm.fit(np.array([["a", "b"], ["c", "d"]]))
+    with pytest.raises(ValueError, match="at least n_components=2 samples"):
+        gm.fit(x[:1])
+    with pytest.raises(ValueError, match=r"sample_weight must have shape \(N,\)"):
+        gm.fit(x, sample_weight=np.ones(3))
+    with pytest.raises(ValueError, match="sample_weight must be non-negative"):
+        gm.fit(x, sample_weight=-np.ones(len(x)))
+    with pytest.raises(ValueError, match="sample_weight must have at least n_components"):
+        gm.fit(x, sample_weight=np.r_[1.0, np.zeros(len(x) - 1)])
+    gm.fit(x)
+    with pytest.raises(ValueError, match="X must have D=4 features"):
+        gm.predict(x[:, :3])
+    with pytest.raises(ValueError, match="n_samples must be an int >= 1"):
+        gm.sample(0)
+
+
+def test_ill_defined_covariance_names_component_and_reg_covar() -> None:
+    same = np.full((6, 2), 3.0)
+    for ct in COV_TYPES:
+        with pytest.raises(ValueError, match=r"(component 0|tied covariance).*increase reg_covar"):
+            GaussianMixture(1, covariance_type=ct, reg_covar=0.0).fit(same)
+    spread = np.random.default_rng(0).normal(size=(10, 2))
+    with pytest.raises(ValueError, match=r"component 0 of group 1.*reg_covar"):
+        GaussianMixture(1, reg_covar=0.0).fit_grouped(
+            np.r_[spread, same], np.r_[np.zeros(10, dtype=int), np.ones(6, dtype=int)], 2
+        )
+
+
+def test_bad_grouped_inputs() -> None:
+    x, gid, ngroups = _grouped_data()
+    gm = GaussianMixture(3)
+    with pytest.raises(ValueError, match="num_groups"):
+        gm.fit_grouped(x, gid, 0)
+    with pytest.raises(ValueError, match="group_ids must be an integer array"):
+        gm.fit_grouped(x, gid.astype(float), ngroups)
+    with pytest.raises(ValueError, match=r"group_ids must lie in \[0, num_groups\)"):
+        gm.fit_grouped(x, gid, ngroups - 1)
+    few = gid.copy()
+    few[np.flatnonzero(gid == 2)[2:]] = 1
+    with pytest.raises(ValueError, match="group 2 has 2 samples, fewer than n_components=3"):
+        gm.fit_grouped(x, few, ngroups)
+    with pytest.raises(ValueError, match="group 4 has 0 samples"):
+        gm.fit_grouped(x, gid, ngroups + 1)
+    with pytest.raises(ValueError, match=r"means_init must have shape \(3, 4\) or \(4, 3, 4\)"):
+        GaussianMixture(3, means_init=np.zeros((2, 3, 4))).fit_grouped(x, gid, ngroups)
+    res = gm.fit_grouped(x, gid, ngroups)
+    with pytest.raises(ValueError, match="group must be an int"):
+        res.mixture(ngroups)

@@ -410,3 +410,13 @@ def test_unnormalised_log_weights_rejected() -> None:
 def test_sample_mixture_bad_n() -> None:
     with pytest.raises(ValueError, match="n must be"):
         sample_mixture(-1, torch.zeros(1, 2), torch.ones(1, 2), torch.zeros(1), "diag")
+
+
+def test_check_finite_flag() -> None:
+    x = torch.tensor([[float("nan"), 0.0]])
+    args = (torch.zeros(1, 2), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="x must be finite"):
+        log_prob_from_precision_cholesky(x, *args, "diag")
+    # Callers that validated x already may skip the scan; NaN then propagates, as documented.
+    out = log_prob_from_precision_cholesky(x, *args, "diag", check_finite=False)
+    assert torch.isnan(out).all()

@@ -227,6 +227,7 @@ def log_prob_from_precision_cholesky(
     covariance_type: CovarianceType,
     *,
     chunk_size: int | None = None,
+    check_finite: bool = True,
 ) -> Tensor:
     """Per-component Gaussian log-densities from Cholesky factors of the precisions.
 
@@ -241,6 +242,8 @@ def log_prob_from_precision_cholesky(
         chunk_size: rows of ``x`` per chunk; ``None`` picks a chunk whose temporary buffer stays
             under 2²⁴ elements (64 MiB in float32). The temporary is (chunk, 2D) for
             diag/spherical and (chunk, K, D) for full/tied.
+        check_finite: scan ``x`` for NaN/Inf (one pass over the data). Callers that already
+            validated ``x`` (an EM loop, a head whose input was checked) pass ``False``.
 
     Returns:
         (N, K) log-densities log N(x_n | μ_k, Σ_k).
@@ -258,7 +261,10 @@ def log_prob_from_precision_cholesky(
             f"precisions_cholesky for covariance_type={covariance_type!r} with K={k}, D={d} "
             f"must have shape {expected}, got {tuple(precisions_cholesky.shape)}"
         )
-    _validate_x(x, d)
+    if x.ndim != 2 or x.shape[1] != d:
+        raise ValueError(f"x must have shape (N, D) with D={d}, got shape {tuple(x.shape)}")
+    if check_finite:
+        _check_finite("x", x)
     dtype = _compute_dtype(x, means, precisions_cholesky)
     with torch.autocast(device_type=x.device.type, enabled=False):
         x_, mu_, pc_ = x.to(dtype), means.to(dtype), precisions_cholesky.to(dtype)

@@ -241,6 +241,7 @@ def _estimate_weighted_log_prob(
             params.precisions_cholesky[0],
             covariance_type,
             chunk_size=data.chunk_size,
+            check_finite=False,  # X was validated once by fit
         )
         return log_prob + log_weights[0]
     if covariance_type in ("diag", "spherical"):

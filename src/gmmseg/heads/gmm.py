@@ -279,8 +279,8 @@ class GMMClassifier(nn.Module):
         means = F.normalize(self.means.float(), dim=-1).reshape(c * m, d)
         inv_scales = self.scales.float().reciprocal().reshape(c * m, d)
         ell = log_prob_from_precision_cholesky(
-            x, means, inv_scales, "diag", chunk_size=self.chunk_size
-        ).view(-1, c, m)
+            x, means, inv_scales, "diag", chunk_size=self.chunk_size, check_finite=False
+        ).view(-1, c, m)  # features were checked by embed(); LayerNorm + L2 keep them finite
         # max (not amax): its backward scatters into one component per class instead of
         # comparing all C·M entries with the maximum (identical except for exact ties).
         s = ell.max(dim=-1).values

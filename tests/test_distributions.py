@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from scipy import stats
 from scipy.special import logsumexp
@@ -86,6 +86,11 @@ def test_log_prob_matches_scipy_float64(case: tuple[str, int, int, int, float, f
 
 
 @given(param_cases)
+# Small scales far from the origin (in units of the scale): the full/tied path must shift the data.
+@example(("tied", 5, 6, 40, 0.01, -100.0, 4))
+@example(("tied", 5, 6, 40, 0.01, -100.0, 12))
+@example(("full", 5, 6, 40, 0.01, -100.0, 12))
+@example(("full", 5, 6, 40, 0.01, -100.0, 22))
 def test_log_prob_matches_scipy_float32(case: tuple[str, int, int, int, float, float, int]) -> None:
     cov_type, k, d, n, scale, offset, seed = case
     rng = np.random.default_rng(seed)
@@ -420,3 +425,22 @@ def test_check_finite_flag() -> None:
     # Callers that validated x already may skip the scan; NaN then propagates, as documented.
     out = log_prob_from_precision_cholesky(x, *args, "diag", check_finite=False)
     assert torch.isnan(out).all()
+
+
+def test_non_symmetric_covariance_rejected() -> None:
+    cov = torch.tensor([[[2.0, 5.0], [0.3, 1.0]]])
+    with pytest.raises(ValueError, match=r"symmetric: component 0 has max \|Σ − Σᵀ\| = 4.7"):
+        gaussian_log_prob(torch.zeros(1, 2), torch.zeros(1, 2), cov, "full")
+
+
+def test_precision_cholesky_checks_shape_per_type() -> None:
+    with pytest.raises(ValueError, match=r"'full' must have shape \(K, D, D\)"):
+        precision_cholesky(torch.eye(2), "full")
+    with pytest.raises(ValueError, match=r"'tied' must have shape \(D, D\)"):
+        precision_cholesky(torch.eye(2)[None], "tied")
+
+
+def test_non_pd_message_gives_smallest_eigenvalue() -> None:
+    cov = torch.tensor([[1.0, 2.0], [2.0, 1.0]])
+    with pytest.raises(ValueError, match="smallest eigenvalue -1"):
+        precision_cholesky(cov, "tied")

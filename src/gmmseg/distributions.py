@@ -134,19 +134,31 @@ def precision_cholesky(covariances: Tensor, covariance_type: CovarianceType) -> 
                 + "; increase the variance floor (reg_covar) or rescale the data"
             )
         return torch.rsqrt(covariances)
-    if covariances.ndim not in (2, 3) or covariances.shape[-1] != covariances.shape[-2]:
+    ndim = 3 if covariance_type == "full" else 2
+    if covariances.ndim != ndim or covariances.shape[-1] != covariances.shape[-2]:
+        expected = "(K, D, D)" if covariance_type == "full" else "(D, D)"
         raise ValueError(
-            f"covariances for covariance_type={covariance_type!r} must be square matrices, "
+            f"covariances for covariance_type={covariance_type!r} must have shape {expected}, "
             f"got shape {tuple(covariances.shape)}"
         )
     mats = covariances if covariances.ndim == 3 else covariances.unsqueeze(0)
+    what = "component {}" if covariance_type == "full" else "the tied covariance"
+    asym = (mats - mats.transpose(-1, -2)).abs().amax(dim=(-2, -1))
+    scale = mats.abs().amax(dim=(-2, -1)).clamp_min(torch.finfo(mats.dtype).tiny)
+    tol = 100 * torch.finfo(mats.dtype).eps
+    if bool((asym > tol * scale).any()):
+        k = int(torch.nonzero(asym > tol * scale)[0, 0])
+        raise ValueError(
+            f"covariances must be symmetric: {what.format(k)} has max |Σ − Σᵀ| = "
+            f"{asym[k].item():.3g} (relative {asym[k].item() / scale[k].item():.3g})"
+        )
     chol, info = torch.linalg.cholesky_ex(mats)
     if bool((info != 0).any()):
         k = int(torch.nonzero(info)[0, 0])
-        what = f"component {k}" if covariance_type == "full" else "the tied covariance"
+        min_eig = torch.linalg.eigvalsh(mats[k]).min().item()
         raise ValueError(
-            f"covariances must be symmetric positive definite: {what} is not "
-            "(Cholesky failed); increase reg_covar or rescale the data"
+            f"covariances must be positive definite: {what.format(k)} is not (smallest "
+            f"eigenvalue {min_eig:.3g}); increase reg_covar or rescale the data"
         )
     eye = torch.eye(mats.shape[-1], dtype=mats.dtype, device=mats.device).expand_as(mats)
     inv_lower: Tensor = torch.linalg.solve_triangular(chol, eye, upper=False)
@@ -202,6 +214,10 @@ def _full_log_prob(
 ) -> Tensor:
     n, d = x.shape
     k = means.shape[0]
+    # Shift by the mean of the means (the density is translation invariant): x·P and μ·P are
+    # then small and their difference keeps its digits in float32.
+    center = means.mean(dim=0)
+    means = means - center
     if tied:
         log_det = torch.log(torch.diagonal(prec_chol)).sum().expand(k)
         mu_p = means @ prec_chol  # (K, D)
@@ -211,7 +227,7 @@ def _full_log_prob(
     rows = _rows_per_chunk(chunk_size, n, k * d)
     parts = []
     for start in range(0, n, rows):
-        xs = x[start : start + rows]
+        xs = x[start : start + rows] - center
         y = (xs @ prec_chol).unsqueeze(1) if tied else torch.einsum("nd,kde->nke", xs, prec_chol)
         y = y - mu_p
         parts.append(-0.5 * (d * math.log(2 * math.pi) + (y * y).sum(dim=-1)) + log_det)
@@ -323,8 +339,12 @@ def _check_log_weights(log_weights: Tensor, k: int) -> None:
         )
     if not log_weights.is_floating_point():
         raise ValueError(f"log_weights must be floating point, got dtype {log_weights.dtype}")
-    if bool(torch.isnan(log_weights).any()) or bool((log_weights == math.inf).any()):
-        raise ValueError("log_weights must not contain NaN or +Inf")
+    bad = torch.isnan(log_weights) | (log_weights == math.inf)
+    if bool(bad.any()):
+        raise ValueError(
+            f"log_weights must not contain NaN or +Inf, got {log_weights[bad].tolist()} at "
+            f"components {torch.nonzero(bad)[:, 0].tolist()}"
+        )
     total = float(torch.logsumexp(log_weights.double(), dim=0))
     if not abs(total) <= 1e-4:
         raise ValueError(
@@ -385,7 +405,8 @@ def sample_mixture(
         generator: random generator on the device of ``means`` (for reproducibility).
 
     Returns:
-        ``(samples, components)``: (n, D) samples in the dtype of ``means`` and (n,) int64 indices
+        ``(samples, components)``: (n, D) samples in the promoted dtype of ``means`` and
+        ``covariances`` (at least float32) and (n,) int64 indices
         of the component each sample was drawn from.
 
     Raises:

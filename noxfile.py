@@ -2,8 +2,9 @@
 
 The sessions install a CPU build of PyTorch by default (``torch==2.13.0``). An unpinned ``torch``
 would pull a multi-GB CUDA build; set ``GMMSEG_TORCH`` to choose another requirement, e.g.
-``GMMSEG_TORCH="torch==2.5.1"`` or ``GMMSEG_TORCH=skip`` to use the torch that pip finds already
-satisfied (only meaningful with ``--no-venv``).
+``GMMSEG_TORCH="torch==2.5.1 --index-url https://download.pytorch.org/whl/cpu"`` (split on
+spaces), or ``GMMSEG_TORCH=skip`` to use the torch that pip finds already satisfied (only meaningful
+with ``--no-venv``).
 """
 
 from __future__ import annotations
@@ -15,18 +16,24 @@ import nox
 nox.options.sessions = ["tests", "tests_vision", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = False
 
-TORCH = os.environ.get("GMMSEG_TORCH", "torch==2.13.0")
+TORCH = os.environ.get("GMMSEG_TORCH", "torch==2.13.0").split()
 # timm and torch-fidelity import torchvision, which cannot import beside the CPU torch 2.13.0
 # wheel; their tests run in a second session on this working pair (a CUDA build, run on CPU).
 VISION_TORCH = os.environ.get("GMMSEG_VISION_TORCH", "torch==2.14.1 torchvision==0.29.1").split()
 LINT_TOOLS = ["ruff==0.17.6"]
 TYPE_TOOLS = ["mypy==2.4.1"]
+DOCS_TOOLS = [
+    "mkdocs==1.6.1",
+    "mkdocs-material==9.8.1",
+    "mkdocstrings==1.0.8",
+    "mkdocstrings-python==2.0.11",
+]
 
 
 def install_torch(session: nox.Session) -> None:
     """Install the pinned torch first so that the package's ``torch>=`` is already satisfied."""
-    if TORCH != "skip":
-        session.install(TORCH)
+    if TORCH != ["skip"]:
+        session.install(*TORCH)
 
 
 @nox.session
@@ -64,7 +71,8 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the documentation site with ``mkdocs build --strict``."""
-    session.install("mkdocs-material>=9.5", "mkdocstrings[python]>=0.26")
+    # Not `.[docs]`: that would resolve torch unpinned. mkdocstrings reads src/ statically.
+    session.install(*DOCS_TOOLS)
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
 
 

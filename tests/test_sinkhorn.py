@@ -580,3 +580,13 @@ def test_uniform_defaults_have_total_one() -> None:
     plan = sinkhorn(random_scores((3, 6, 2), seed=1), 0.2, 3)
     torch.testing.assert_close(plan.sum((-1, -2)), torch.ones(3, dtype=F64))
     assert math.isclose(float(plan[0].sum()), 1.0)
+
+
+def test_ties_give_the_uniform_plan() -> None:
+    """Constant scores: every assignment is equally good, the plan is uniform 1/(N·M)."""
+    plan = sinkhorn(torch.full((7, 3), 0.3, dtype=torch.float64), 0.05, 3)
+    torch.testing.assert_close(plan, torch.full((7, 3), 1 / 21, dtype=torch.float64))
+    ids = torch.tensor([0, 0, 1, 1, 1, 3])
+    seg = segmented_sinkhorn(torch.zeros(6, 2, dtype=torch.float64), ids, 4, 1e-3, 3)
+    sizes = torch.tensor([2.0, 2.0, 3.0, 3.0, 3.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(seg, (1 / (2 * sizes))[:, None].expand(6, 2))

@@ -1135,7 +1135,10 @@ class GaussianMixture:
         Args:
             X: (N, D) samples.
             group_ids: (N,) integer group of each sample, in [0, num_groups).
-            num_groups: G >= 1; every group needs at least ``n_components`` samples.
+            num_groups: G >= 1; every group needs at least ``n_components`` samples. A
+                class absent from the data is not fitted silently as garbage: remap the
+                present classes to ``0..G'-1`` first (e.g. ``torch.unique(ids,
+                return_inverse=True)``).
             sample_weight: (N,) non-negative weights.
 
         Returns:
@@ -1237,15 +1240,49 @@ class GaussianMixture:
         return torch.logsumexp(self._estimate_weighted_log_prob(self._check_new_x(X)), dim=1)
 
     def score(self, X: Tensor | npt.ArrayLike, y: object = None) -> float:
-        """Mean log-likelihood of the samples ``X`` (N, D); ``y`` is ignored."""
+        """Mean log-likelihood of the samples.
+
+        Args:
+            X: (N, D) samples (numpy array or tensor).
+            y: ignored (scikit-learn compatibility).
+
+        Returns:
+            ``mean_n log p(x_n)`` as a float.
+
+        Raises:
+            NotFittedError: before :meth:`fit`.
+            ValueError: if ``X`` is not finite or has a different D than in :meth:`fit`.
+        """
         return float(self.score_samples(X).mean())
 
     def predict(self, X: Tensor | npt.ArrayLike) -> Tensor:
-        """Most probable component of each sample: (N, D) -> (N,) int64."""
+        """Most probable component of each sample.
+
+        Args:
+            X: (N, D) samples.
+
+        Returns:
+            (N,) int64 component indices, ``argmax_k w_k N(x_n | μ_k, Σ_k)``.
+
+        Raises:
+            NotFittedError: before :meth:`fit`.
+            ValueError: if ``X`` is not finite or has a different D than in :meth:`fit`.
+        """
         return torch.argmax(self._estimate_weighted_log_prob(self._check_new_x(X)), dim=1)
 
     def predict_proba(self, X: Tensor | npt.ArrayLike) -> Tensor:
-        """Posterior probability of each component: (N, D) -> (N, K), rows summing to 1."""
+        """Posterior probability of each component (the responsibilities).
+
+        Args:
+            X: (N, D) samples.
+
+        Returns:
+            (N, K) probabilities, rows summing to 1.
+
+        Raises:
+            NotFittedError: before :meth:`fit`.
+            ValueError: if ``X`` is not finite or has a different D than in :meth:`fit`.
+        """
         weighted = self._estimate_weighted_log_prob(self._check_new_x(X))
         return torch.exp(weighted - torch.logsumexp(weighted, dim=1, keepdim=True))
 
@@ -1282,12 +1319,26 @@ class GaussianMixture:
         return _n_parameters(self.n_components, self.n_features_in_, self.covariance_type)
 
     def bic(self, X: Tensor | npt.ArrayLike) -> float:
-        """Bayesian information criterion ``−2 N·score(X) + p log N`` (lower is better)."""
+        """Bayesian information criterion ``−2 N·score(X) + p log N`` (lower is better).
+
+        Args:
+            X: (N, D) samples.
+
+        Returns:
+            The criterion as a float; ``p`` is the number of free parameters.
+        """
         n = self._check_new_x(X).shape[0]
         return -2.0 * self.score(X) * n + self._n_parameters() * math.log(n)
 
     def aic(self, X: Tensor | npt.ArrayLike) -> float:
-        """Akaike information criterion ``−2 N·score(X) + 2p`` (lower is better)."""
+        """Akaike information criterion ``−2 N·score(X) + 2p`` (lower is better).
+
+        Args:
+            X: (N, D) samples.
+
+        Returns:
+            The criterion as a float; ``p`` is the number of free parameters.
+        """
         n = self._check_new_x(X).shape[0]
         return -2.0 * self.score(X) * n + 2.0 * self._n_parameters()
 

@@ -279,6 +279,63 @@ def _e_step(data: _Data, params: _Params, covariance_type: CovarianceType) -> tu
     return log_prob_norm, weighted - log_prob_norm[:, None]
 
 
+#: Rows per chunk of the fused diagonal EM pass (temporaries stay in cache).
+_FUSED_ROWS = 4096
+
+
+def _fused_diag_pass(
+    data: _Data, params: _Params, covariance_type: CovarianceType
+) -> tuple[Tensor, Tensor, Tensor]:
+    """E-step and the M-step's moment GEMM of one diag/spherical mixture in one pass over X.
+
+    The rows are visited in chunks small enough to stay in cache: each chunk's log-densities
+    (the fused GEMM of :mod:`gmmseg.distributions`, shifted by the mean of the means exactly as
+    :func:`gmmseg.distributions.log_prob_from_precision_cholesky` does), responsibilities and
+    moments ``Σ w r [x², x]`` are computed while the chunk is hot, so X is read once per
+    iteration instead of three times.
+
+    Returns:
+        ``(log_prob_norm (R,), rw (R, K) = w·resp, moments (1, K, 2D))``.
+    """
+    assert data.feats is not None and data.layout.num_groups == 1
+    x, feats, w = data.x, data.feats, data.w
+    n, d = x.shape
+    means = params.means[0]
+    pc = params.precisions_cholesky[0]
+    prec = (pc * pc).unsqueeze(-1).expand_as(means) if covariance_type == "spherical" else pc * pc
+    center = means.mean(dim=0)
+    mu = means - center
+    bias = torch.log(params.weights[0]) - 0.5 * (
+        (mu * mu * prec).sum(dim=1) - torch.log(prec).sum(dim=1) + d * _LOG_2PI
+    )
+    k = means.shape[0]
+    # Components-major layout: (K, 2D)·(2D, rows) and (K, rows)·(rows, 2D) are 3-4× faster than
+    # the skinny (rows, 2D)·(2D, K) products for small K, and the reductions over K run across
+    # contiguous rows.
+    weight_t = torch.cat([-0.5 * prec, mu * prec], dim=1)  # (K, 2D)
+    log_prob_norm = x.new_empty(n)
+    rw_t = x.new_empty((k, n))
+    moments = x.new_zeros((k, 2 * d))
+    buf = x.new_empty((min(_FUSED_ROWS, n), 2 * d))
+    floor = _log_floor(x.dtype)
+    for start in range(0, n, _FUSED_ROWS):
+        stop = min(start + _FUSED_ROWS, n)
+        f = buf[: stop - start]
+        torch.sub(x[start:stop], center, out=f[:, d:])
+        torch.mul(f[:, d:], f[:, d:], out=f[:, :d])
+        weighted = torch.addmm(bias.unsqueeze(1), weight_t, f.T)  # (K, rows)
+        top = weighted.amax(dim=0)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        r = rw_t[:, start:stop]
+        torch.sub(weighted, top, out=r)
+        lpn = r.clamp_min_(floor).exp_().sum(dim=0).log_() + top
+        log_prob_norm[start:stop] = lpn
+        torch.sub(weighted, lpn, out=r)
+        r.clamp_min_(floor).exp_().mul_(w[start:stop])
+        moments.addmm_(r, feats[start:stop])
+    return log_prob_norm, rw_t.T, moments.unsqueeze(0)
+
+
 def _lower_bound(data: _Data, log_prob_norm: Tensor) -> Tensor:
     """(G,) float64 weighted mean log-likelihood ``Σ w log p(x) / Σ w`` of each group."""
     w = data.w.to(torch.float64)
@@ -441,6 +498,9 @@ def _estimate_gaussian_parameters(
     reg_covar: float,
     covariance_type: CovarianceType,
     check: Tensor,
+    *,
+    weighted: bool = False,
+    moments: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """M-step estimates from responsibilities, as scikit-learn's function of the same name.
 
@@ -450,17 +510,20 @@ def _estimate_gaussian_parameters(
         reg_covar: added to the covariance diagonals.
         covariance_type: one of the four types.
         check: (G,) bool groups whose covariances matter (the accuracy guard looks only there).
+        weighted: ``resp`` already includes the sample weights (``w·r``).
+        moments: (G, K, 2D) precomputed ``Σ w r [x², x]`` (diag/spherical), if available.
 
     Returns:
         ``(nk (G, K), means (G, K, D), covariances (G, …))`` with ``nk = Σ w r + 10·eps``.
     """
     eps = torch.finfo(resp.dtype).eps
-    rw = resp * data.w[:, None]
+    rw = resp if weighted else resp * data.w[:, None]
     mass = data.layout.segment_sum(rw)
     nk = mass + 10 * eps
     d = data.x.shape[1]
     if data.feats is not None:
-        moments = data.layout.segment_matmul(rw, data.feats)  # (G, K, 2D)
+        if moments is None:
+            moments = data.layout.segment_matmul(rw, data.feats)  # (G, K, 2D)
         second, first = moments[..., :d], moments[..., d:]
     else:
         first = data.layout.segment_matmul(rw, data.x)
@@ -930,11 +993,28 @@ class GaussianMixture:
 
     # -- EM -----------------------------------------------------------------------------------
 
-    def _m_step(self, data: _Data, log_resp: Tensor, old: _Params, active: Tensor) -> _Params:
-        """M-step for the ``active`` (G,) groups; inactive groups keep ``old``."""
+    def _m_step(
+        self,
+        data: _Data,
+        log_resp: Tensor | None,
+        old: _Params,
+        active: Tensor,
+        fused: tuple[Tensor, Tensor] | None = None,
+    ) -> _Params:
+        """M-step for the ``active`` (G,) groups; inactive groups keep ``old``.
+
+        ``fused`` is ``(rw, moments)`` from :func:`_fused_diag_pass`, used instead of
+        ``log_resp``.
+        """
         ct = self.covariance_type
-        resp = log_resp.clamp_min(_log_floor(log_resp.dtype)).exp_()
-        nk, means, cov = _estimate_gaussian_parameters(data, resp, self.reg_covar, ct, active)
+        if fused is not None:
+            nk, means, cov = _estimate_gaussian_parameters(
+                data, fused[0], self.reg_covar, ct, active, weighted=True, moments=fused[1]
+            )
+        else:
+            assert log_resp is not None
+            resp = log_resp.clamp_min(_log_floor(log_resp.dtype)).exp_()
+            nk, means, cov = _estimate_gaussian_parameters(data, resp, self.reg_covar, ct, active)
         weights = nk / nk.sum(dim=1, keepdim=True)
         prec_chol = old.precisions_cholesky.clone()
         idx = torch.nonzero(active)[:, 0]
@@ -950,9 +1030,14 @@ class GaussianMixture:
         converged = torch.zeros(g, dtype=torch.bool, device=device)
         n_iter = torch.zeros(g, dtype=torch.int64, device=device)
         history: list[float] = []
+        fuse = g == 1 and data.feats is not None
         for it in range(1, self.max_iter + 1):
-            log_prob_norm, log_resp = _e_step(data, params, self.covariance_type)
-            params = self._m_step(data, log_resp, params, active)
+            if fuse:
+                log_prob_norm, rw, moments = _fused_diag_pass(data, params, self.covariance_type)
+                params = self._m_step(data, None, params, active, fused=(rw, moments))
+            else:
+                log_prob_norm, log_resp = _e_step(data, params, self.covariance_type)
+                params = self._m_step(data, log_resp, params, active)
             current = _lower_bound(data, log_prob_norm)
             change = current - lower_bound
             lower_bound = torch.where(active, current, lower_bound)

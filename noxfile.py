@@ -64,7 +64,8 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on src/."""
     install_torch(session)
-    session.install("-e", ".", *TYPE_TOOLS)
+    # safetensors is imported lazily by the checkpoint loader; mypy needs its types.
+    session.install("-e", ".", "safetensors>=0.4", *TYPE_TOOLS)
     session.run("mypy", "--strict", "src")
 
 

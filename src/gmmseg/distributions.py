@@ -328,7 +328,7 @@ def gaussian_log_prob(
     dtype = _compute_dtype(x, means, covariances)
     prec_chol = precision_cholesky(covariances.to(dtype), covariance_type)
     return log_prob_from_precision_cholesky(
-        x, means, prec_chol, covariance_type, chunk_size=chunk_size
+        x, means, prec_chol, covariance_type, chunk_size=chunk_size, check_finite=False
     )
 
 

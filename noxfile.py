@@ -21,7 +21,7 @@ TORCH = os.environ.get("GMMSEG_TORCH", "torch==2.13.0").split()
 # wheel; their tests run in a second session on this working pair (a CUDA build, run on CPU).
 VISION_TORCH = os.environ.get("GMMSEG_VISION_TORCH", "torch==2.14.1 torchvision==0.29.1").split()
 LINT_TOOLS = ["ruff==0.17.6"]
-TYPE_TOOLS = ["mypy==2.4.1"]
+TYPE_TOOLS = ["mypy==2.4.1", "types-tqdm"]
 DOCS_TOOLS = [
     "mkdocs==1.6.1",
     "mkdocs-material==9.8.1",

@@ -6,6 +6,7 @@ Every backbone maps (B, 3, H, W) images to a ``list[Tensor]`` of feature maps an
 - :func:`mit_b0` … :func:`mit_b5`: SegFormer's Mix Transformer (strides 4, 8, 16, 32).
 - :func:`resnet50_v1c`, :func:`resnet101_v1c`: deep-stem ResNets with output stride 8/16/32
   (and the 7×7-stem :func:`resnet50_v1b`, :func:`resnet101_v1b` that torchvision weights fit).
+- :func:`convnet_small`: a small plain CNN that trains from scratch in minutes (the demo).
 - :func:`swin_tiny`, :func:`swin_small`, :func:`swin_base`: Swin Transformer, window 7 or 12.
 
 :func:`load_pretrained` loads official, mmsegmentation/mmpretrain, Hugging Face, torchvision and
@@ -14,6 +15,7 @@ timm checkpoints from a local file. :class:`TimmBackbone` wraps any timm model (
 
 from gmmseg.backbones._common import Backbone, DropPath
 from gmmseg.backbones.checkpoint import LoadReport, Source, load_pretrained, read_state_dict
+from gmmseg.backbones.convnet import ConvNet, convnet_small
 from gmmseg.backbones.mit import (
     MiTConfig,
     MixVisionTransformer,
@@ -38,6 +40,7 @@ from gmmseg.backbones.timm_adapter import TimmBackbone
 
 __all__ = [
     "Backbone",
+    "ConvNet",
     "DropPath",
     "FrozenBatchNorm2d",
     "LoadReport",
@@ -49,6 +52,7 @@ __all__ = [
     "SwinTransformer",
     "TimmBackbone",
     "build_backbone",
+    "convnet_small",
     "list_backbones",
     "load_pretrained",
     "mit_b0",

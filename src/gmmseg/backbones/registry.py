@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gmmseg.backbones._common import Backbone
+from gmmseg.backbones.convnet import convnet_small
 from gmmseg.backbones.mit import mit_b0, mit_b1, mit_b2, mit_b3, mit_b4, mit_b5
 from gmmseg.backbones.resnet import resnet50_v1b, resnet50_v1c, resnet101_v1b, resnet101_v1c
 from gmmseg.backbones.swin import swin_base, swin_small, swin_tiny
@@ -13,6 +14,7 @@ from gmmseg.backbones.swin import swin_base, swin_small, swin_tiny
 __all__ = ["BACKBONES", "build_backbone", "list_backbones"]
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {
+    "convnet_small": convnet_small,
     "mit_b0": mit_b0,
     "mit_b1": mit_b1,
     "mit_b2": mit_b2,

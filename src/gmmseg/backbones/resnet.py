@@ -153,12 +153,12 @@ class DeepStem(nn.Sequential):
 
 
 class PlainStem(nn.Sequential):
-    """7×7 stride-2 conv-norm-ReLU (width 64) then a 3×3 stride-2 max pool."""
+    """7×7 stride-2 conv-norm-ReLU (``width`` channels, 64 by default) then a 3×3 max pool."""
 
-    def __init__(self, in_channels: int, norm_layer: NormLayer) -> None:
+    def __init__(self, in_channels: int, norm_layer: NormLayer, width: int = 64) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = make_norm(norm_layer, 64)
+        self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = make_norm(norm_layer, width)
         self.relu1 = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
 
@@ -194,9 +194,12 @@ class ResNet(Backbone):
             (parameters get ``requires_grad=False``, their norms stay in eval mode).
         norm_eval: keep every BatchNorm in eval mode during training (frozen statistics).
         in_channels: channels of the input image.
+        base_width: width of the first stage's bottleneck (64 in every published ResNet; smaller
+            values give the narrow networks of recipe dry runs). Stage i has
+            ``base_width · 2^i`` planes and ``4 · base_width · 2^i`` output channels.
 
     Attributes:
-        out_channels: (256, 512, 1024, 2048).
+        out_channels: (256, 512, 1024, 2048) for ``base_width=64``.
         strides: (4, 8, 16, 32), (4, 8, 16, 16) or (4, 8, 8, 8) for output stride 32, 16, 8.
         dilations: dilation of the 3×3 convolutions of each stage after its first block.
 
@@ -218,8 +221,11 @@ class ResNet(Backbone):
         frozen_stages: int = -1,
         norm_eval: bool = False,
         in_channels: int = 3,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
+        if base_width < 2 or base_width % 2:
+            raise ValueError(f"base_width must be an even number >= 2, got {base_width}")
         if depth not in RESNET_DEPTHS:
             raise ValueError(f"depth must be one of {sorted(RESNET_DEPTHS)}, got {depth}")
         if stem not in ("deep", "plain"):
@@ -232,14 +238,14 @@ class ResNet(Backbone):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.stem: nn.Sequential = (
-            DeepStem(in_channels, 32, norm_layer)
+            DeepStem(in_channels, base_width // 2, norm_layer)
             if stem == "deep"
-            else PlainStem(in_channels, norm_layer)
+            else PlainStem(in_channels, norm_layer, base_width)
         )
-        channels = 64
+        channels = base_width
         layers: list[nn.Sequential] = []
         for i, blocks in enumerate(RESNET_DEPTHS[depth]):
-            planes = 64 * 2**i
+            planes = base_width * 2**i
             contract = contract_dilation and dilations[i] > 1
             first_dilation = dilations[i] // 2 if contract else dilations[i]
             downsample: nn.Module | None = None
@@ -265,7 +271,7 @@ class ResNet(Backbone):
             ]
             layers.append(nn.Sequential(*mods))
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.out_channels = (256, 512, 1024, 2048)
+        self.out_channels = tuple(base_width * 4 * 2**i for i in range(4))
         stride = 4
         out_strides = []
         for s in strides:

@@ -1,0 +1,316 @@
+"""The iteration-based training loop."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from gmmseg.engine.checkpoint import (
+    checkpoint_path,
+    get_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+from gmmseg.engine.distributed import DistInfo
+from gmmseg.engine.logger import MetricLogger
+from gmmseg.engine.optim import PolyWarmup
+from gmmseg.segmentor import Segmentor
+
+__all__ = ["TrainSettings", "Trainer"]
+
+AmpMode = Literal["none", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Loop settings of :class:`Trainer`.
+
+    Attributes:
+        max_iters: optimisation steps of the run.
+        log_interval: steps between log records.
+        eval_interval: steps between evaluations (0: only at the end).
+        checkpoint_interval: steps between checkpoints (0: only at the end).
+        keep_checkpoints: most recent checkpoints kept on disk (0: keep all).
+        amp: ``"none"``, ``"bf16"`` (autocast) or ``"fp16"`` (autocast + gradient scaler).
+        grad_clip: max global gradient norm (None: no clipping).
+        channels_last: convert the model and images to channels-last memory format.
+        compile: ``torch.compile`` the forward.
+    """
+
+    max_iters: int
+    log_interval: int = 50
+    eval_interval: int = 0
+    checkpoint_interval: int = 0
+    keep_checkpoints: int = 2
+    amp: AmpMode = "none"
+    grad_clip: float | None = None
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_iters < 1:
+            raise ValueError(f"max_iters must be >= 1, got {self.max_iters}")
+        for name in ("log_interval", "eval_interval", "checkpoint_interval", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+
+
+class Trainer:
+    """Trains a :class:`~gmmseg.segmentor.Segmentor` for a fixed number of iterations.
+
+    One step: forward (through DDP when distributed), the classifier's losses and state update
+    (GMM E-step, memory, M-step: identical on every rank because the update gathers from all
+    ranks), backward, optional gradient clipping, optimiser step, learning-rate schedule. The
+    trainer logs on rank 0 only, evaluates every ``eval_interval`` steps, and writes atomic
+    checkpoints (model, every buffer, optimiser, scaler, iteration, RNG states and ``extra``).
+
+    Args:
+        model: the segmentor, already on ``dist.device``.
+        optimizer: built on ``model``'s parameters (e.g. :func:`build_optimizer`).
+        schedule: learning-rate factor per iteration.
+        loader_factory: ``start -> iterable of batches``; ``start`` is the number of batches
+            this rank already consumed (0, or the resumed iteration). Batches are dicts with
+            ``image`` (B, 3, H, W) float and ``label`` (B, H, W) int64.
+        settings: loop settings.
+        dist: rank, world size and device (:func:`init_distributed`).
+        work_dir: where logs, checkpoints and ``metrics.json`` go (None: nowhere).
+        evaluate: ``model -> {name: number}``, run at evaluation points.
+        extra: stored in every checkpoint (e.g. the resolved recipe).
+        progress: show a progress bar on rank 0.
+        tensorboard: also log to TensorBoard.
+    """
+
+    def __init__(
+        self,
+        model: Segmentor,
+        optimizer: torch.optim.Optimizer,
+        schedule: PolyWarmup,
+        loader_factory: Callable[[int], Iterable[dict[str, Any]]],
+        settings: TrainSettings,
+        dist: DistInfo,
+        *,
+        work_dir: Path | str | None = None,
+        evaluate: Callable[[Segmentor], dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
+        progress: bool = True,
+        tensorboard: bool = False,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.loader_factory = loader_factory
+        self.settings = settings
+        self.dist = dist
+        self.work_dir = Path(work_dir) if work_dir is not None else None
+        self.evaluate = evaluate
+        self.extra = extra or {}
+        self.progress = progress
+        self.tensorboard = tensorboard
+        self.iteration = 0
+        self.history: list[dict[str, Any]] = []
+        device_type = dist.device.type
+        self.scaler = torch.amp.GradScaler(device_type, enabled=settings.amp == "fp16")
+        if settings.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        forward: nn.Module = self.model
+        if dist.world_size > 1:
+            ids = [dist.device.index] if dist.device.type == "cuda" else None
+            forward = DistributedDataParallel(self.model, device_ids=ids)
+        self.forward: Callable[[Tensor], Any] = (
+            torch.compile(forward) if settings.compile else forward
+        )
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the run exactly."""
+        persistent = set(self.model.state_dict())
+        return {
+            "model": self.model.state_dict(),
+            "buffers": {
+                k: v for k, v in self.model.named_buffers() if k not in persistent
+            },  # non-persistent buffers (e.g. a GMM memory bank kept out of state_dict)
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration,
+            "rng": get_rng_state(),
+            "history": self.history,
+            "extra": self.extra,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`."""
+        self.model.load_state_dict(state["model"])
+        buffers = dict(self.model.named_buffers())
+        for k, v in state.get("buffers", {}).items():
+            if k in buffers:
+                buffers[k].copy_(v)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        self.history = list(state.get("history", []))
+        set_rng_state(state["rng"])
+
+    def resume(self, checkpoint: Path | str | Literal["auto"]) -> bool:
+        """Load a checkpoint; ``"auto"`` takes the latest one in ``work_dir`` if any.
+
+        Returns:
+            True if a checkpoint was loaded.
+
+        Raises:
+            FileNotFoundError: an explicit checkpoint path that does not exist.
+        """
+        if checkpoint == "auto":
+            if self.work_dir is None:
+                return False
+            found = latest_checkpoint(self.work_dir)
+            if found is None:
+                return False
+            checkpoint = found
+        self.load_state_dict(load_checkpoint(checkpoint, map_location=self.dist.device))
+        return True
+
+    def save(self) -> Path | None:
+        """Write ``work_dir/iter_{iteration:08d}.pt`` on rank 0 and prune old ones."""
+        if self.work_dir is None or not self.dist.is_main:
+            return None
+        path = save_checkpoint(checkpoint_path(self.work_dir, self.iteration), self.state_dict())
+        keep = self.settings.keep_checkpoints
+        if keep:
+            old = sorted(self.work_dir.glob("iter_*.pt"))[:-keep]
+            for p in old:
+                p.unlink()
+        return path
+
+    # ------------------------------------------------------------------ loop
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        amp = self.settings.amp
+        if amp == "none":
+            return nullcontext()
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        return torch.autocast(self.dist.device.type, dtype=dtype)
+
+    def step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One optimisation step on ``batch``; returns the losses and the learning rate."""
+        device = self.dist.device
+        images: Tensor = batch["image"].to(device, non_blocking=True)
+        labels: Tensor = batch["label"].to(device, non_blocking=True)
+        if self.settings.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        factor = self.schedule.apply(self.optimizer, self.iteration)
+        self.model.train()
+        with self._autocast():
+            out = self.forward(images)
+            losses = self.model.losses_and_update(out, labels)
+        loss = sum(losses.values(), torch.zeros((), device=device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss {loss.item()} at iteration {self.iteration}: "
+                f"{ {k: v.item() for k, v in losses.items()} }"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        record = {k: float(v.detach()) for k, v in losses.items()}
+        if self.settings.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+            record["grad_norm"] = float(norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.iteration += 1
+        record["loss"] = float(loss.detach())
+        record["lr_factor"] = factor
+        return record
+
+    def _run_eval(self, logger: MetricLogger) -> dict[str, Any]:
+        if self.evaluate is None:
+            return {}
+        result = self.evaluate(self.model)
+        record = {"iter": self.iteration, "mode": "eval", **result}
+        logger.log(record, step=self.iteration)
+        self.history.append(record)
+        return result
+
+    def fit(self) -> dict[str, Any]:
+        """Train from the current iteration to ``max_iters``.
+
+        Returns:
+            ``{"iteration", "seconds", "train": last logged losses, "eval": last evaluation}``,
+            also written to ``work_dir/metrics.json`` on rank 0.
+        """
+        s = self.settings
+        logger = MetricLogger(
+            self.work_dir,
+            enabled=self.dist.is_main,
+            total=s.max_iters,
+            initial=self.iteration,
+            progress=self.progress,
+            tensorboard=self.tensorboard,
+        )
+        start = time.perf_counter()
+        batches: Iterator[dict[str, Any]] = iter(self.loader_factory(self.iteration))
+        last: dict[str, float] = {}
+        evaluation: dict[str, Any] = {}
+        sums: dict[str, float] = {}
+        count = 0
+        try:
+            while self.iteration < s.max_iters:
+                record = self.step(next(batches))
+                for k, v in record.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                logger.advance(1, {"loss": record["loss"]})
+                if s.log_interval and self.iteration % s.log_interval == 0:
+                    last = {k: v / count for k, v in sums.items()}
+                    logger.log({"iter": self.iteration, "mode": "train", **last}, self.iteration)
+                    sums, count = {}, 0
+                final = self.iteration == s.max_iters
+                if (s.eval_interval and self.iteration % s.eval_interval == 0) or final:
+                    evaluation = self._run_eval(logger)
+                if (s.checkpoint_interval and self.iteration % s.checkpoint_interval == 0) or final:
+                    self.save()
+        finally:
+            logger.close()
+        if count:
+            last = {k: v / count for k, v in sums.items()}
+        result = {
+            "iteration": self.iteration,
+            "seconds": time.perf_counter() - start,
+            "train": last,
+            "eval": evaluation,
+        }
+        if self.work_dir is not None and self.dist.is_main:
+            (self.work_dir / "metrics.json").write_text(
+                json.dumps(_finite(result), indent=2) + "\n"
+            )
+        return result
+
+
+def _finite(x: Any) -> Any:
+    """JSON-safe: non-finite floats become strings; tensors become lists."""
+    if isinstance(x, dict):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    if isinstance(x, Tensor):
+        return _finite(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return x

@@ -1,0 +1,383 @@
+"""Build models and datasets from recipes; miniature dry-run variants of any recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from gmmseg.backbones import (
+    ConvNet,
+    MiTConfig,
+    MixVisionTransformer,
+    ResNet,
+    SwinConfig,
+    SwinTransformer,
+    build_backbone,
+    load_pretrained,
+)
+from gmmseg.backbones._common import Backbone
+from gmmseg.data import (
+    ADE20K,
+    Cityscapes,
+    COCOStuff,
+    DemoScenes,
+    FishyscapesLostAndFound,
+    FishyscapesStatic,
+    RoadAnomaly,
+    Sample,
+    SMIYCAnomalyTrack,
+    SMIYCObstacleTrack,
+    write_fixture,
+)
+from gmmseg.data import transforms as T
+from gmmseg.heads import (
+    DeepLabV3PlusDecoder,
+    FCNDecoder,
+    GMMClassifier,
+    LinearClassifier,
+    SegFormerDecoder,
+    UPerNetDecoder,
+)
+from gmmseg.recipes.schema import DataConfig, ModelConfig, Recipe
+from gmmseg.segmentor import Segmentor
+
+__all__ = [
+    "InMemory",
+    "build_anomaly_datasets",
+    "build_backbone_from_config",
+    "build_model",
+    "build_train_data",
+    "build_val_dataset",
+    "dry_run_recipe",
+    "num_classes_of",
+]
+
+_NUM_CLASSES = {
+    "cityscapes": 19,
+    "ade20k": 150,
+    "coco_stuff10k": 171,
+    "coco_stuff164k": 171,
+    "demo": len(DemoScenes.semantic_classes),
+}
+
+
+def num_classes_of(data: DataConfig) -> int:
+    """C of the recipe's dataset."""
+    return _NUM_CLASSES[data.dataset]
+
+
+def _tiny_backbone(cfg: ModelConfig) -> Backbone:
+    name = cfg.backbone
+    if name.startswith("mit_"):
+        return MixVisionTransformer(
+            MiTConfig(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),
+            drop_path_rate=cfg.drop_path_rate or 0.0,
+        )
+    if name.startswith("swin_"):
+        return SwinTransformer(
+            SwinConfig(8, (2, 2, 2, 2), (1, 1, 1, 1), window_size=cfg.window_size or 7),
+            drop_path_rate=cfg.drop_path_rate or 0.0,
+        )
+    if name.startswith("resnet"):
+        depth = 101 if "101" in name else 50
+        stem: Literal["deep", "plain"] = "plain" if name.endswith("v1b") else "deep"
+        return ResNet(depth, stem, output_stride=cfg.output_stride or 8, base_width=8)
+    if name.startswith("convnet"):
+        return ConvNet(widths=(8, 16, 32), depths=(1, 1, 1))
+    raise ValueError(f"no miniature variant of backbone {name!r}")
+
+
+def build_backbone_from_config(cfg: ModelConfig, tiny: bool = False) -> Backbone:
+    """The recipe's backbone (``tiny``: a narrow, shallow network of the same family).
+
+    Loads ``cfg.pretrained`` (strict) when set and not ``tiny``.
+
+    Raises:
+        ValueError: an unknown backbone, or an option the backbone does not take.
+        FileNotFoundError: a missing pretrained checkpoint.
+    """
+    if tiny:
+        return _tiny_backbone(cfg)
+    kwargs: dict[str, Any] = {}
+    for key in ("output_stride", "window_size", "drop_path_rate"):
+        value = getattr(cfg, key)
+        if value is not None:
+            kwargs[key] = value
+    try:
+        net = build_backbone(cfg.backbone, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"backbone {cfg.backbone!r} does not take {sorted(kwargs)}: {e}") from e
+    if cfg.pretrained:
+        load_pretrained(net, cfg.pretrained, source=cfg.pretrained_source)  # type: ignore[arg-type]
+    return net
+
+
+def _decoder(cfg: ModelConfig, backbone: Backbone, channels: int) -> nn.Module:
+    chans, strides = backbone.out_channels, backbone.strides
+    if cfg.decoder == "segformer":
+        return SegFormerDecoder(chans, strides, channels=channels)
+    if cfg.decoder == "deeplabv3plus":
+        return DeepLabV3PlusDecoder(chans, strides, channels=channels)
+    if cfg.decoder == "upernet":
+        return UPerNetDecoder(chans, strides, channels=channels)
+    if cfg.decoder == "fcn":
+        return FCNDecoder(chans, strides, channels=channels)
+    raise ValueError(f"unknown decoder {cfg.decoder!r}")
+
+
+def build_model(
+    cfg: ModelConfig,
+    num_classes: int,
+    *,
+    tiny: bool = False,
+    generator: torch.Generator | None = None,
+) -> Segmentor:
+    """Backbone + decoder + classifier of a recipe.
+
+    Args:
+        cfg: the model section.
+        num_classes: C.
+        tiny: miniature widths for dry runs (decoder 16 channels, embedding 8).
+        generator: seeds the GMM's initial means and memory.
+
+    Returns:
+        The :class:`~gmmseg.segmentor.Segmentor`.
+    """
+    backbone = build_backbone_from_config(cfg, tiny)
+    decoder = _decoder(cfg, backbone, 16 if tiny else cfg.decoder_channels)
+    channels = int(decoder.out_channels)  # type: ignore[arg-type]
+    classifier: GMMClassifier | LinearClassifier
+    if cfg.head == "gmm":
+        g = cfg.gmm
+        classifier = GMMClassifier(
+            num_classes,
+            channels,
+            embed_dim=8 if tiny else g.embed_dim,
+            num_components=g.num_components,
+            memory_size=64 if tiny else g.memory_size,
+            max_samples_per_component=g.max_samples_per_component,
+            update_interval=g.update_interval,
+            mean_momentum=g.mean_momentum,
+            scale_momentum=g.scale_momentum,
+            variance_floor=g.variance_floor,
+            sinkhorn_epsilon=g.sinkhorn_epsilon,
+            sinkhorn_iters=g.sinkhorn_iters,
+            component_loss_weight=g.component_loss_weight,
+            memory=g.memory,
+            faithful=g.faithful,
+            align_corners=cfg.align_corners,
+            generator=generator,
+        )
+    elif cfg.head == "linear":
+        classifier = LinearClassifier(
+            num_classes, channels, dropout=cfg.dropout, align_corners=cfg.align_corners
+        )
+    else:
+        raise ValueError(f"model.head must be 'gmm' or 'linear', got {cfg.head!r}")
+    return Segmentor(backbone, decoder, classifier, align_corners=cfg.align_corners)
+
+
+class InMemory(Dataset[Sample]):
+    """Every sample of ``dataset`` materialised once (for the small demo splits).
+
+    Args:
+        dataset: the source.
+        transform: applied on access (called with a generator when the caller passes one).
+    """
+
+    def __init__(self, dataset: Dataset[Sample], transform: T.JointTransform | None = None):
+        self.samples = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.samples[index]
+        return self.transform(sample) if self.transform is not None else sample
+
+    def load_label(self, index: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
+        """The (H, W) label of frame ``index`` as uint8 (for class-balanced sampling)."""
+        label = self.samples[index]["label"]
+        assert label is not None
+        return label.numpy().astype(np.uint8)
+
+
+def _closed_set(data: DataConfig, split: str) -> Dataset[Sample]:
+    if data.dataset == "demo":
+        n = data.demo_train_images if split == "train" else data.demo_val_images
+        return InMemory(DemoScenes(split, num_images=n, size=data.demo_size))  # type: ignore[arg-type]
+    if not data.root:
+        raise ValueError(
+            f"data.root is not set: pass --set data.root=/path/to/{data.dataset} "
+            "(the folder in the dataset's official layout)"
+        )
+    if data.dataset == "cityscapes":
+        return Cityscapes(data.root, split)
+    if data.dataset == "ade20k":
+        return ADE20K(data.root, split)
+    version: Literal["10k", "164k"] = "10k" if data.dataset == "coco_stuff10k" else "164k"
+    return COCOStuff(data.root, split, version=version)
+
+
+def build_train_data(data: DataConfig) -> tuple[Dataset[Sample], T.JointTransform]:
+    """The training set (without transform) and its random training transform.
+
+    The demo uses flips only (its scenes are already at training size); the real datasets use
+    the paper's pipeline (:func:`~gmmseg.data.transforms.train_pipeline`).
+    """
+    dataset = _closed_set(data, data.train_split)
+    if data.dataset == "demo":
+        return dataset, T.Compose([T.RandomFlip(0.5), T.Normalize()])
+    pipeline = T.train_pipeline(
+        scale=data.scale,
+        crop_size=data.crop_size,
+        ratio_range=data.ratio_range,
+        cat_max_ratio=data.cat_max_ratio,
+    )
+    return dataset, pipeline
+
+
+def _eval_transform(data: DataConfig) -> T.JointTransform:
+    if data.test_scale is None:
+        return T.Normalize()
+    return T.eval_pipeline(scale=data.test_scale)
+
+
+def build_val_dataset(data: DataConfig) -> Dataset[Sample]:
+    """The validation set with the test-time transform."""
+    dataset = _closed_set(data, data.val_split)
+    transform = _eval_transform(data)
+    if isinstance(dataset, InMemory):
+        dataset.transform = transform
+        return dataset
+    dataset.transform = transform  # type: ignore[attr-defined]
+    return dataset
+
+
+def build_anomaly_datasets(
+    recipe: Recipe, names: Sequence[str] | None = None
+) -> dict[str, Dataset[Sample]]:
+    """The recipe's anomaly benchmarks (or ``names`` of them), with the test-time transform.
+
+    Raises:
+        ValueError: the recipe has no anomaly section, an unknown name, or a missing root.
+    """
+    cfg = recipe.anomaly
+    if cfg is None:
+        raise ValueError(f"recipe {recipe.name!r} has no anomaly section")
+    chosen = list(cfg.datasets if names is None else names)
+    transform = _eval_transform(recipe.data)
+
+    def need(value: str, key: str) -> str:
+        if not value:
+            raise ValueError(f"anomaly.{key} is not set: pass --set anomaly.{key}=/path")
+        return value
+
+    out: dict[str, Dataset[Sample]] = {}
+    for name in chosen:
+        ds: Any
+        if name == "fishyscapes_lostandfound":
+            ds = FishyscapesLostAndFound(
+                need(cfg.fs_laf_root, "fs_laf_root"), need(cfg.laf_root, "laf_root")
+            )
+        elif name == "fishyscapes_static":
+            ds = FishyscapesStatic(
+                need(cfg.fs_static_root, "fs_static_root"),
+                need(cfg.fs_static_cityscapes_root, "fs_static_cityscapes_root"),
+                version=cfg.fs_static_version,
+            )
+        elif name == "road_anomaly":
+            ds = RoadAnomaly(need(cfg.road_anomaly_root, "road_anomaly_root"))
+        elif name == "smiyc_anomaly_track":
+            ds = SMIYCAnomalyTrack(need(cfg.smiyc_anomaly_root, "smiyc_anomaly_root"))
+        elif name == "smiyc_obstacle_track":
+            ds = SMIYCObstacleTrack(need(cfg.smiyc_obstacle_root, "smiyc_obstacle_root"))
+        elif name in ("demo_ood", "demo_ood_near"):
+            split = name.removeprefix("demo_")
+            ds = InMemory(
+                DemoScenes(split, num_images=cfg.demo_images, size=recipe.data.demo_size)  # type: ignore[arg-type]
+            )
+        else:
+            raise ValueError(
+                f"unknown anomaly dataset {name!r}; expected one of "
+                "fishyscapes_lostandfound, fishyscapes_static, road_anomaly, "
+                "smiyc_anomaly_track, smiyc_obstacle_track, demo_ood, demo_ood_near"
+            )
+        ds.transform = transform
+        out[name] = ds
+    return out
+
+
+_FIXTURE_SIZE = (64, 128)
+
+
+def dry_run_recipe(recipe: Recipe, root: Path | str, iters: int = 2) -> Recipe:
+    """A miniature copy of ``recipe`` on :func:`~gmmseg.data.write_fixture` data.
+
+    Same architecture family, pipeline, optimiser and inference mode; fixtures written under
+    ``root``; images of 64×128 (demo: 64×64), batch 2, ``iters`` iterations, checkpoints and
+    evaluation at the end. Build the model with ``tiny=True``.
+
+    Returns:
+        The modified recipe.
+    """
+    root = Path(root)
+    data = recipe.data
+    if data.dataset == "demo":
+        data = dataclasses.replace(
+            data, demo_train_images=8, demo_val_images=2, batch_size=2, num_workers=0
+        )
+    else:
+        fixture = write_fixture(data.dataset, root, size=_FIXTURE_SIZE)
+        h, w = _FIXTURE_SIZE
+        data = dataclasses.replace(
+            data,
+            root=str(fixture),
+            scale=(w, h),
+            crop_size=(32, 32),
+            test_scale=(w, h),
+            batch_size=2,
+            num_workers=0,
+        )
+    evaluation = recipe.eval
+    if evaluation.mode == "slide":
+        evaluation = dataclasses.replace(evaluation, crop_size=(32, 32), stride=(24, 24))
+    anomaly = recipe.anomaly
+    if anomaly is not None:
+        roots: dict[str, Any] = {"demo_images": 3}
+        for name in anomaly.datasets:
+            if name.startswith("demo_"):
+                continue
+            path = write_fixture(name, root, size=_FIXTURE_SIZE)
+            if name == "fishyscapes_lostandfound":
+                roots["fs_laf_root"] = str(path / "fishyscapes_lostandfound")
+                roots["laf_root"] = str(path / "LostAndFound")
+            elif name == "fishyscapes_static":
+                roots["fs_static_root"] = str(path)
+                roots["fs_static_cityscapes_root"] = str(path / "cityscapes")
+            elif name == "road_anomaly":
+                roots["road_anomaly_root"] = str(path)
+            elif name == "smiyc_anomaly_track":
+                roots["smiyc_anomaly_root"] = str(path)
+            else:
+                roots["smiyc_obstacle_root"] = str(path)
+        anomaly = dataclasses.replace(anomaly, **roots)
+    train = dataclasses.replace(
+        recipe.train,
+        iters=iters,
+        eval_interval=0,
+        checkpoint_interval=0,
+        log_interval=1,
+    )
+    optim = dataclasses.replace(recipe.optim, warmup_iters=min(recipe.optim.warmup_iters, 1))
+    return dataclasses.replace(
+        recipe, data=data, eval=evaluation, anomaly=anomaly, train=train, optim=optim
+    )

@@ -1,0 +1,315 @@
+"""Run recipes: train, evaluate, evaluate anomaly segmentation, load trained models."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from gmmseg.data import Sample
+from gmmseg.data.samplers import collate_samples, seed_worker
+from gmmseg.engine import (
+    AugmentedView,
+    InferenceSettings,
+    PolyWarmup,
+    Trainer,
+    TrainSettings,
+    TrainStream,
+    build_optimizer,
+    evaluate_anomaly,
+    evaluate_segmentation,
+    init_distributed,
+    load_checkpoint,
+)
+from gmmseg.engine.distributed import DistInfo
+from gmmseg.metrics import AnomalyResult, SegmentationResult
+from gmmseg.recipes.build import (
+    build_anomaly_datasets,
+    build_model,
+    build_train_data,
+    build_val_dataset,
+    num_classes_of,
+)
+from gmmseg.recipes.overrides import from_dict
+from gmmseg.recipes.schema import Recipe
+from gmmseg.segmentor import Segmentor
+
+__all__ = [
+    "anomaly_summary",
+    "evaluate_recipe",
+    "evaluate_recipe_anomaly",
+    "inference_settings",
+    "load_trained",
+    "segmentation_summary",
+    "train_recipe",
+]
+
+
+def inference_settings(recipe: Recipe) -> InferenceSettings:
+    """The recipe's eval section as :class:`~gmmseg.engine.InferenceSettings`."""
+    e = recipe.eval
+    return InferenceSettings(e.mode, e.crop_size, e.stride, tuple(e.scales), e.flip)
+
+
+def segmentation_summary(result: SegmentationResult) -> dict[str, Any]:
+    """JSON-friendly mIoU, mAcc, aAcc and per-class IoU (NaN for absent classes → None)."""
+    iou = [None if v != v else float(v) for v in result["IoU"].tolist()]
+    return {
+        "mIoU": float(result["mIoU"]),
+        "mAcc": float(result["mAcc"]),
+        "aAcc": float(result["aAcc"]),
+        "IoU": iou,
+    }
+
+
+def anomaly_summary(result: AnomalyResult) -> dict[str, float]:
+    """AP, AUROC and FPR95 (fractions in [0, 1])."""
+    return {
+        "ap": float(result["ap"]),
+        "auroc": float(result["auroc"]),
+        "fpr95": float(result["fpr95"]),
+    }
+
+
+def _seed_everything(recipe: Recipe) -> None:
+    torch.manual_seed(recipe.train.seed)
+    if recipe.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+def _shard(dataset: Dataset[Sample], dist: DistInfo) -> Dataset[Sample]:
+    if dist.world_size == 1:
+        return dataset
+    n = len(dataset)  # type: ignore[arg-type]
+    return Subset(dataset, range(dist.rank, n, dist.world_size))
+
+
+def _eval_loader(
+    dataset: Dataset[Sample], dist: DistInfo, batch_size: int = 1
+) -> DataLoader[Sample]:
+    return DataLoader(
+        _shard(dataset, dist),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=0,
+        collate_fn=collate_samples,
+    )
+
+
+def _eval_batch(recipe: Recipe) -> int:
+    """Demo scenes share one size: evaluate them in batches; real datasets one image at a time."""
+    return 50 if recipe.data.dataset == "demo" else 1
+
+
+def train_recipe(
+    recipe: Recipe,
+    work_dir: Path | str | None,
+    *,
+    resume: str | None = None,
+    tiny: bool = False,
+    progress: bool = True,
+    tensorboard: bool = False,
+) -> tuple[Segmentor, dict[str, Any]]:
+    """Train a recipe (single process, or one rank of a ``torchrun`` launch).
+
+    Writes ``recipe.json`` (the resolved recipe), ``log.jsonl``, checkpoints and
+    ``metrics.json`` into ``work_dir`` on rank 0.
+
+    Args:
+        recipe: the (overridden) recipe.
+        work_dir: output folder (None: write nothing).
+        resume: ``"auto"`` (latest checkpoint of ``work_dir`` if any) or a checkpoint path.
+        tiny: miniature model widths (dry runs).
+        progress: progress bar.
+        tensorboard: TensorBoard logging.
+
+    Returns:
+        The trained model and the final metrics.
+
+    Raises:
+        ValueError: a global batch size not divisible by the number of processes.
+    """
+    dist = init_distributed(recipe.train.device)
+    _seed_everything(recipe)
+    data = recipe.data
+    if data.batch_size % dist.world_size:
+        raise ValueError(
+            f"data.batch_size={data.batch_size} is not divisible by the {dist.world_size} processes"
+        )
+    per_rank = data.batch_size // dist.world_size
+    num_classes = num_classes_of(data)
+    g = torch.Generator().manual_seed(recipe.train.seed)
+    model = build_model(recipe.model, num_classes, tiny=tiny, generator=g).to(dist.device)
+    if dist.world_size > 1 and dist.device.type == "cuda" and recipe.model.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
+    o = recipe.optim
+    optimizer = build_optimizer(
+        model, o.name, o.lr, o.weight_decay, momentum=o.momentum, head_lr_mult=o.head_lr_mult
+    )
+    schedule = PolyWarmup(
+        recipe.train.iters, o.power, o.min_lr_ratio, o.warmup_iters, o.warmup_ratio
+    )
+    train_set, transform = build_train_data(data)
+    val_set = build_val_dataset(data)
+    out = Path(work_dir) if work_dir is not None else None
+    cache = str(out) if out is not None else None
+
+    def loader_factory(start: int) -> DataLoader[Sample]:
+        stream = TrainStream(
+            train_set,
+            seed=recipe.train.seed,
+            order="class_balanced" if data.class_balanced else "shuffle",
+            rank=dist.rank,
+            world_size=dist.world_size,
+            start=start * per_rank,
+            num_classes=num_classes,
+            cache_dir=cache,
+        )
+        return DataLoader(
+            AugmentedView(train_set, transform, recipe.train.seed),
+            batch_size=per_rank,
+            sampler=stream,
+            num_workers=data.num_workers,
+            collate_fn=collate_samples,
+            pin_memory=dist.device.type == "cuda",
+            worker_init_fn=seed_worker,
+            persistent_workers=data.num_workers > 0,
+        )
+
+    settings = inference_settings(recipe)
+
+    def evaluate(m: Segmentor) -> dict[str, Any]:
+        loader = _eval_loader(val_set, dist, _eval_batch(recipe))
+        return segmentation_summary(
+            evaluate_segmentation(m, loader, num_classes, device=dist.device, settings=settings)
+        )
+
+    t = recipe.train
+    trainer = Trainer(
+        model,
+        optimizer,
+        schedule,
+        loader_factory,
+        TrainSettings(
+            max_iters=t.iters,
+            log_interval=t.log_interval,
+            eval_interval=t.eval_interval,
+            checkpoint_interval=t.checkpoint_interval,
+            amp=t.amp,
+            grad_clip=o.grad_clip,
+            channels_last=t.channels_last,
+            compile=t.compile,
+        ),
+        dist,
+        work_dir=out,
+        evaluate=evaluate,
+        extra={"recipe": recipe.to_dict(), "tiny": tiny},
+        progress=progress,
+        tensorboard=tensorboard,
+    )
+    if out is not None and dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
+    if resume is not None:
+        trainer.resume(resume)
+    return model, trainer.fit()
+
+
+def load_trained(
+    checkpoint: Path | str, recipe: Recipe | None = None, device: str | torch.device = "cpu"
+) -> tuple[Segmentor, Recipe]:
+    """Rebuild the model of a training checkpoint and load its weights and GMM state.
+
+    Args:
+        checkpoint: a file written by :func:`train_recipe`.
+        recipe: the recipe to build (default: the one stored in the checkpoint).
+        device: where to load.
+
+    Returns:
+        The model in eval mode, and the recipe.
+    """
+    state = load_checkpoint(checkpoint, map_location=device)
+    extra = state.get("extra", {})
+    if recipe is None:
+        if "recipe" not in extra:
+            raise ValueError(f"checkpoint {str(checkpoint)!r} holds no recipe; name one")
+        recipe = from_dict(Recipe, extra["recipe"])
+    model = build_model(
+        recipe.model, num_classes_of(recipe.data), tiny=bool(extra.get("tiny", False))
+    ).to(device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ValueError(
+            f"checkpoint {str(checkpoint)!r} does not fit recipe {recipe.name!r}: {e}"
+        ) from e
+    buffers = dict(model.named_buffers())
+    for k, v in state.get("buffers", {}).items():
+        if k in buffers:
+            buffers[k].copy_(v)
+    return model.eval(), recipe
+
+
+def evaluate_recipe(recipe: Recipe, checkpoint: Path | str, device: str = "auto") -> dict[str, Any]:
+    """Evaluate a trained checkpoint on the recipe's validation split (mIoU, mAcc, aAcc, IoU)."""
+    dist = init_distributed(device)
+    model, recipe = load_trained(checkpoint, recipe, dist.device)
+    loader = _eval_loader(build_val_dataset(recipe.data), dist, _eval_batch(recipe))
+    result = evaluate_segmentation(
+        model,
+        loader,
+        num_classes_of(recipe.data),
+        device=dist.device,
+        settings=inference_settings(recipe),
+    )
+    return segmentation_summary(result)
+
+
+def evaluate_recipe_anomaly(
+    recipe: Recipe,
+    checkpoint: Path | str | None = None,
+    datasets: Sequence[str] | None = None,
+    device: str = "auto",
+    model: Segmentor | None = None,
+    return_raw: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Anomaly AP / AUROC / FPR95 of every score on each of the recipe's anomaly benchmarks.
+
+    Args:
+        recipe: a recipe with an ``anomaly`` section.
+        checkpoint: trained weights (or pass ``model``).
+        datasets: a subset of ``recipe.anomaly.datasets``.
+        device: where to compute.
+        model: an already loaded model.
+        return_raw: return the full :class:`~gmmseg.metrics.AnomalyResult` (with curves).
+
+    Returns:
+        ``{dataset: {score: {"ap", "auroc", "fpr95"}}}``.
+    """
+    dist = init_distributed(device)
+    if model is None:
+        if checkpoint is None:
+            raise ValueError("pass a checkpoint or a model")
+        model, recipe = load_trained(checkpoint, recipe, dist.device)
+    if recipe.anomaly is None:
+        raise ValueError(f"recipe {recipe.name!r} has no anomaly section")
+    out: dict[str, dict[str, Any]] = {}
+    for name, ds in build_anomaly_datasets(recipe, datasets).items():
+        results = evaluate_anomaly(
+            model,
+            _eval_loader(ds, dist, _eval_batch(recipe)),
+            device=dist.device,
+            settings=inference_settings(recipe),
+            mode=recipe.anomaly.mode,
+            fpr95_rule=recipe.anomaly.fpr95_rule,
+        )
+        out[name] = {
+            score: (r if return_raw else anomaly_summary(r)) for score, r in results.items()
+        }
+    return out

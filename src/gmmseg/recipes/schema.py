@@ -1,0 +1,285 @@
+"""Typed, frozen recipe dataclasses: everything a training or evaluation run is made of."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "AnomalyConfig",
+    "DataConfig",
+    "EvalConfig",
+    "GMMConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "Recipe",
+    "TrainConfig",
+]
+
+DatasetName = Literal["cityscapes", "ade20k", "coco_stuff10k", "coco_stuff164k", "demo"]
+AnomalySetName = Literal[
+    "fishyscapes_lostandfound",
+    "fishyscapes_static",
+    "road_anomaly",
+    "smiyc_anomaly_track",
+    "smiyc_obstacle_track",
+    "demo_ood",
+    "demo_ood_near",
+]
+
+
+@dataclass(frozen=True)
+class GMMConfig:
+    """Options of :class:`~gmmseg.heads.GMMClassifier` (see its docstring), plus mean init.
+
+    Attributes:
+        init_means: ``"random"`` (the paper: random unit directions) or ``"kmeans"``: at
+            iteration ``init_iter`` the means and scales of every class are fitted with a batched
+            diagonal EM (:meth:`~gmmseg.em.GaussianMixture.fit_grouped`) on the embeddings of
+            ``init_batches`` training batches (see the demo's measured effect in the docs).
+        init_iter: iteration of the data-driven initialisation.
+        init_batches: batches whose embeddings the initialisation fits.
+    """
+
+    embed_dim: int = 64
+    num_components: int = 5
+    memory_size: int = 32000
+    max_samples_per_component: int = 20
+    update_interval: int = 5
+    mean_momentum: float = 0.999
+    scale_momentum: float = 0.0
+    variance_floor: float = 0.01
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iters: int = 3
+    component_loss_weight: float = 0.01
+    memory: Literal["ring", "stats"] = "ring"
+    faithful: bool = True
+    init_means: Literal["random", "kmeans"] = "random"
+    init_iter: int = 0
+    init_batches: int = 4
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone, decoder and classifier.
+
+    Attributes:
+        backbone: a :func:`~gmmseg.backbones.list_backbones` name.
+        output_stride: ResNet output stride (8, 16, 32); None for other backbones.
+        window_size: Swin window (7 or 12); None for other backbones.
+        drop_path_rate: stochastic depth of MiT/Swin (None: the constructor's default).
+        pretrained: path of an ImageNet checkpoint to load into the backbone ("" = none).
+        pretrained_source: its key layout (see :func:`~gmmseg.backbones.load_pretrained`).
+        decoder: ``"fcn"``, ``"deeplabv3plus"``, ``"segformer"`` or ``"upernet"``.
+        decoder_channels: decoder width.
+        head: ``"gmm"`` (GMMSeg) or ``"linear"`` (the softmax baseline).
+        dropout: dropout of the linear classifier.
+        gmm: options of the GMM classifier.
+        align_corners: of every bilinear resize of logits.
+        sync_bn: convert BatchNorm to SyncBatchNorm when training on several GPUs.
+    """
+
+    backbone: str = "mit_b5"
+    output_stride: int | None = None
+    window_size: int | None = None
+    drop_path_rate: float | None = None
+    pretrained: str = ""
+    pretrained_source: str = "auto"
+    decoder: Literal["fcn", "deeplabv3plus", "segformer", "upernet"] = "segformer"
+    decoder_channels: int = 256
+    head: Literal["gmm", "linear"] = "gmm"
+    dropout: float = 0.1
+    gmm: GMMConfig = field(default_factory=GMMConfig)
+    align_corners: bool = False
+    sync_bn: bool = True
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training and validation data.
+
+    Attributes:
+        dataset: ``"cityscapes"``, ``"ade20k"``, ``"coco_stuff10k"``, ``"coco_stuff164k"`` or
+            ``"demo"`` (:class:`~gmmseg.data.DemoScenes`, nothing to download).
+        root: dataset folder (unused by ``demo``).
+        train_split: split name of the training set.
+        val_split: split name of the validation set.
+        scale: base (long, short) scale of the random rescale.
+        ratio_range: random rescale ratio range.
+        crop_size: (h, w) training crop.
+        cat_max_ratio: largest fraction one class may cover in a crop.
+        test_scale: (long, short) keep-ratio resize at test time (None: keep the size).
+        batch_size: global batch (split evenly over processes).
+        num_workers: data-loading processes per training process.
+        class_balanced: draw a class uniformly, then an image containing it.
+        demo_size: side of the demo scenes.
+        demo_train_images: frames of the demo's ``train`` split.
+        demo_val_images: frames of the demo's ``val`` split.
+    """
+
+    dataset: DatasetName = "cityscapes"
+    root: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    scale: tuple[int, int] = (2048, 1024)
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    crop_size: tuple[int, int] = (512, 1024)
+    cat_max_ratio: float = 0.75
+    test_scale: tuple[int, int] | None = (2048, 1024)
+    batch_size: int = 16
+    num_workers: int = 4
+    class_balanced: bool = False
+    demo_size: int = 64
+    demo_train_images: int = 1000
+    demo_val_images: int = 200
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and learning-rate schedule (:func:`~gmmseg.engine.build_optimizer`).
+
+    Attributes:
+        name: ``"adamw"`` or ``"sgd"``.
+        lr: base learning rate.
+        weight_decay: weight decay (norms and position blocks get none).
+        momentum: SGD momentum.
+        head_lr_mult: learning-rate multiplier of decoder and classifier.
+        power: poly exponent.
+        min_lr_ratio: final / initial learning rate.
+        warmup_iters: linear warm-up length.
+        warmup_ratio: warm-up start factor.
+        grad_clip: max gradient norm (None: off).
+    """
+
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 6e-5
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    head_lr_mult: float = 10.0
+    power: float = 1.0
+    min_lr_ratio: float = 0.0
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6
+    grad_clip: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop (:class:`~gmmseg.engine.TrainSettings`) and the run.
+
+    Attributes:
+        iters: optimisation steps.
+        seed: seed of weights, data order and augmentation.
+        deterministic: ``torch.use_deterministic_algorithms(True)`` (and one CPU thread's worth
+            of reproducible kernels).
+        log_interval: steps between log records.
+        eval_interval: steps between evaluations (0: only at the end).
+        checkpoint_interval: steps between checkpoints (0: only at the end).
+        amp: ``"none"``, ``"bf16"`` or ``"fp16"``.
+        channels_last: channels-last memory format.
+        compile: ``torch.compile`` the forward.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+    """
+
+    iters: int = 80000
+    seed: int = 0
+    deterministic: bool = False
+    log_interval: int = 50
+    eval_interval: int = 8000
+    checkpoint_interval: int = 8000
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Inference settings of validation and anomaly evaluation.
+
+    Attributes:
+        mode: ``"whole"`` or ``"slide"``.
+        crop_size: slide window (h, w).
+        stride: slide stride (h, w).
+        scales: multi-scale factors.
+        flip: flip augmentation.
+    """
+
+    mode: Literal["whole", "slide"] = "whole"
+    crop_size: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    """Anomaly-segmentation evaluation of a closed-set model.
+
+    Attributes:
+        datasets: benchmarks to evaluate (each needs its root below).
+        fs_laf_root: Fishyscapes Lost & Found folder.
+        laf_root: the LostAndFound dataset folder it refers to.
+        fs_static_root: Fishyscapes Static folder.
+        fs_static_cityscapes_root: Cityscapes folder the Static overlays refer to.
+        fs_static_version: Static version (1, 2 or 3).
+        road_anomaly_root: Road Anomaly folder.
+        smiyc_anomaly_root: SegmentMeIfYouCan RoadAnomaly21 folder.
+        smiyc_obstacle_root: SegmentMeIfYouCan RoadObstacle21 folder.
+        mode: metric computation (``"exact"`` or ``"binned"``).
+        fpr95_rule: the FPR95 operating-point rule (``"first_ge"``).
+        demo_images: frames of the demo's anomaly splits.
+    """
+
+    datasets: tuple[AnomalySetName, ...] = (
+        "fishyscapes_lostandfound",
+        "fishyscapes_static",
+        "road_anomaly",
+        "smiyc_anomaly_track",
+        "smiyc_obstacle_track",
+    )
+    fs_laf_root: str = ""
+    laf_root: str = ""
+    fs_static_root: str = ""
+    fs_static_cityscapes_root: str = ""
+    fs_static_version: int = 1
+    road_anomaly_root: str = ""
+    smiyc_anomaly_root: str = ""
+    smiyc_obstacle_root: str = ""
+    mode: Literal["exact", "binned", "smiyc_binned"] = "exact"
+    fpr95_rule: Literal["first_ge", "nearest", "first_gt", "interp"] = "first_ge"
+    demo_images: int = 200
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One configuration of the paper (or the demo), by name.
+
+    Attributes:
+        name: registry name.
+        description: one line.
+        model: backbone, decoder, classifier.
+        data: datasets and pipeline.
+        optim: optimiser and schedule.
+        train: the loop.
+        eval: inference settings.
+        anomaly: anomaly evaluation (None for closed-set-only recipes).
+        paper_result: the paper's reported number where public ("" otherwise).
+        twin: name of the recipe that differs only by the classifier ("" if none).
+    """
+
+    name: str
+    description: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    anomaly: AnomalyConfig | None = None
+    paper_result: str = ""
+    twin: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON-serialisable; tuples become lists)."""
+        return dataclasses.asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,13 @@ from numpy.typing import NDArray
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from gmmseg.data._io import check_same_size, check_values, read_image, read_label
+from gmmseg.data._io import (
+    check_same_size,
+    check_values,
+    read_image,
+    read_image_region,
+    read_label,
+)
 from gmmseg.data.meta import IGNORE_INDEX
 
 __all__ = ["Frame", "Sample", "SegmentationDataset", "Transform"]
@@ -170,12 +177,14 @@ class SegmentationDataset(Dataset[Sample]):
             return None
         stored = read_label(path)
         check_values(stored, self._allowed, path, self._expected, self._hint)
-        return self._lut[stored]
+        return np.take(self._lut, stored)  # = self._lut[stored], faster
 
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < len(self.frames):
             raise IndexError(f"index {index} out of range for {len(self.frames)} frames")
         frame = self.frames[index]
+        if self._crops_first() and frame.label_path is not None:
+            return self._load_cropped(index, frame)
         image = self.load_image(index)
         label = self.load_label(index)
         if label is not None and frame.label_path is not None:
@@ -190,6 +199,69 @@ class SegmentationDataset(Dataset[Sample]):
         }
         if self.transform is not None:
             sample = self.transform(sample)
+        return sample
+
+    def _crops_first(self) -> bool:
+        """Whether the transform starts with a rescale-crop that `_load_cropped` can run.
+
+        Exactly a `Compose` whose first step is exactly a `RandomRescaleCrop` (subclasses may
+        change what the steps do), on a dataset that decodes its images with `read_image`.
+        """
+        from gmmseg.data import transforms as T  # lazily: transforms imports base
+
+        t = self.transform
+        return (
+            type(t) is T.Compose
+            and bool(t.transforms)
+            and type(t.transforms[0]) is T.RandomRescaleCrop
+            and type(self).load_image is SegmentationDataset.load_image
+        )
+
+    def _load_cropped(self, index: int, frame: Frame) -> Sample:
+        """``self[index]`` for a transform `Compose([RandomRescaleCrop(...), ...])`, decoding less.
+
+        The label is decoded first; the crop is drawn from it (same random numbers, same order as
+        the transform would draw them); then only the source pixels the crop reads are decoded
+        (for PNG, the rows down to the crop's last source row) and resampled. The sample is
+        identical to decoding everything and applying the transform.
+        """
+        from gmmseg.data import transforms as T  # lazily: transforms imports base
+
+        compose = self.transform
+        assert isinstance(compose, T.Compose) and frame.label_path is not None
+        first = compose.transforms[0]
+        assert isinstance(first, T.RandomRescaleCrop)
+        label = self.load_label(index)
+        assert label is not None
+        label_path = frame.label_path
+        generator = compose.resolve_generator(None)
+        Box = tuple[int, int, int, int]
+        plan: list[tuple[tuple[int, int], Box, Tensor, Box]] = []
+
+        def region_of(size: tuple[int, int]) -> Box:
+            check_same_size(np.empty((*size, 0), np.uint8), label, frame.image_path, label_path)
+            target, box, crop = first.plan(size, torch.from_numpy(label), generator)
+            assert crop is not None
+            window = T.source_window(size, target, box)
+            plan.append((target, box, crop, window))
+            return window
+
+        region, size = read_image_region(frame.image_path, region_of)
+        target, box, crop, (top, left, _, _) = plan[0]
+        with warnings.catch_warnings():  # resize_region never writes to its input
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            source = torch.from_numpy(region)
+        image = T.resize_region(source, size, (top, left), target, box)
+        sample: Sample = {
+            "image": image,
+            "label": crop.to(torch.int64),
+            "name": frame.name,
+            "image_path": str(frame.image_path),
+            "label_path": str(label_path),
+            "ori_size": size,
+        }
+        for t in compose.transforms[1:]:
+            sample = t(sample, generator)
         return sample
 
     def __repr__(self) -> str:

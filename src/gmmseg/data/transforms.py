@@ -58,6 +58,8 @@ __all__ = [
     "rescale_size",
     "resize_image",
     "resize_label",
+    "resize_region",
+    "source_window",
     "train_pipeline",
 ]
 
@@ -147,30 +149,111 @@ def resize_image(
     Raises:
         ValueError: non-positive size or a window outside the resized image.
     """
+    src_h, src_w = image.shape[-2:]
+    return resize_region(image.permute(1, 2, 0), (src_h, src_w), (0, 0), size, window)
+
+
+def _check_window(size: tuple[int, int], window: tuple[int, int, int, int] | None) -> None:
     h, w = int(size[0]), int(size[1])
     if h <= 0 or w <= 0:
         raise ValueError(f"size must be positive (h, w), got {size}")
+    if window is not None:
+        top, left, wh, ww = window
+        if top < 0 or left < 0 or top + wh > h or left + ww > w or wh <= 0 or ww <= 0:
+            raise ValueError(f"window {window} must lie inside the resized size {size}")
+
+
+def source_window(
+    src_size: tuple[int, int], size: tuple[int, int], window: tuple[int, int, int, int]
+) -> tuple[int, int, int, int]:
+    """The source pixels that `resize_image` reads to compute a window of the resized image.
+
+    Args:
+        src_size: (H, W) of the source image.
+        size: (h, w) of the full resized image.
+        window: (top, left, height, width) in the resized image.
+
+    Returns:
+        (top, left, height, width) of the smallest source box holding every pixel the bilinear
+        window depends on; `resize_region` on that box gives the same result as
+        `resize_image` on the whole image.
+
+    Raises:
+        ValueError: non-positive size or a window outside the resized image.
+    """
+    _check_window(size, window)
+    top, left, wh, ww = window
+    y0, y1, _ = _linear_axis(src_size[0], size[0], top, wh, torch.device("cpu"))
+    x0, x1, _ = _linear_axis(src_size[1], size[1], left, ww, torch.device("cpu"))
+    r0, r1, c0, c1 = int(y0[0]), int(y1[-1]), int(x0[0]), int(x1[-1])
+    return r0, c0, r1 - r0 + 1, c1 - c0 + 1
+
+
+def resize_region(
+    region: Tensor,
+    src_size: tuple[int, int],
+    origin: tuple[int, int],
+    size: tuple[int, int],
+    window: tuple[int, int, int, int] | None = None,
+) -> Tensor:
+    """`resize_image` of a (3, H, W) source image given only a channels-last part of it.
+
+    Bit-identical to ``resize_image(full, size, window)`` whenever ``region`` is
+    ``full.permute(1, 2, 0)[top:top+hr, left:left+wr]`` for an ``origin`` (top, left) and a
+    region that holds the `source_window` of ``window``. Lets a loader decode only the rows
+    and columns a crop needs. ``region`` is never written to (it may be read-only).
+
+    Args:
+        region: (hr, wr, 3) uint8 or float, channels-last, the source rows
+            ``origin[0] …`` and columns ``origin[1] …``.
+        src_size: (H, W) of the whole source image.
+        origin: (top, left) of ``region`` in the source image.
+        size: (h, w) of the full resized image.
+        window: (top, left, height, width) in the resized image; the whole image when None.
+
+    Returns:
+        (3, height, width) with the dtype of ``region`` (uint8 results are rounded).
+
+    Raises:
+        ValueError: non-positive size, a window outside the resized image, or a region that
+            does not hold the source pixels the window needs.
+    """
+    _check_window(size, window)
+    h, w = int(size[0]), int(size[1])
     top, left, wh, ww = (0, 0, h, w) if window is None else window
-    if top < 0 or left < 0 or top + wh > h or left + ww > w or wh <= 0 or ww <= 0:
-        raise ValueError(f"window {window} must lie inside the resized size {size}")
-    src_h, src_w = image.shape[-2:]
-    y0, y1, wy = _linear_axis(src_h, h, top, wh, image.device)
-    x0, x1, wx = _linear_axis(src_w, w, left, ww, image.device)
-    ftype = image.dtype if image.is_floating_point() else torch.float32
-    hwc = image.permute(1, 2, 0)  # channels-last: the column gather moves 3-pixel blocks
+    y0, y1, wy = _linear_axis(src_size[0], h, top, wh, region.device)
+    x0, x1, wx = _linear_axis(src_size[1], w, left, ww, region.device)
+    oy, ox = origin
+    # Source rows and columns are monotone in the output position.
+    first, last = int(y0[0]), int(y1[-1])
+    if (
+        region.ndim != 3
+        or first < oy
+        or last >= oy + region.shape[0]
+        or int(x0[0]) < ox
+        or int(x1[-1]) >= ox + region.shape[1]
+    ):
+        raise ValueError(
+            f"region of shape {tuple(region.shape)} at {origin} does not hold the source rows "
+            f"{first}..{last} and columns {int(x0[0])}..{int(x1[-1])} of window {window}"
+        )
+    ftype = region.dtype if region.is_floating_point() else torch.float32
+    hwc = region  # channels-last: the column gather moves 3-pixel blocks
     wxc = wx[:, None].expand(-1, hwc.shape[2]).contiguous()  # (w, 3): fast broadcasting
     wyc = wy[:, None, None]
 
     # Columns first, on the source rows the window needs, then rows. The order never depends on
     # the window, so a window is bit-identical to the same part of the full resize.
-    first, last = int(y0[0]), int(y1[-1])  # source rows are monotone in the output row
-    sub = hwc[first : last + 1]  # a view: no copy of the rows
-    y0, y1 = y0 - first, y1 - first
+    sub = hwc[first - oy : last - oy + 1]  # a view: no copy of the rows
+    y0, y1, x0, x1 = y0 - first, y1 - first, x0 - ox, x1 - ox
     a = sub.index_select(1, x0).to(ftype)
     c = (sub.index_select(1, x1).to(ftype) - a).mul_(wxc).add_(a)
-    out = torch.lerp(c.index_select(0, y0), c.index_select(0, y1), wyc)
-    if not image.is_floating_point():
-        out = out.round_().clamp_(0, 255).to(image.dtype)
+    top_rows = c.index_select(0, y0)
+    out = torch.lerp(
+        top_rows, c.index_select(0, y1), wyc, out=top_rows
+    )  # in place: one less buffer
+    if not region.is_floating_point():
+        out = out.round_().clamp_(0, 255).to(region.dtype)
     return out.permute(2, 0, 1)
 
 
@@ -220,6 +303,8 @@ def _crop_box(
 
 def _compact(label: Tensor) -> Tensor:
     """A uint8 copy of ``label`` when its values fit (cheaper gathers and counts), else itself."""
+    if label.dtype == torch.uint8:
+        return label
     lo, hi = torch.aminmax(label)
     return label.to(torch.uint8) if int(lo) >= 0 and int(hi) <= 255 else label
 
@@ -278,11 +363,21 @@ class Compose(JointTransform):
     def __init__(self, transforms: Sequence[JointTransform]) -> None:
         self.transforms = list(transforms)
 
-    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
-        """Apply every transform in order (see `JointTransform`)."""
+    @staticmethod
+    def resolve_generator(generator: torch.Generator | None) -> torch.Generator:
+        """``generator``, or when None a fresh one seeded from torch's default generator.
+
+        `__call__` starts with this draw; a loader that runs the first step itself (see
+        `SegmentationDataset`) calls it to consume exactly the same random numbers.
+        """
         if generator is None:
             seed = int(torch.randint(0, 2**62, ()))
             generator = torch.Generator().manual_seed(seed)
+        return generator
+
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        """Apply every transform in order (see `JointTransform`)."""
+        generator = self.resolve_generator(generator)
         for t in self.transforms:
             sample = t(sample, generator)
         return sample
@@ -426,10 +521,27 @@ class RandomRescaleCrop(JointTransform):
         self.rescale = RandomRescale(scale, ratio_range)
         self.crop = RandomCrop(crop_size, cat_max_ratio, ignore_index, max_tries)
 
-    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
-        """Rescale and crop image and label in one pass."""
-        image, label = _check_sample(sample, "RandomRescaleCrop")
-        size = self.rescale.target_size((image.shape[1], image.shape[2]), generator)
+    def plan(
+        self,
+        image_size: tuple[int, int],
+        label: Tensor | None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[tuple[int, int], tuple[int, int, int, int], Tensor | None]:
+        """Draw the rescaled size and the crop box, without touching the image.
+
+        Consumes the same random numbers as `__call__`, which is ``plan`` followed by the
+        resampling; a loader can therefore decode only the `source_window` of the box.
+
+        Args:
+            image_size: (H, W) of the image (and label).
+            label: (H, W) integer labels, or None.
+            generator: Source of randomness.
+
+        Returns:
+            ((h, w) rescaled size, (top, left, height, width) crop box in it, the cropped
+            label with the dtype of ``label`` or None).
+        """
+        size = self.rescale.target_size(image_size, generator)
         small = None if label is None else _compact(label)
 
         def window(b: tuple[int, int, int, int]) -> Tensor:
@@ -440,6 +552,12 @@ class RandomRescaleCrop(JointTransform):
         new_label = None
         if small is not None and label is not None:
             new_label = resize_label(small, size, box).to(label.dtype)
+        return size, box, new_label
+
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        """Rescale and crop image and label in one pass."""
+        image, label = _check_sample(sample, "RandomRescaleCrop")
+        size, box, new_label = self.plan((image.shape[1], image.shape[2]), label, generator)
         return _replace(sample, resize_image(image, size, box), new_label)
 
 

@@ -1,0 +1,220 @@
+"""Decoding: partial PNG decoding equals a full decode, the loaders' crop-first path equals
+decoding everything then transforming, and broken files raise errors naming them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from gmmseg.data import Cityscapes, write_fixture
+from gmmseg.data import transforms as T
+from gmmseg.data._io import read_image, read_image_region
+
+H, W = 150, 330  # noise RGB: ~150 kB of PNG data, several IDAT chunks
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("io")
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    rgb[: H // 2] //= 7  # some structure: the filters and compression vary along the image
+    paths = {
+        "png": root / "a.png",
+        "interlaced": root / "b.png",
+        "jpg": root / "c.jpg",
+        "rgba": root / "d.png",
+        "palette": root / "e.png",
+    }
+    Image.fromarray(rgb).save(paths["png"])
+    Image.fromarray(rgb).save(paths["interlaced"], interlace=1)
+    Image.fromarray(rgb).save(paths["jpg"], quality=90)
+    rgba = np.concatenate([rgb, rgb[..., :1]], axis=2)
+    Image.fromarray(rgba).save(paths["rgba"])
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(paths["palette"])
+    return paths
+
+
+def test_fixture_png_has_several_idat_chunks(images: dict[str, Path]) -> None:
+    data = images["png"].read_bytes()
+    assert data.count(b"IDAT") >= 2
+
+
+boxes = st.tuples(
+    st.integers(0, H - 1), st.integers(0, W - 1), st.integers(1, H), st.integers(1, W)
+).map(lambda b: (b[0], b[1], min(b[2], H - b[0]), min(b[3], W - b[1])))
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(box=boxes, kind=st.sampled_from(["png", "interlaced", "jpg", "rgba", "palette"]))
+def test_region_equals_full_decode_cropped(
+    images: dict[str, Path], box: tuple[int, int, int, int], kind: str
+) -> None:
+    path = images[kind]
+    seen: list[tuple[int, int]] = []
+
+    def region_of(size: tuple[int, int]) -> tuple[int, int, int, int]:
+        seen.append(size)
+        return box
+
+    region, size = read_image_region(path, region_of)
+    top, left, h, w = box
+    full = read_image(path)
+    assert seen == [size] == [(H, W)]
+    assert region.dtype == np.uint8 and region.shape == (h, w, 3)
+    np.testing.assert_array_equal(region, full[top : top + h, left : left + w])
+
+
+def test_region_outside_image_rejected(images: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match=r"must lie inside the image .*a\.png"):
+        read_image_region(images["png"], lambda size: (H - 1, 0, 2, 1))
+    with pytest.raises(FileNotFoundError, match=r"nope\.png"):
+        read_image_region(images["png"].with_name("nope.png"), lambda size: (0, 0, 1, 1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    src=st.tuples(st.integers(1, 40), st.integers(1, 40)),
+    size=st.tuples(st.integers(1, 60), st.integers(1, 60)),
+    data=st.data(),
+)
+def test_resize_region_equals_resize_image(
+    src: tuple[int, int], size: tuple[int, int], data: st.DataObject
+) -> None:
+    top = data.draw(st.integers(0, size[0] - 1))
+    left = data.draw(st.integers(0, size[1] - 1))
+    window = (
+        top,
+        left,
+        data.draw(st.integers(1, size[0] - top)),
+        data.draw(st.integers(1, size[1] - left)),
+    )
+    g = torch.Generator().manual_seed(src[0] * 100 + src[1])
+    image = torch.randint(0, 256, (3, *src), generator=g, dtype=torch.uint8)
+    want = T.resize_image(image, size, window)
+    r0, c0, rh, rw = T.source_window(src, size, window)
+    assert r0 >= 0 and r0 + rh <= src[0] and c0 >= 0 and c0 + rw <= src[1]
+    region = image.permute(1, 2, 0)[r0 : r0 + rh, c0 : c0 + rw]
+    assert torch.equal(T.resize_region(region, src, (r0, c0), size, window), want)
+    # A larger region at another origin gives the same result.
+    assert torch.equal(T.resize_region(image.permute(1, 2, 0), src, (0, 0), size, window), want)
+    if rh > 1:
+        with pytest.raises(ValueError, match="does not hold the source rows"):
+            T.resize_region(region[1:], src, (r0 + 1, c0), size, window)
+
+
+def test_plan_draws_like_call() -> None:
+    label = torch.randint(0, 4, (40, 60), generator=torch.Generator().manual_seed(1))
+    step = T.RandomRescaleCrop((60, 40), (16, 24), (0.5, 2.0), cat_max_ratio=0.75)
+    sample = {
+        "image": torch.zeros(3, 40, 60, dtype=torch.uint8),
+        "label": label,
+        "name": "x",
+        "image_path": "",
+        "label_path": "",
+        "ori_size": (40, 60),
+    }
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    out = step(sample, g1)  # type: ignore[arg-type]
+    _, box, crop = step.plan((40, 60), label, g2)
+    assert crop is not None and torch.equal(crop, out["label"])
+    assert out["image"].shape[1:] == (box[2], box[3])
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+
+
+@pytest.fixture(scope="module")
+def cityscapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cs")
+    return write_fixture("cityscapes", root, num_images=4, size=(96, 192))
+
+
+@pytest.mark.parametrize("ratio", [(0.5, 2.0), (0.2, 0.4), (1.5, 3.0)])
+def test_crop_first_loader_equals_decode_then_transform(
+    cityscapes: Path, ratio: tuple[float, float]
+) -> None:
+    pipe = T.train_pipeline((192, 96), (48, 80), ratio)
+    fused = Cityscapes(cityscapes, "train", transform=pipe)
+    plain = Cityscapes(cityscapes, "train")
+    assert fused._crops_first() and not plain._crops_first()
+    for seed in range(16):
+        i = seed % len(plain)
+        torch.manual_seed(seed)
+        got = fused[i]
+        sample = plain[i]
+        torch.manual_seed(seed)
+        want = pipe(sample)
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            if isinstance(value, torch.Tensor):
+                other = got[key]  # type: ignore[literal-required]
+                assert isinstance(other, torch.Tensor) and other.dtype == value.dtype
+                assert torch.equal(other, value), (seed, key)
+            else:
+                assert got[key] == value  # type: ignore[literal-required]
+        # The default generator advanced identically.
+        assert torch.equal(torch.rand(3), (torch.manual_seed(seed), pipe(sample), torch.rand(3))[2])
+
+
+def test_other_pipelines_are_not_crop_first(cityscapes: Path) -> None:
+    steps = T.train_pipeline((192, 96), (48, 80)).transforms
+    assert not Cityscapes(cityscapes, "train", transform=T.Compose(steps[1:]))._crops_first()
+    assert not Cityscapes(cityscapes, "train", transform=T.eval_pipeline((192, 96)))._crops_first()
+
+    class MyCompose(T.Compose):
+        pass
+
+    assert not Cityscapes(cityscapes, "train", transform=MyCompose(steps))._crops_first()
+
+
+def _truncate(path: Path, keep: float) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.97])
+def test_truncated_image_named(tmp_path: Path, keep: float) -> None:
+    root = write_fixture("cityscapes", tmp_path, num_images=2, size=(96, 192))
+    ds = Cityscapes(root, "train", transform=T.train_pipeline((192, 96), (24, 40), (0.5, 0.6)))
+    path = ds.frames[0].image_path
+    _truncate(path, keep)
+    # Tiny crops near the top need only the first rows: the truncation is still refused.
+    for seed in range(4):
+        torch.manual_seed(seed)
+        with pytest.raises(OSError, match=re.escape(path.name)):
+            ds[0]
+    with pytest.raises(OSError, match=re.escape(path.name)):
+        Cityscapes(root, "train")[0]
+
+
+def test_missing_iend_refused(tmp_path: Path, images: dict[str, Path]) -> None:
+    data = images["png"].read_bytes()
+    assert data.endswith(b"IEND\xaeB`\x82")
+    path = tmp_path / "no_iend.png"
+    path.write_bytes(data[:-12])
+    with pytest.raises(OSError, match=r"no_iend\.png.*no IEND chunk"):
+        read_image_region(path, lambda size: (0, 0, 1, 1))
+
+
+def test_corrupt_image_and_label_named(tmp_path: Path) -> None:
+    root = write_fixture("cityscapes", tmp_path, num_images=2, size=(96, 192))
+    ds = Cityscapes(root, "train", transform=T.train_pipeline((192, 96), (48, 80)))
+    frame = ds.frames[0]
+    assert frame.label_path is not None
+    data = bytearray(frame.label_path.read_bytes())
+    start = data.index(b"IDAT") + 4
+    data[start + 2 : start + 40] = bytes(38)  # garbage in the zlib stream
+    frame.label_path.write_bytes(bytes(data))
+    with pytest.raises(OSError, match="label file .*" + re.escape(frame.label_path.name)):
+        ds[0]
+    frame.image_path.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    with pytest.raises(OSError, match="image file .*" + re.escape(frame.image_path.name)):
+        Cityscapes(root, "train")[0]

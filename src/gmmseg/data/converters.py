@@ -332,16 +332,17 @@ def convert_coco_stuff(root: Path, version: CocoStuffVersion, overwrite: bool = 
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (``python -m gmmseg.data.converters``).
+def main(argv: Sequence[str] | None = None, prog: str = "python -m gmmseg.data.converters") -> int:
+    """Command-line entry point (``gmmseg convert`` or ``python -m gmmseg.data.converters``).
 
     Args:
         argv: Arguments; ``sys.argv[1:]`` when None.
+        prog: Program name shown in usage messages.
 
     Returns:
         Exit status 0.
     """
-    parser = argparse.ArgumentParser(prog="python -m gmmseg.data.converters")
+    parser = argparse.ArgumentParser(prog=prog)
     sub = parser.add_subparsers(dest="dataset", required=True)
     cs = sub.add_parser("cityscapes", help="write *_gtFine_labelTrainIds.png")
     cs.add_argument("root", type=Path)

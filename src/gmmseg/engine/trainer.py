@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +94,8 @@ class Trainer:
         extra: stored in every checkpoint (e.g. the resolved recipe).
         progress: show a progress bar on rank 0.
         tensorboard: also log to TensorBoard.
+        hooks: called as ``hook(trainer)`` before every step (e.g. a one-off initialisation
+            at a given ``trainer.iteration``).
     """
 
     def __init__(
@@ -110,8 +112,10 @@ class Trainer:
         extra: dict[str, Any] | None = None,
         progress: bool = True,
         tensorboard: bool = False,
+        hooks: Sequence[Callable[[Trainer], None]] = (),
     ) -> None:
         self.model = model
+        self.hooks = list(hooks)
         self.optimizer = optimizer
         self.schedule = schedule
         self.loader_factory = loader_factory
@@ -272,6 +276,8 @@ class Trainer:
         count = 0
         try:
             while self.iteration < s.max_iters:
+                for hook in self.hooks:
+                    hook(self)
                 record = self.step(next(batches))
                 for k, v in record.items():
                     sums[k] = sums.get(k, 0.0) + v

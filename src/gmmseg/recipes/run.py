@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from gmmseg.engine import (
     load_checkpoint,
 )
 from gmmseg.engine.distributed import DistInfo
+from gmmseg.heads import GMMClassifier
 from gmmseg.metrics import AnomalyResult, SegmentationResult
 from gmmseg.recipes.build import (
     build_anomaly_datasets,
@@ -105,6 +106,43 @@ def _eval_loader(
 def _eval_batch(recipe: Recipe) -> int:
     """Demo scenes share one size: evaluate them in batches; real datasets one image at a time."""
     return 50 if recipe.data.dataset == "demo" else 1
+
+
+def _kmeans_init_hook(
+    recipe: Recipe,
+    loader_factory: Callable[[int], DataLoader[Sample]],
+    dist: DistInfo,
+) -> Callable[[Trainer], None]:
+    """At ``gmm.init_iter``: fit the GMM means to the embeddings of the first batches.
+
+    Rank 0's fit is broadcast, so every rank starts from the same means and scales.
+    """
+    g = recipe.model.gmm
+
+    def hook(trainer: Trainer) -> None:
+        if trainer.iteration != g.init_iter:
+            return
+        model = trainer.model
+        clf = model.classifier
+        assert isinstance(clf, GMMClassifier)
+        batches = iter(loader_factory(0))
+        embeddings, labels = [], []
+        with torch.no_grad():
+            for _ in range(g.init_batches):
+                batch = next(batches)
+                out = model(batch["image"].to(dist.device))
+                embeddings.append(out.embeddings)
+                labels.append(batch["label"].to(dist.device))
+        clf.fit_means(
+            torch.cat(embeddings),
+            torch.cat(labels),
+            generator=torch.Generator().manual_seed(recipe.train.seed),
+        )
+        if dist.world_size > 1:
+            torch.distributed.broadcast(clf.means, 0)
+            torch.distributed.broadcast(clf.scales, 0)
+
+    return hook
 
 
 def train_recipe(
@@ -190,6 +228,9 @@ def train_recipe(
             evaluate_segmentation(m, loader, num_classes, device=dist.device, settings=settings)
         )
 
+    hooks = []
+    if recipe.model.head == "gmm" and recipe.model.gmm.init_means == "kmeans":
+        hooks.append(_kmeans_init_hook(recipe, loader_factory, dist))
     t = recipe.train
     trainer = Trainer(
         model,
@@ -212,6 +253,7 @@ def train_recipe(
         extra={"recipe": recipe.to_dict(), "tiny": tiny},
         progress=progress,
         tensorboard=tensorboard,
+        hooks=hooks,
     )
     if out is not None and dist.is_main:
         out.mkdir(parents=True, exist_ok=True)

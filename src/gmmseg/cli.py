@@ -1,0 +1,278 @@
+"""The ``gmmseg`` command line: demo, train, eval, anomaly, predict, recipes, convert.
+
+User mistakes (unknown recipe or key, missing file, bad value) print one line naming the
+problem and exit with status 2, without a traceback; set ``GMMSEG_DEBUG=1`` to see it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+class UserError(Exception):
+    """A mistake in the command line or its inputs."""
+
+
+def _recipe(name: str, overrides: Sequence[str]) -> Any:
+    from gmmseg.recipes import apply_overrides, get_recipe
+
+    return apply_overrides(get_recipe(name), list(overrides))
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from gmmseg.recipes import RECIPES
+
+    rows = []
+    for r in RECIPES.values():
+        rows.append(
+            {
+                "name": r.name,
+                "dataset": r.data.dataset,
+                "backbone": r.model.backbone,
+                "decoder": r.model.decoder,
+                "head": r.model.head,
+                "crop": "x".join(map(str, r.data.crop_size)),
+                "iters": r.train.iters,
+                "batch": r.data.batch_size,
+                "paper": r.paper_result or "-",
+            }
+        )
+    if args.json:
+        _print_json(rows)
+        return 0
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(row[k])) for row in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys))
+    for row in rows:
+        print("  ".join(str(row[k]).ljust(widths[k]) for k in keys))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from gmmseg.recipes import dry_run_recipe, evaluate_recipe_anomaly, train_recipe
+
+    recipe = _recipe(args.recipe, args.set)
+    work_dir = Path(args.work_dir) if args.work_dir else Path("work_dirs") / recipe.name
+    if args.dry_run:
+        fixtures = Path(tempfile.mkdtemp(prefix="gmmseg-dry-run-"))
+        recipe = dry_run_recipe(recipe, fixtures, iters=args.dry_run_iters)
+        work_dir = Path(args.work_dir) if args.work_dir else fixtures / "work"
+    model, result = train_recipe(
+        recipe,
+        work_dir,
+        resume=args.resume,
+        tiny=args.dry_run,
+        progress=not args.no_progress,
+        tensorboard=args.tensorboard,
+    )
+    summary: dict[str, Any] = {"recipe": recipe.name, "work_dir": str(work_dir), **result}
+    if args.dry_run and recipe.anomaly is not None:
+        summary["anomaly"] = evaluate_recipe_anomaly(recipe, model=model, device="cpu")
+    _print_json(summary)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from gmmseg.recipes import evaluate_recipe
+
+    recipe = _recipe(args.recipe, args.set)
+    _print_json(evaluate_recipe(recipe, args.checkpoint, device=args.device))
+    return 0
+
+
+def _cmd_anomaly(args: argparse.Namespace) -> int:
+    from gmmseg.recipes import evaluate_recipe_anomaly
+
+    recipe = _recipe(args.recipe, args.set)
+    result = evaluate_recipe_anomaly(
+        recipe, args.checkpoint, datasets=args.datasets, device=args.device
+    )
+    _print_json(result)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from gmmseg.data import DemoScenes
+    from gmmseg.data.meta import CITYSCAPES_PALETTE
+    from gmmseg.data.transforms import Normalize, Resize
+    from gmmseg.engine import anomaly_score_maps
+    from gmmseg.recipes import load_trained
+    from gmmseg.recipes.run import inference_settings
+    from gmmseg.viz import colorize, heatmap, overlay
+
+    model, recipe = load_trained(args.checkpoint, device="cpu")
+    palette: Sequence[Sequence[int]]
+    if recipe.data.dataset == "demo":
+        palette = DemoScenes.semantic_palette
+    elif recipe.data.dataset == "cityscapes":
+        palette = CITYSCAPES_PALETTE
+    else:
+        palette = np.random.default_rng(0).integers(0, 256, (256, 3)).tolist()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = inference_settings(recipe)
+    normalize = Normalize()
+    for path in map(Path, args.images):
+        if not path.is_file():
+            raise UserError(f"image {str(path)!r} does not exist")
+        try:
+            rgb = np.asarray(Image.open(path).convert("RGB"))
+        except OSError as e:
+            raise UserError(f"cannot read image {str(path)!r}: {e}") from e
+        sample: Any = {
+            "image": torch.from_numpy(rgb.copy()).permute(2, 0, 1),
+            "label": None,
+            "name": path.stem,
+            "image_path": str(path),
+            "label_path": "",
+            "ori_size": rgb.shape[:2],
+        }
+        if recipe.data.test_scale is not None:
+            sample = Resize(recipe.data.test_scale, keep_ratio=True)(sample)
+        sample = normalize(sample)
+        images = sample["image"][None]
+        pred = settings.predict(model, images)
+        scores = anomaly_score_maps(model, pred)
+        score = scores.get("likelihood", scores["max_logit"])[0]
+        seg = pred.logits[0].argmax(0)
+        size = (rgb.shape[1], rgb.shape[0])
+        seg_img = Image.fromarray(colorize(seg, palette)).resize(size, Image.Resampling.NEAREST)
+        heat = Image.fromarray(heatmap(score)).resize(size, Image.Resampling.BILINEAR)
+        Image.fromarray(overlay(rgb, np.asarray(seg_img), 0.5)).save(out / f"{path.stem}_seg.png")
+        heat.save(out / f"{path.stem}_anomaly.png")
+        print(f"{path} -> {out / (path.stem + '_seg.png')}, {out / (path.stem + '_anomaly.png')}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gmmseg.demo import run_demo
+
+    try:
+        import importlib
+
+        for module in ("matplotlib", "sklearn", "skimage"):
+            importlib.import_module(module)
+    except ImportError as e:
+        raise UserError(
+            f"gmmseg demo needs the 'demo' extra ({e.name} is missing): "
+            'pip install "gmmseg[demo]"'
+        ) from e
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    metrics = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    print((Path(args.out) / "report.md").read_text())
+    print(f"wrote {args.out}/metrics.json, report.md, figure.png, curves_*.png")
+    del metrics
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from gmmseg.data.converters import main as convert_main
+
+    return convert_main(args.args, prog="gmmseg convert")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gmmseg",
+        description="GMMSeg: semantic segmentation with a generative Gaussian-mixture classifier.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="train GMMSeg and its softmax twin on the demo scenes")
+    d.add_argument("--out", default="gmmseg-demo", help="output folder (default ./gmmseg-demo)")
+    d.add_argument("--quick", action="store_true", help="CI-sized run (under a minute)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=_cmd_demo)
+
+    sets = argparse.ArgumentParser(add_help=False)
+    sets.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override recipe fields, e.g. optim.lr=1e-4 data.root=/data/cityscapes",
+    )
+    sets.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+
+    t = sub.add_parser("train", parents=[sets], help="train a recipe")
+    t.add_argument("recipe")
+    t.add_argument("--work-dir", default=None, help="default work_dirs/RECIPE")
+    t.add_argument("--resume", default=None, help="'auto' or a checkpoint path")
+    t.add_argument(
+        "--dry-run", action="store_true", help="a few iterations on fixtures, tiny model"
+    )
+    t.add_argument("--dry-run-iters", type=int, default=2)
+    t.add_argument("--tensorboard", action="store_true")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", parents=[sets], help="mIoU of a checkpoint on the validation set")
+    e.add_argument("recipe")
+    e.add_argument("--checkpoint", required=True)
+    e.set_defaults(func=_cmd_eval)
+
+    a = sub.add_parser("anomaly", parents=[sets], help="anomaly AP/AUROC/FPR95 of a checkpoint")
+    a.add_argument("recipe")
+    a.add_argument("--checkpoint", required=True)
+    a.add_argument("--datasets", nargs="+", default=None)
+    a.set_defaults(func=_cmd_anomaly)
+
+    pr = sub.add_parser("predict", help="segmentation overlay and anomaly heat-map PNGs")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--out", default="predictions")
+    pr.set_defaults(func=_cmd_predict)
+
+    r = sub.add_parser("recipes", help="list the recipes")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=_cmd_recipes)
+
+    c = sub.add_parser("convert", help="dataset label converters (cityscapes, coco-stuff)")
+    c.add_argument("args", nargs=argparse.REMAINDER)
+    c.set_defaults(func=_cmd_convert)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    Args:
+        argv: arguments (``sys.argv[1:]`` when None).
+    """
+    args = _parser().parse_args(argv)
+    if args.command == "train" and args.device != "auto":
+        args.set = [*args.set, f"train.device={args.device}"]
+    try:
+        result: int = args.func(args)
+        return result
+    except (UserError, ValueError, FileNotFoundError, ImportError) as e:
+        if os.environ.get("GMMSEG_DEBUG"):
+            raise
+        print(f"gmmseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""The documentation site's build hook: benchmark tables from benchmarks/results/*.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RESULT_FILES = sorted(RESULTS.glob("*.json"))
+
+
+def _load_hook() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "gmmseg_docs_benchmarks_hook", ROOT / "docs" / "hooks" / "benchmarks.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+hook = _load_hook()
+
+
+def _rows(data: dict) -> list[dict]:
+    return data.get("rows", data.get("results", []))
+
+
+def _table_lines(section: str) -> list[str]:
+    return [line for line in section.splitlines() if line.startswith("| ")]
+
+
+def test_result_files_exist():
+    assert RESULT_FILES, "benchmarks/results/ holds no JSON file"
+
+
+@pytest.mark.parametrize("path", RESULT_FILES, ids=lambda p: p.name)
+def test_every_file_renders_a_table_with_every_ratio(path):
+    data = json.loads(path.read_text())
+    section = hook.render_file(path)
+    assert section.startswith(f"## {path.stem}\n")
+    lines = _table_lines(section)
+    assert lines[0] == "| case | ours | reference | ratio | goal | pass |"
+    body = lines[1:][1:]  # after the alignment row
+    rows = _rows(data)
+    assert rows and len(body) == len(rows)
+    for row, line in zip(rows, body, strict=True):
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        assert len(cells) == 6, line
+        assert cells[3] == f"{row['ratio']:.2f}"
+        case = row["case"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        assert cells[0].startswith(case)
+        assert cells[5] == {True: "yes", False: "**no**", None: "–"}[row.get("pass")]
+
+
+@pytest.mark.parametrize("path", RESULT_FILES, ids=lambda p: p.name)
+def test_environment_is_shown(path):
+    data = json.loads(path.read_text())
+    section = hook.render_file(path)
+    env = section.splitlines()[2]
+    assert env.startswith("Measured with ")
+    for key in ("torch", "threads", "platform"):
+        assert f"{key} **{data[key]}**" in env
+
+
+def test_times_in_seconds_and_milliseconds():
+    seconds = {"case": "a", "ours_s": 0.0125, "reference_s": 2.5, "ratio": 200.0}
+    millis = {"case": "b", "ours_ms": 1.5, "reference_ms": 35.0, "ratio": 23.3333, "goal": 20}
+    section = hook.render_result({"torch": "2.x", "rows": [seconds, millis]}, "t")
+    assert "| a | 12.5 ms | 2.5 s | 200.00 | – | – |" in section
+    assert "| b | 1.5 ms | 35 ms | 23.33 | ratio &ge; 20 | – |" in section
+
+
+def test_memory_rows_are_not_shown_as_times():
+    row = {"case": "peak extra memory (GB)", "ours_s": 0.0009, "reference_s": 0.002, "ratio": 0.45}
+    section = hook.render_result({"rows": [row]}, "t")
+    assert "| peak extra memory (GB) | 0.0009 | 0.002 | 0.45 | – | – |" in section
+
+
+def test_extra_fields_and_escaping():
+    row = {
+        "case": "x | y",
+        "ours_s": 1.0,
+        "reference_s": 1.0,
+        "ratio": 1.0,
+        "goal": "<= 1.5",
+        "pass": True,
+        "note": "scaled down",
+        "details": {"k": 3},
+    }
+    section = hook.render_result({"results": [row]}, "t")
+    (line,) = _table_lines(section)[2:]
+    assert line.startswith("| x &#124; y |")
+    assert "&lt;= 1.5" in line
+    assert "note = scaled down" in section
+    assert '"k": 3' in section.replace("&quot;", '"')
+
+
+def test_unreadable_and_empty_files(tmp_path):
+    assert "No result files" in hook.render_benchmarks(tmp_path)
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "empty.json").write_text('{"rows": []}')
+    out = hook.render_benchmarks(tmp_path)
+    assert "## bad" in out and "could not be read" in out
+    assert "## empty" in out and "No rows" in out
+
+
+def test_on_page_markdown_replaces_the_marker():
+    config = {"config_file_path": str(ROOT / "mkdocs.yml")}
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert hook.MARKER in page
+    out = hook.on_page_markdown(page, None, config, None)
+    assert hook.MARKER not in out
+    assert len(re.findall(r"^## ", out, flags=re.M)) >= len(RESULT_FILES)
+    assert hook.on_page_markdown("# other page\n", None, config, None) == "# other page\n"

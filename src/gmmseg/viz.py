@@ -83,16 +83,18 @@ def colorize(
     lab = _np(label).astype(np.int64)
     if lab.ndim != 2:
         raise ValueError(f"label must be (H, W), got shape {lab.shape}")
-    table = np.zeros((max(len(palette), ignore_index + 1), 3), dtype=np.uint8)
-    table[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    table[ignore_index] = np.asarray(ignore_color, dtype=np.uint8)
-    bad = (lab < 0) | ((lab >= len(palette)) & (lab != ignore_index))
+    # palette rows, then the ignore colour in the last row (any ignore_index, even negative)
+    table = np.zeros((len(palette) + 1, 3), dtype=np.uint8)
+    table[: len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    table[-1] = np.asarray(ignore_color, dtype=np.uint8)
+    ignore = lab == ignore_index
+    bad = ((lab < 0) | (lab >= len(palette))) & ~ignore
     if bad.any():
         raise ValueError(
             f"label has values {sorted(set(lab[bad].tolist()))[:10]} outside [0, {len(palette)}) "
             f"and != ignore_index {ignore_index}"
         )
-    out: U8 = table[lab]
+    out: U8 = table[np.where(ignore, len(palette), lab)]
     return out
 
 
@@ -114,7 +116,8 @@ def heatmap(
         raise ValueError("scores has no finite value")
     lo = float(np.percentile(finite, 1)) if low is None else low
     hi = float(np.percentile(finite, 99)) if high is None else high
-    t = np.clip((np.nan_to_num(s, nan=lo) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    with np.errstate(over="ignore"):  # huge scores over a tiny range: ±inf, then clipped
+        t = np.clip((np.nan_to_num(s, nan=lo) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     pos = t * (len(_RAMP) - 1)
     i = np.minimum(pos.astype(np.int64), len(_RAMP) - 2)
     f = (pos - i)[..., None]

@@ -154,6 +154,8 @@ class PolyWarmup:
             raise ValueError(f"max_iters must be >= 1, got {max_iters}")
         if warmup_iters < 0:
             raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")
+        if not power >= 0:
+            raise ValueError(f"power must be >= 0, got {power}")
         if not 0 <= min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
         if not 0 <= warmup_ratio <= 1:
@@ -174,8 +176,12 @@ class PolyWarmup:
         return f
 
     def apply(self, optimizer: torch.optim.Optimizer, iteration: int) -> float:
-        """Set every group's ``lr`` to ``initial_lr · factor(iteration)``; returns the factor."""
+        """Set every group's ``lr`` to ``initial_lr · factor(iteration)``; returns the factor.
+
+        A group without ``initial_lr`` gets its current ``lr`` as ``initial_lr`` first (as torch's
+        schedulers do), so repeated calls never compound.
+        """
         f = self.factor(iteration)
         for g in optimizer.param_groups:
-            g["lr"] = float(g.get("initial_lr", g["lr"])) * f
+            g["lr"] = float(g.setdefault("initial_lr", g["lr"])) * f
         return float(f)

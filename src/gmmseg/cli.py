@@ -210,6 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     sets.add_argument(
         "--set",
         nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
         help="override recipe fields, e.g. optim.lr=1e-4 data.root=/data/cityscapes",

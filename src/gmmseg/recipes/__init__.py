@@ -6,7 +6,7 @@ checking; ``train_recipe`` / ``evaluate_recipe`` / ``evaluate_recipe_anomaly`` r
 """
 
 from gmmseg.recipes.build import build_model, dry_run_recipe, num_classes_of
-from gmmseg.recipes.catalog import RECIPES, get_recipe, list_recipes
+from gmmseg.recipes.catalog import RECIPES, get_recipe, list_recipes, recipes_markdown
 from gmmseg.recipes.overrides import OverrideError, apply_overrides, from_dict, parse_value
 from gmmseg.recipes.run import (
     evaluate_recipe,
@@ -47,5 +47,6 @@ __all__ = [
     "load_trained",
     "num_classes_of",
     "parse_value",
+    "recipes_markdown",
     "train_recipe",
 ]

@@ -21,7 +21,7 @@ from gmmseg.recipes.schema import (
     TrainConfig,
 )
 
-__all__ = ["RECIPES", "get_recipe", "list_recipes"]
+__all__ = ["RECIPES", "get_recipe", "list_recipes", "recipes_markdown"]
 
 _CITYSCAPES = DataConfig(
     dataset="cityscapes",
@@ -256,7 +256,7 @@ _ALL: list[Recipe] = [
         data=dataclasses.replace(_CITYSCAPES, crop_size=(768, 768), batch_size=16),
         optim=_ADAMW,
         train=_80K,
-        eval=_WHOLE,
+        eval=_SLIDE_768,
         anomaly=AnomalyConfig(),
         twin="segformer_b5_cityscapes_softmax",
     ),
@@ -282,3 +282,19 @@ def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; expected one of {list_recipes()}")
     return RECIPES[name]
+
+
+def recipes_markdown() -> str:
+    """The catalogue as a Markdown table (the docs' and README's recipe tables)."""
+    lines = [
+        "| recipe | dataset | backbone | decoder | head | crop | iterations | batch | paper |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in RECIPES.values():
+        crop = "×".join(map(str, r.data.crop_size))
+        lines.append(
+            f"| `{r.name}` | {r.data.dataset} | {r.model.backbone} | {r.model.decoder} | "
+            f"{r.model.head} | {crop} | {r.train.iters} | {r.data.batch_size} | "
+            f"{r.paper_result or '–'} |"
+        )
+    return "\n".join(lines)

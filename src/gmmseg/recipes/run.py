@@ -218,6 +218,9 @@ def train_recipe(
             pin_memory=dist.device.type == "cuda",
             worker_init_fn=seed_worker,
             persistent_workers=data.num_workers > 0,
+            # Its own generator: creating the iterator must not draw from the global RNG
+            # (that would shift dropout after a resume, which restores the global state).
+            generator=torch.Generator().manual_seed(recipe.train.seed),
         )
 
     settings = inference_settings(recipe)

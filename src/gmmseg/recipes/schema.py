@@ -223,7 +223,8 @@ class AnomalyConfig:
         laf_root: the LostAndFound dataset folder it refers to.
         fs_static_root: Fishyscapes Static folder.
         fs_static_cityscapes_root: Cityscapes folder the Static overlays refer to.
-        fs_static_version: Static version (1, 2 or 3).
+        fs_static_version: Static version (1, 2 or 3); published comparisons use 3. Report
+            it with the numbers: the versions give different results.
         road_anomaly_root: Road Anomaly folder.
         smiyc_anomaly_root: SegmentMeIfYouCan RoadAnomaly21 folder.
         smiyc_obstacle_root: SegmentMeIfYouCan RoadObstacle21 folder.
@@ -243,7 +244,7 @@ class AnomalyConfig:
     laf_root: str = ""
     fs_static_root: str = ""
     fs_static_cityscapes_root: str = ""
-    fs_static_version: int = 1
+    fs_static_version: int = 3
     road_anomaly_root: str = ""
     smiyc_anomaly_root: str = ""
     smiyc_obstacle_root: str = ""

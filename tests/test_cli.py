@@ -1,0 +1,180 @@
+"""The gmmseg command line: every recipe dry-runs, eval/anomaly/predict on a checkpoint, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gmmseg.cli import main
+from gmmseg.recipes import RECIPES
+
+pytest.importorskip("skimage")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_recipes_lists_every_recipe(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "recipes")
+    assert code == 0
+    for name in RECIPES:
+        assert name in out
+    code, out, _ = run(capsys, "recipes", "--json")
+    rows = json.loads(out)
+    assert [r["name"] for r in rows] == list(RECIPES)
+    coco = next(r for r in rows if r["name"] == "segformer_b5_cocostuff10k_gmm")
+    assert coco["paper"] == "44.81 mIoU" and coco["crop"] == "512x512" and coco["iters"] == 80000
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_every_recipe_dry_runs(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        capsys, "train", name, "--dry-run", "--no-progress", "--work-dir", str(tmp_path / "w")
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["iteration"] == 2
+    assert 0.0 <= summary["eval"]["mIoU"] <= 1.0
+    assert (tmp_path / "w" / "iter_00000002.pt").is_file()
+    assert json.loads((tmp_path / "w" / "recipe.json").read_text())["name"] == name
+    if RECIPES[name].anomaly is not None:
+        for per_score in summary["anomaly"].values():
+            for m in per_score.values():
+                assert 0.0 <= m["ap"] <= 1.0 and 0.0 <= m["auroc"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("ckpt") / "w"
+    assert main(["train", "demo", "--dry-run", "--no-progress", "--work-dir", str(work)]) == 0
+    return work / "iter_00000002.pt"
+
+
+def test_eval_anomaly_predict_on_a_checkpoint(
+    demo_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    small = ["--set", "data.demo_val_images=3", "anomaly.demo_images=3"]
+    code, out, err = run(capsys, "eval", "demo", "--checkpoint", str(demo_checkpoint), *small)
+    assert code == 0, err
+    assert set(json.loads(out)) == {"mIoU", "mAcc", "aAcc", "IoU"}
+    code, out, err = run(
+        capsys,
+        "anomaly",
+        "demo",
+        "--checkpoint",
+        str(demo_checkpoint),
+        "--datasets",
+        "demo_ood",
+        *small,
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert list(result) == ["demo_ood"] and "likelihood" in result["demo_ood"]
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
+        image
+    )
+    out_dir = tmp_path / "pred"
+    code, out, err = run(
+        capsys, "predict", "--checkpoint", str(demo_checkpoint), str(image), "--out", str(out_dir)
+    )
+    assert code == 0, err
+    seg = Image.open(out_dir / "scene_seg.png")
+    heat = Image.open(out_dir / "scene_anomaly.png")
+    assert seg.size == heat.size == (56, 40) and seg.mode == heat.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "nope"], "unknown recipe 'nope'"),
+        (["train", "demo", "--set", "optim.lrr=1"], "unknown key 'lrr'"),
+        (["train", "demo", "--set", "optim.lr=fast"], "expected a number"),
+        (["eval", "demo", "--checkpoint", "/missing.pt"], "/missing.pt' does not exist"),
+        (["train", "segformer_b5_cityscapes_gmm"], "data.root is not set"),
+        (["predict", "--checkpoint", "/missing.pt", "x.png"], "does not exist"),
+    ],
+)
+def test_user_errors_exit_2_without_traceback(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert err.startswith(f"gmmseg {argv[0]}: error:")
+
+
+def test_predict_missing_image(demo_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "predict", "--checkpoint", str(demo_checkpoint), "/no/img.png")
+    assert code == 2 and "image '/no/img.png' does not exist" in err
+
+
+def test_repeated_set_options_accumulate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        capsys,
+        "train",
+        "demo",
+        "--dry-run",
+        "--no-progress",
+        "--work-dir",
+        str(tmp_path),
+        "--set",
+        "train.seed=3",
+        "--set",
+        "optim.lr=0.01",
+    )
+    assert code == 0, err
+    saved = json.loads((tmp_path / "recipe.json").read_text())
+    assert saved["train"]["seed"] == 3 and saved["optim"]["lr"] == 0.01
+
+
+def test_convert_delegates_to_the_converters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gmmseg.data import write_fixture
+
+    root = write_fixture("cityscapes", tmp_path)
+    for p in root.rglob("*_labelTrainIds.png"):
+        p.unlink()
+    code, out, err = run(capsys, "convert", "cityscapes", str(root))
+    assert code == 0, err
+    assert "wrote" in out and any(root.rglob("*_labelTrainIds.png"))
+
+
+def test_console_script_entry_point() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gmmseg.cli", "recipes"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0 and "demo" in proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    code, stdout, err = run(capsys, "demo", "--quick", "--out", str(out), "--no-progress")
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    g, s = metrics["gmmseg"], metrics["softmax"]
+    values = [g["mIoU"], g["ap"], g["auroc"], g["fpr95"], *g["near"].values(), s["mIoU"]]
+    for score in ("msp", "max_logit", "energy"):
+        values += [*s[score].values(), *s["near"][score].values()]
+    assert all(0.0 <= v <= 1.0 for v in values)
+    assert set(g["near"]) == {"ap", "auroc", "fpr95"}
+    assert metrics["seconds"] > 0
+    for name in ("report.md", "figure.png", "curves_ood.png", "curves_ood_near.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| GMMSeg |" in (out / "report.md").read_text() and "| GMMSeg |" in stdout

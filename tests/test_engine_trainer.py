@@ -1,0 +1,252 @@
+"""Trainer: exact resume, AMP, clipping, logs, checkpoints; evaluation loops vs plain references."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from gmmseg.data import DemoScenes
+from gmmseg.data.samplers import collate_samples
+from gmmseg.engine import InferenceSettings, evaluate_anomaly, evaluate_segmentation
+from gmmseg.engine.trainer import Trainer, TrainSettings
+from gmmseg.heads import GMMClassifier
+from gmmseg.recipes import apply_overrides, build_model, dry_run_recipe, get_recipe, train_recipe
+from gmmseg.recipes.run import load_trained
+
+pytest.importorskip("skimage")
+
+
+def tiny_demo(tmp_path: Path, head: str = "gmm", *extra: str) -> object:
+    recipe = dry_run_recipe(get_recipe("demo" if head == "gmm" else "demo_softmax"), tmp_path)
+    return apply_overrides(
+        recipe,
+        [
+            "train.iters=6",
+            "train.checkpoint_interval=3",
+            "train.deterministic=true",
+            "data.demo_train_images=12",
+            "data.demo_val_images=3",
+            "data.batch_size=2",
+            *extra,
+        ],
+    )
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("head", ["gmm", "linear"])
+def test_resume_reaches_the_same_weights(
+    tmp_path: Path, head: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = tiny_demo(tmp_path, head)
+    straight, res_a = train_recipe(recipe, tmp_path / "a", tiny=True, progress=False)
+    # The same run, killed after its iteration-3 checkpoint ...
+    step = Trainer.step
+
+    def crashing_step(self: Trainer, batch: dict[str, object]) -> dict[str, float]:
+        if self.iteration == 3:
+            raise Interrupted
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "step", crashing_step)
+    with pytest.raises(Interrupted):
+        train_recipe(recipe, tmp_path / "b", tiny=True, progress=False)
+    monkeypatch.setattr(Trainer, "step", step)
+    assert [p.name for p in (tmp_path / "b").glob("iter_*.pt")] == ["iter_00000003.pt"]
+    # ... and resumed to the end.
+    torch.manual_seed(12345)  # the global RNG is restored from the checkpoint, not reused
+    resumed, res_b = train_recipe(recipe, tmp_path / "b", resume="auto", tiny=True, progress=False)
+    assert res_b["iteration"] == 6
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    if head == "gmm":
+        ca, cb = straight.classifier, resumed.classifier
+        assert isinstance(ca, GMMClassifier) and isinstance(cb, GMMClassifier)
+        torch.testing.assert_close(ca.memory.bank, cb.memory.bank, rtol=0, atol=0)
+    assert res_a["eval"]["mIoU"] == res_b["eval"]["mIoU"]
+
+
+def test_logs_checkpoints_and_metrics(tmp_path: Path) -> None:
+    recipe = apply_overrides(tiny_demo(tmp_path), ["train.checkpoint_interval=2"])
+    _, result = train_recipe(recipe, tmp_path / "w", tiny=True, progress=False)
+    work = tmp_path / "w"
+    # keep_checkpoints=2 prunes the oldest of iterations 2, 4, 6
+    assert sorted(p.name for p in work.glob("iter_*.pt")) == [
+        "iter_00000004.pt",
+        "iter_00000006.pt",
+    ]
+    assert not list(work.glob(".*.tmp"))
+    lines = [json.loads(x) for x in (work / "log.jsonl").read_text().splitlines()]
+    train_lines = [x for x in lines if x["mode"] == "train"]
+    assert [x["iter"] for x in train_lines] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(x["loss"]) for x in train_lines)
+    assert {"loss_seg", "loss_component", "lr_factor"} <= set(train_lines[0])
+    assert [x for x in lines if x["mode"] == "eval"][-1]["mIoU"] == result["eval"]["mIoU"]
+    saved = json.loads((work / "metrics.json").read_text())
+    assert saved["iteration"] == 6 and saved["eval"]["mIoU"] == result["eval"]["mIoU"]
+    assert json.loads((work / "recipe.json").read_text())["name"] == recipe.name  # type: ignore[attr-defined]
+    _, loaded = load_trained(work / "iter_00000006.pt")
+    assert loaded == recipe
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_and_clipping(tmp_path: Path, amp: str) -> None:
+    recipe = tiny_demo(tmp_path, "gmm", f"train.amp={amp}", "optim.grad_clip=0.5", "train.iters=2")
+    _, result = train_recipe(recipe, tmp_path / amp, tiny=True, progress=False)
+    lines = [json.loads(x) for x in (tmp_path / amp / "log.jsonl").read_text().splitlines()]
+    norms = [x["grad_norm"] for x in lines if x["mode"] == "train"]
+    assert len(norms) == 2
+    if amp == "bf16":
+        assert all(np.isfinite(n) for n in norms)
+    else:  # the gradient scaler's first steps may overflow (logged "inf", step skipped)
+        assert all(isinstance(n, float) or n in ("inf", "nan") for n in norms)
+    assert np.isfinite(result["train"]["loss"])
+
+
+def test_settings_validation() -> None:
+    with pytest.raises(ValueError, match="max_iters must be >= 1"):
+        TrainSettings(max_iters=0)
+    with pytest.raises(ValueError, match="amp must be"):
+        TrainSettings(max_iters=1, amp="fp8")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="grad_clip"):
+        TrainSettings(max_iters=1, grad_clip=0.0)
+
+
+def test_batch_not_divisible_by_processes(tmp_path: Path) -> None:
+    recipe = tiny_demo(tmp_path, "gmm", "data.batch_size=3")
+    _, result = train_recipe(recipe, None, tiny=True, progress=False)  # one process: fine
+    assert result["iteration"] == 6
+
+
+def _demo_loader(split: str, n: int) -> torch.utils.data.DataLoader:  # type: ignore[type-arg]
+    from gmmseg.data.transforms import Normalize
+
+    ds = DemoScenes(split, num_images=n, size=64, transform=Normalize())  # type: ignore[arg-type]
+    return torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_samples)
+
+
+def test_evaluate_segmentation_matches_a_plain_confusion_matrix() -> None:
+    torch.manual_seed(0)
+    recipe = get_recipe("demo_softmax")
+    model = build_model(recipe.model, 12, tiny=True).eval()
+    loader = _demo_loader("val", 4)
+    result = evaluate_segmentation(model, loader, 12)
+    conf = np.zeros((12, 12), dtype=np.int64)
+    with torch.no_grad():
+        for batch in loader:
+            logits = model.predict(batch["image"]).logits
+            pred = logits.argmax(1).numpy().ravel()
+            gt = batch["label"].numpy().ravel()
+            for g, p in zip(gt, pred, strict=True):
+                if g != 255:
+                    conf[g, p] += 1
+    inter = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = inter / union
+    assert result["mIoU"] == pytest.approx(np.nanmean(iou), rel=1e-12)
+
+
+def test_evaluate_segmentation_resizes_logits_to_the_label() -> None:
+    recipe = get_recipe("demo_softmax")
+    model = build_model(recipe.model, 12, tiny=True).eval()
+    images = torch.randn(1, 3, 32, 32)
+    labels = torch.randint(0, 12, (1, 48, 40))
+    result = evaluate_segmentation(model, [{"image": images, "label": labels}], 12)
+    logits = torch.nn.functional.interpolate(
+        model.predict(images).logits, size=(48, 40), mode="bilinear", align_corners=False
+    )
+    acc = (logits.argmax(1) == labels).double().mean().item()
+    assert result["aAcc"] == pytest.approx(acc, rel=1e-12)
+
+
+def test_evaluate_anomaly_matches_sklearn() -> None:
+    torch.manual_seed(0)
+    model = build_model(get_recipe("demo").model, 12, tiny=True).eval()
+    loader = _demo_loader("ood", 4)
+    results = evaluate_anomaly(model, loader, settings=InferenceSettings())
+    assert set(results) == {"likelihood", "msp", "max_logit", "energy", "entropy"}
+    scores, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            out = model(batch["image"])
+            pred = model.predict(batch["image"])
+            assert out.logits.shape[-2:] != pred.logits.shape[-2:] or True
+            scores.append(pred.anomaly.numpy().ravel())
+            labels.append(batch["label"].numpy().ravel())
+    s, y = np.concatenate(scores), np.concatenate(labels)
+    keep = y != 255
+    r = results["likelihood"]
+    assert r["ap"] == pytest.approx(average_precision_score(y[keep], s[keep]), rel=1e-9)
+    assert r["auroc"] == pytest.approx(roc_auc_score(y[keep], s[keep]), rel=1e-9)
+
+
+def test_evaluate_anomaly_unknown_score() -> None:
+    model = build_model(get_recipe("demo").model, 12, tiny=True).eval()
+    with pytest.raises(ValueError, match="unknown anomaly score"):
+        evaluate_anomaly(model, _demo_loader("ood", 3), scores=["odin"])
+
+
+def test_evaluation_needs_labels() -> None:
+    model = build_model(get_recipe("demo").model, 12, tiny=True).eval()
+    batch = {"image": torch.randn(1, 3, 32, 32), "label": None, "name": ["x"]}
+    with pytest.raises(ValueError, match="needs labels"):
+        evaluate_segmentation(model, [batch], 12)
+
+
+def test_kmeans_init_moves_means_to_the_embeddings(tmp_path: Path) -> None:
+    recipe = tiny_demo(tmp_path, "gmm", "model.gmm.init_means=kmeans", "train.iters=1")
+    base = tiny_demo(tmp_path, "gmm", "train.iters=1")
+    assert dataclasses.replace(recipe, model=base.model) == base  # type: ignore[attr-defined, type-var]
+    model_k, _ = train_recipe(recipe, None, tiny=True, progress=False)
+    model_r, _ = train_recipe(base, None, tiny=True, progress=False)
+    ck, cr = model_k.classifier, model_r.classifier
+    assert isinstance(ck, GMMClassifier) and isinstance(cr, GMMClassifier)
+    assert not torch.allclose(ck.means, cr.means)
+
+
+def test_fit_means_recovers_separated_clusters() -> None:
+    g = torch.Generator().manual_seed(0)
+    head = GMMClassifier(3, 8, embed_dim=8, num_components=2, memory_size=16, generator=g)
+    centres = torch.nn.functional.normalize(torch.randn(3, 2, 8, generator=g), dim=-1)
+    rows, labels = [], []
+    for c in range(3):
+        for m in range(2):
+            rows.append(centres[c, m] + 0.01 * torch.randn(300, 8, generator=g))
+            labels.append(torch.full((300,), c))
+    rows.append(torch.randn(5, 8, generator=g))
+    labels.append(torch.full((5,), 255))  # void rows are ignored
+    x, y = torch.cat(rows), torch.cat(labels)
+    before = head.means.clone()
+    fitted = head.fit_means(x, y, generator=torch.Generator().manual_seed(1))
+    assert fitted.tolist() == [True, True, True]
+    for c in range(3):
+        # each true centre is matched by one fitted mean (any order)
+        d = torch.cdist(centres[c], head.means[c])
+        assert sorted(d.argmin(dim=1).tolist()) == [0, 1]
+        assert float(d.min(dim=1).values.max()) < 0.01
+        torch.testing.assert_close(head.means[c].norm(dim=-1), torch.ones(2))
+        # standard deviation = sqrt(var + floor) with var ≈ 0.01²
+        expected = (torch.tensor(1e-4) + head.variance_floor).sqrt()
+        torch.testing.assert_close(head.scales[c], expected.expand(2, 8), rtol=0.05, atol=0)
+    # a class with fewer than M rows keeps its means
+    head.means.copy_(before)
+    fitted = head.fit_means(x[:301], y[:301])
+    assert fitted.tolist() == [True, False, False]
+    torch.testing.assert_close(head.means[1:], before[1:])
+    with pytest.raises(ValueError, match="D = 8"):
+        head.fit_means(torch.randn(4, 5), torch.zeros(4, dtype=torch.int64))

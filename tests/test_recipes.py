@@ -1,0 +1,196 @@
+"""Recipes: the paper's settings, overrides with type checking, serialisation, dry runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gmmseg.recipes import (
+    RECIPES,
+    OverrideError,
+    Recipe,
+    apply_overrides,
+    build_model,
+    from_dict,
+    get_recipe,
+    list_recipes,
+    num_classes_of,
+    parse_value,
+)
+from gmmseg.recipes.build import build_anomaly_datasets, build_train_data
+
+pytest.importorskip("skimage")
+
+
+def test_catalogue_holds_the_paper_configurations() -> None:
+    names = list_recipes()
+    for required in (
+        "segformer_b5_cityscapes_gmm",
+        "segformer_b5_ade20k_gmm",
+        "segformer_b5_cocostuff10k_gmm",
+        "deeplabv3plus_r101_cityscapes_gmm",
+        "upernet_swin_b_ade20k_gmm",
+        "anomaly_segformer_b5_cityscapes",
+        "demo",
+    ):
+        assert required in names
+    city = get_recipe("segformer_b5_cityscapes_gmm")
+    assert (city.data.crop_size, city.train.iters, city.data.batch_size) == ((768, 768), 80000, 16)
+    assert (city.eval.mode, city.eval.crop_size, city.eval.stride) == (
+        "slide",
+        (768, 768),
+        (512, 512),
+    )
+    ade = get_recipe("segformer_b5_ade20k_gmm")
+    assert (ade.data.crop_size, ade.train.iters, ade.model.gmm.num_components) == (
+        (512, 512),
+        160000,
+        8,
+    )
+    coco = get_recipe("segformer_b5_cocostuff10k_gmm")
+    assert (coco.data.dataset, coco.train.iters, coco.model.gmm.num_components) == (
+        "coco_stuff10k",
+        80000,
+        5,
+    )
+    assert coco.paper_result == "44.81 mIoU"
+    assert city.model.gmm.mean_momentum == 0.999 and city.model.gmm.update_interval == 5
+    anomaly = get_recipe("anomaly_segformer_b5_cityscapes").anomaly
+    assert anomaly is not None and anomaly.fs_static_version == 3
+    assert set(anomaly.datasets) == {
+        "fishyscapes_lostandfound",
+        "fishyscapes_static",
+        "road_anomaly",
+        "smiyc_anomaly_track",
+        "smiyc_obstacle_track",
+    }
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if RECIPES[n].twin])
+def test_twins_differ_only_in_the_classifier(name: str) -> None:
+    a = get_recipe(name)
+    b = get_recipe(a.twin)
+    assert b.twin == name or a.name.startswith("anomaly_")
+    assert {a.model.head, b.model.head} == {"gmm", "linear"}
+    strip = {"name": "", "description": "", "paper_result": "", "twin": "", "anomaly": None}
+    same_model = dataclasses.replace(b.model, head=a.model.head, gmm=a.model.gmm)
+    assert dataclasses.replace(a, **strip) == dataclasses.replace(b, model=same_model, **strip)
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_models_build_with_the_right_classes(name: str) -> None:
+    recipe = get_recipe(name)
+    with torch.device("meta"):
+        model = build_model(recipe.model, num_classes_of(recipe.data))
+    assert (
+        model.num_classes
+        == {"cityscapes": 19, "ade20k": 150, "coco_stuff10k": 171, "demo": 12}[recipe.data.dataset]
+    )
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_serialisation_round_trip(name: str) -> None:
+    recipe = get_recipe(name)
+    data = json.loads(json.dumps(recipe.to_dict()))
+    assert from_dict(Recipe, data) == recipe
+
+
+def test_overrides() -> None:
+    r = apply_overrides(
+        get_recipe("segformer_b5_cityscapes_gmm"),
+        [
+            "optim.lr=1e-4",
+            "data.root=/data/cityscapes",
+            "data.crop_size=512,1024",
+            "eval.scales=0.5,1.0,1.5",
+            "eval.flip=yes",
+            "model.gmm.num_components=3",
+            "optim.grad_clip=none",
+            "train.amp=bf16",
+            "model.output_stride=16",
+        ],
+    )
+    assert r.optim.lr == 1e-4 and isinstance(r.optim.lr, float)
+    assert r.data.root == "/data/cityscapes"
+    assert r.data.crop_size == (512, 1024)
+    assert r.eval.scales == (0.5, 1.0, 1.5) and r.eval.flip is True
+    assert r.model.gmm.num_components == 3 and r.optim.grad_clip is None
+    assert r.train.amp == "bf16" and r.model.output_stride == 16
+    # the original is frozen and unchanged
+    assert get_recipe("segformer_b5_cityscapes_gmm").optim.lr == 6e-5
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lrr=1", r"unknown key 'lrr'; expected one of \['name', 'lr'"),
+        ("nope.lr=1", "unknown key 'nope'"),
+        ("optim.lr=fast", "expected a number, got 'fast'"),
+        ("train.iters=1.5", "expected an integer"),
+        ("train.amp=fp8", "expected one of 'none' | 'bf16' | 'fp16'"),
+        ("data.crop_size=512", "expected 2 comma-separated values"),
+        ("eval.flip=maybe", "expected a boolean"),
+        ("model.gmm=3", "is a section"),
+        ("optim.lr", "expected key=value"),
+        ("optim.lr.x=1", "is not a section"),
+    ],
+)
+def test_override_errors(override: str, message: str) -> None:
+    with pytest.raises(OverrideError, match=message):
+        apply_overrides(get_recipe("demo"), [override])
+
+
+def test_parse_value_optional_and_nested() -> None:
+    assert parse_value("none", int | None) is None
+    assert parse_value("3", int | None) == 3
+    assert parse_value("1,2", tuple[int, ...]) == (1, 2)
+    assert parse_value("", tuple[int, ...]) == ()
+
+
+def test_anomaly_section_can_be_set_on_a_recipe_without_one() -> None:
+    r = apply_overrides(get_recipe("segformer_b5_cityscapes_gmm"), ["anomaly.road_anomaly_root=/x"])
+    assert r.anomaly is not None and r.anomaly.road_anomaly_root == "/x"
+
+
+def test_missing_roots_are_named() -> None:
+    with pytest.raises(ValueError, match=r"data.root is not set: pass --set data.root="):
+        build_train_data(get_recipe("segformer_b5_cityscapes_gmm").data)
+    with pytest.raises(ValueError, match=r"anomaly\.fs_laf_root is not set"):
+        build_anomaly_datasets(get_recipe("anomaly_segformer_b5_cityscapes"))
+    with pytest.raises(ValueError, match="has no anomaly section"):
+        build_anomaly_datasets(get_recipe("segformer_b5_ade20k_gmm"))
+
+
+def test_unknown_recipe() -> None:
+    with pytest.raises(ValueError, match=r"unknown recipe 'segformer'; expected one of"):
+        get_recipe("segformer")
+
+
+def test_dry_run_keeps_the_structure(tmp_path: Path) -> None:
+    from gmmseg.recipes import dry_run_recipe
+
+    recipe = get_recipe("segformer_b5_cityscapes_gmm")
+    dry = dry_run_recipe(recipe, tmp_path)
+    assert dry.model == recipe.model and dry.optim.name == recipe.optim.name
+    assert dry.eval.mode == "slide" and dry.train.iters == 2
+    assert Path(dry.data.root, "leftImg8bit").is_dir()
+
+
+def _generated_table(path: Path) -> str:
+    text = path.read_text()
+    start = text.index("<!-- recipes-table")
+    start = text.index("\n", start) + 1
+    end = text.index("<!-- /recipes-table -->")
+    return text[start:end].strip()
+
+
+@pytest.mark.parametrize("doc", ["docs/recipes.md", "README.md"])
+def test_recipe_tables_in_the_docs_are_current(doc: str) -> None:
+    from gmmseg.recipes import recipes_markdown
+
+    root = Path(__file__).resolve().parents[1]
+    assert _generated_table(root / doc) == recipes_markdown()

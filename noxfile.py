@@ -75,6 +75,7 @@ def docs(session: nox.Session) -> None:
     # Not `.[docs]`: that would resolve torch unpinned. mkdocstrings reads src/ statically.
     session.install(*DOCS_TOOLS)
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+    session.run("python", "docs/hooks/check_site.py", "site")
 
 
 @nox.session

@@ -124,7 +124,7 @@ def test_predict_missing_image(demo_checkpoint: Path, capsys: pytest.CaptureFixt
 def test_repeated_set_options_accumulate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run(
+    code, _, err = run(
         capsys,
         "train",
         "demo",

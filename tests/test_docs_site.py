@@ -119,3 +119,26 @@ def test_on_page_markdown_replaces_the_marker():
     assert hook.MARKER not in out
     assert len(re.findall(r"^## ", out, flags=re.M)) >= len(RESULT_FILES)
     assert hook.on_page_markdown("# other page\n", None, config, None) == "# other page\n"
+
+
+def test_check_site_detects_a_broken_home_page(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "check_site", Path(__file__).resolve().parents[1] / "docs" / "hooks" / "check_site.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.check(tmp_path) == [f"{tmp_path / 'index.html'} does not exist"]
+    links = "".join(f'<a href="{t}">x</a>' for t in mod.REQUIRED)
+    (tmp_path / "index.html").write_text(f"<html><title>gmmseg</title><h1>g</h1>{links}</html>")
+    for t in mod.REQUIRED:
+        (tmp_path / t).mkdir(parents=True)
+        (tmp_path / t / "index.html").write_text("<html></html>")
+    assert mod.check(tmp_path) == []
+    (tmp_path / "demo" / "index.html").unlink()
+    (tmp_path / "index.html").write_text(f"<html><title>other</title>{links}</html>")
+    problems = mod.check(tmp_path)
+    assert any("title" in p for p in problems) and any("<h1>" in p for p in problems)
+    assert any("demo" in p and "not built" in p for p in problems)

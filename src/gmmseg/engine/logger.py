@@ -29,6 +29,8 @@ class MetricLogger:
         initial: iteration the run starts at (resume).
         progress: show a tqdm progress bar with iteration rate and ETA.
         tensorboard: also write TensorBoard scalars (needs the ``tensorboard`` package).
+        label: the progress bar's description.
+        position: the progress bar's line (for several bars at once).
 
     Raises:
         ImportError: ``tensorboard=True`` without the ``tensorboard`` package.
@@ -42,6 +44,8 @@ class MetricLogger:
         initial: int = 0,
         progress: bool = True,
         tensorboard: bool = False,
+        label: str = "",
+        position: int = 0,
     ) -> None:
         self.enabled = enabled
         self.path = Path(work_dir) / "log.jsonl" if work_dir is not None and enabled else None
@@ -49,7 +53,14 @@ class MetricLogger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.bar: tqdm[Any] | None = None
         if enabled and progress:
-            self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                unit="it",
+                dynamic_ncols=True,
+                desc=label or None,
+                position=position,
+            )
         self.writer: Any = None
         if enabled and tensorboard and work_dir is not None:
             try:

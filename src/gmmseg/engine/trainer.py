@@ -93,6 +93,8 @@ class Trainer:
         evaluate: ``model -> {name: number}``, run at evaluation points.
         extra: stored in every checkpoint (e.g. the resolved recipe).
         progress: show a progress bar on rank 0.
+        progress_label: the bar's description.
+        progress_position: the bar's line (several trainers in parallel).
         tensorboard: also log to TensorBoard.
         hooks: called as ``hook(trainer)`` before every step (e.g. a one-off initialisation
             at a given ``trainer.iteration``).
@@ -111,6 +113,8 @@ class Trainer:
         evaluate: Callable[[Segmentor], dict[str, Any]] | None = None,
         extra: dict[str, Any] | None = None,
         progress: bool = True,
+        progress_label: str = "",
+        progress_position: int = 0,
         tensorboard: bool = False,
         hooks: Sequence[Callable[[Trainer], None]] = (),
     ) -> None:
@@ -125,6 +129,8 @@ class Trainer:
         self.evaluate = evaluate
         self.extra = extra or {}
         self.progress = progress
+        self.progress_label = progress_label
+        self.progress_position = progress_position
         self.tensorboard = tensorboard
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
@@ -267,6 +273,8 @@ class Trainer:
             initial=self.iteration,
             progress=self.progress,
             tensorboard=self.tensorboard,
+            label=self.progress_label,
+            position=self.progress_position,
         )
         start = time.perf_counter()
         batches: Iterator[dict[str, Any]] = iter(self.loader_factory(self.iteration))

@@ -156,12 +156,14 @@ DEMO = Recipe(
         name="adamw",
         lr=4e-3,
         weight_decay=0.01,
-        head_lr_mult=1.0,
+        head_lr_mult=10.0,
         power=1.0,
         warmup_iters=50,
         warmup_ratio=0.02,
     ),
-    train=TrainConfig(iters=1200, eval_interval=0, checkpoint_interval=0, log_interval=100),
+    train=TrainConfig(
+        iters=1200, eval_interval=0, checkpoint_interval=0, log_interval=100, deterministic=True
+    ),
     eval=_WHOLE,
     anomaly=AnomalyConfig(datasets=("demo_ood", "demo_ood_near"), demo_images=200),
     twin="demo_softmax",

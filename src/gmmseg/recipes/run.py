@@ -153,6 +153,8 @@ def train_recipe(
     tiny: bool = False,
     progress: bool = True,
     tensorboard: bool = False,
+    progress_label: str = "",
+    progress_position: int = 0,
 ) -> tuple[Segmentor, dict[str, Any]]:
     """Train a recipe (single process, or one rank of a ``torchrun`` launch).
 
@@ -166,6 +168,8 @@ def train_recipe(
         tiny: miniature model widths (dry runs).
         progress: progress bar.
         tensorboard: TensorBoard logging.
+        progress_label: the bar's description.
+        progress_position: the bar's line.
 
     Returns:
         The trained model and the final metrics.
@@ -255,6 +259,8 @@ def train_recipe(
         evaluate=evaluate,
         extra={"recipe": recipe.to_dict(), "tiny": tiny},
         progress=progress,
+        progress_label=progress_label,
+        progress_position=progress_position,
         tensorboard=tensorboard,
         hooks=hooks,
     )

@@ -184,10 +184,8 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_demo_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     from gmmseg.demo import run_demo
 
+    # two processes at once, then one after the other in this process: the same numbers
     a = run_demo(tmp_path / "a", quick=True, seed=1, progress=False, figures=False)
-    b = run_demo(tmp_path / "b", quick=True, seed=1, progress=False, figures=False)
-    assert a["gmmseg"] == b["gmmseg"] and a["softmax"] == b["softmax"]
-    # one process, same single-threaded training: the same numbers again
     c = run_demo(tmp_path / "c", quick=True, seed=1, progress=False, figures=False, parallel=False)
     assert c["gmmseg"] == a["gmmseg"] and c["softmax"] == a["softmax"]
 
@@ -196,7 +194,7 @@ def test_demo_results_table_in_the_docs_is_current() -> None:
     from gmmseg.demo import results_table
 
     root = Path(__file__).resolve().parents[1]
-    metrics = json.loads((root / "benchmarks" / "results" / "demo.json").read_text())
+    metrics = json.loads((root / "docs" / "assets" / "demo" / "metrics.json").read_text())
     table = results_table(metrics)
     for doc in ("README.md", "docs/demo.md"):
         text = (root / doc).read_text()

@@ -250,3 +250,28 @@ def test_fit_means_recovers_separated_clusters() -> None:
     torch.testing.assert_close(head.means[1:], before[1:])
     with pytest.raises(ValueError, match="D = 8"):
         head.fit_means(torch.randn(4, 5), torch.zeros(4, dtype=torch.int64))
+
+
+@pytest.mark.slow
+def test_channels_last_and_compile_train(tmp_path: Path) -> None:
+    recipe = tiny_demo(tmp_path, "linear", "train.iters=2", "train.channels_last=true")
+    _, plain = train_recipe(recipe, None, tiny=True, progress=False)
+    assert np.isfinite(plain["train"]["loss"])
+    compiled = apply_overrides(recipe, ["train.compile=true", "train.deterministic=false"])
+    _, result = train_recipe(compiled, None, tiny=True, progress=False)
+    assert np.isfinite(result["train"]["loss"])
+
+
+def test_tensorboard_option(tmp_path: Path) -> None:
+    from gmmseg.engine import MetricLogger
+
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install tensorboard"):
+            MetricLogger(tmp_path, tensorboard=True, progress=False)
+        return
+    logger = MetricLogger(tmp_path, tensorboard=True, progress=False)
+    logger.log({"iter": 1, "loss": 0.5}, step=1)
+    logger.close()
+    assert any((tmp_path / "tensorboard").iterdir())

@@ -129,11 +129,15 @@ def _train_one(
     recipe: dict[str, Any], work_dir: str, progress: bool, label: str, position: int
 ) -> dict[str, Any]:
     """Train one demo model on one CPU thread (deterministic whatever the machine's cores)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    r = from_dict(Recipe, recipe)
-    _, result = train_recipe(
-        r, work_dir, progress=progress, progress_label=label, progress_position=position
-    )
+    try:
+        r = from_dict(Recipe, recipe)
+        _, result = train_recipe(
+            r, work_dir, progress=progress, progress_label=label, progress_position=position
+        )
+    finally:
+        torch.set_num_threads(threads)
     found = latest_checkpoint(work_dir)
     assert found is not None
     result["checkpoint"] = str(found)

@@ -64,8 +64,9 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on src/."""
     install_torch(session)
-    # safetensors is imported lazily by the checkpoint loader; mypy needs its types.
-    session.install("-e", ".", "safetensors>=0.4", *TYPE_TOOLS)
+    # safetensors (checkpoint loader) and matplotlib (viz curves) are imported lazily; mypy
+    # needs their types.
+    session.install("-e", ".", "safetensors>=0.4", "matplotlib>=3.7", *TYPE_TOOLS)
     session.run("mypy", "--strict", "src")
 
 

@@ -328,10 +328,10 @@ def _fused_diag_pass(
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         r = rw_t[:, start:stop]
         torch.sub(weighted, top, out=r)
-        lpn = r.clamp_min_(floor).exp_().sum(dim=0).log_() + top
-        log_prob_norm[start:stop] = lpn
-        torch.sub(weighted, lpn, out=r)
-        r.clamp_min_(floor).exp_().mul_(w[start:stop])
+        total = r.clamp_min_(floor).exp_().sum(dim=0)  # Σ_k exp(ℓ_k − top) ≥ 1
+        log_prob_norm[start:stop] = total.log() + top
+        # resp = exp(ℓ − logsumexp) = exp(ℓ − top) / total: one exp per entry, not two
+        r.mul_(w[start:stop] / total)
         moments.addmm_(r, feats[start:stop])
     return log_prob_norm, rw_t.T, moments.unsqueeze(0)
 

@@ -119,16 +119,34 @@ class WindowAttention(nn.Module):
             (B·nW, w², dim).
         """
         n = self.window * self.window
-        qkv = rearrange(self.qkv(x), "m n (three k d) -> three m k n d", three=3, k=self.num_heads)
+        # Three projections with slices of the fused qkv weight rather than one (…, 3·dim) output
+        # split afterwards: the same products, but the three outputs and their gradients are a
+        # third of the size (under glibc's 32 MB mmap threshold at 512² inputs, so reused instead
+        # of freshly page-faulted each step) and the backward has no (3, …) gradient to assemble.
+        weights = self.qkv.weight.chunk(3)
+        biases = self.qkv.bias.chunk(3)
+        q, k, v = (
+            rearrange(F.linear(x, wt, b), "m n (k d) -> m k n d", k=self.num_heads)
+            for wt, b in zip(weights, biases, strict=True)
+        )
         bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
         attn_mask = rearrange(bias, "(i j) k -> 1 k i j", i=n, j=n).to(x.dtype)
         if mask is not None:
-            # (nW, 1, n, n) + (1, k, n, n), repeated over the batch: a 4-d mask keeps SDPA on
-            # its fused CPU kernel.
+            # (B·nW, 1, n, n) + (1, k, n, n): a 4-d mask keeps SDPA on its fused CPU kernel.
+            # The shift mask is repeated over the batch before the add (it needs no gradient),
+            # so that the sum is the only (B·nW, k, n, n) tensor, forward and backward.
             nw = mask.shape[0]
-            full = mask[:, None].to(x.dtype) + attn_mask
-            attn_mask = full.repeat(x.shape[0] // nw, 1, 1, 1)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)
+            batch_mask = mask.to(x.dtype).repeat(x.shape[0] // nw, 1, 1)[:, None]
+            attn_mask = batch_mask + attn_mask
+        if torch.is_grad_enabled() and attn_mask.requires_grad:
+            # SDPA's fused CPU kernel has no gradient for the mask, so SDPA would fall back to
+            # its math path, which also scales q and k separately and checks every row for
+            # being fully masked (isneginf/all/where), never the case here. Written out:
+            scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+            scores += attn_mask  # in place: the matmul's backward does not need its output
+            out = torch.matmul(scores.softmax(dim=-1), v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         y: Tensor = self.proj(rearrange(out, "m k n d -> m n (k d)"))
         return y
 

@@ -16,6 +16,7 @@ __all__ = [
     "get_rng_state",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_model_state",
     "save_checkpoint",
     "set_rng_state",
 ]
@@ -76,6 +77,19 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{str(path)!r} is not a gmmseg checkpoint: expected a dict with 'model'")
     return state
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
+    """Load a checkpoint's ``"model"`` state dict and its non-persistent ``"buffers"``.
+
+    Raises:
+        RuntimeError: the state dict does not fit ``model`` (``load_state_dict``'s error).
+    """
+    model.load_state_dict(state["model"])
+    buffers = dict(model.named_buffers())
+    for k, v in state.get("buffers", {}).items():
+        if k in buffers:
+            buffers[k].copy_(v)
 
 
 def get_rng_state() -> dict[str, Any]:

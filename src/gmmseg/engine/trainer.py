@@ -20,6 +20,7 @@ from gmmseg.engine.checkpoint import (
     get_rng_state,
     latest_checkpoint,
     load_checkpoint,
+    load_model_state,
     save_checkpoint,
     set_rng_state,
 )
@@ -166,11 +167,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`."""
-        self.model.load_state_dict(state["model"])
-        buffers = dict(self.model.named_buffers())
-        for k, v in state.get("buffers", {}).items():
-            if k in buffers:
-                buffers[k].copy_(v)
+        load_model_state(self.model, state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])

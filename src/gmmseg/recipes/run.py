@@ -26,6 +26,7 @@ from gmmseg.engine import (
     init_distributed,
     load_checkpoint,
 )
+from gmmseg.engine.checkpoint import load_model_state
 from gmmseg.engine.distributed import DistInfo
 from gmmseg.heads import GMMClassifier
 from gmmseg.metrics import AnomalyResult, SegmentationResult
@@ -295,15 +296,11 @@ def load_trained(
         recipe.model, num_classes_of(recipe.data), tiny=bool(extra.get("tiny", False))
     ).to(device)
     try:
-        model.load_state_dict(state["model"])
+        load_model_state(model, state)
     except RuntimeError as e:
         raise ValueError(
             f"checkpoint {str(checkpoint)!r} does not fit recipe {recipe.name!r}: {e}"
         ) from e
-    buffers = dict(model.named_buffers())
-    for k, v in state.get("buffers", {}).items():
-        if k in buffers:
-            buffers[k].copy_(v)
     return model.eval(), recipe
 
 

@@ -183,9 +183,7 @@ def test_evaluate_anomaly_matches_sklearn() -> None:
     scores, labels = [], []
     with torch.no_grad():
         for batch in loader:
-            out = model(batch["image"])
             pred = model.predict(batch["image"])
-            assert out.logits.shape[-2:] != pred.logits.shape[-2:] or True
             scores.append(pred.anomaly.numpy().ravel())
             labels.append(batch["label"].numpy().ravel())
     s, y = np.concatenate(scores), np.concatenate(labels)

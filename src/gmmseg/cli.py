@@ -178,10 +178,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    metrics = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     print((Path(args.out) / "report.md").read_text())
     print(f"wrote {args.out}/metrics.json, report.md, figure.png, curves_*.png")
-    del metrics
     return 0
 
 

@@ -8,15 +8,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
 from tqdm import tqdm
 
 __all__ = ["MetricLogger"]
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return v
+def json_safe(x: Any) -> Any:
+    """JSON-safe copy: non-finite floats become strings, tensors lists, tuples lists."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    if isinstance(x, Tensor):
+        return json_safe(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return x
 
 
 class MetricLogger:
@@ -79,7 +87,7 @@ class MetricLogger:
         record = {**record, "time": round(time.perf_counter() - self.start, 3)}
         if self.path is not None:
             with self.path.open("a") as f:
-                f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+                f.write(json.dumps(json_safe(record)) + "\n")
         if self.writer is not None and step is not None:
             for k, v in record.items():
                 if isinstance(v, int | float) and k not in ("iter", "time"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -25,7 +24,7 @@ from gmmseg.engine.checkpoint import (
     set_rng_state,
 )
 from gmmseg.engine.distributed import DistInfo
-from gmmseg.engine.logger import MetricLogger
+from gmmseg.engine.logger import MetricLogger, json_safe
 from gmmseg.engine.optim import PolyWarmup
 from gmmseg.segmentor import Segmentor
 
@@ -309,19 +308,6 @@ class Trainer:
         }
         if self.work_dir is not None and self.dist.is_main:
             (self.work_dir / "metrics.json").write_text(
-                json.dumps(_finite(result), indent=2) + "\n"
+                json.dumps(json_safe(result), indent=2) + "\n"
             )
         return result
-
-
-def _finite(x: Any) -> Any:
-    """JSON-safe: non-finite floats become strings; tensors become lists."""
-    if isinstance(x, dict):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    if isinstance(x, Tensor):
-        return _finite(x.tolist())
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return x

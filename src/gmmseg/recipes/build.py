@@ -254,11 +254,7 @@ def _eval_transform(data: DataConfig) -> T.JointTransform:
 def build_val_dataset(data: DataConfig) -> Dataset[Sample]:
     """The validation set with the test-time transform."""
     dataset = _closed_set(data, data.val_split)
-    transform = _eval_transform(data)
-    if isinstance(dataset, InMemory):
-        dataset.transform = transform
-        return dataset
-    dataset.transform = transform  # type: ignore[attr-defined]
+    dataset.transform = _eval_transform(data)  # type: ignore[attr-defined]
     return dataset
 
 

@@ -11,6 +11,7 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from gmmseg.distributions import (
+    all_finite,
     gaussian_log_prob,
     log_prob_from_precision_cholesky,
     mixture_log_prob,
@@ -444,3 +445,19 @@ def test_non_pd_message_gives_smallest_eigenvalue() -> None:
     cov = torch.tensor([[1.0, 2.0], [2.0, 1.0]])
     with pytest.raises(ValueError, match="smallest eigenvalue -1"):
         precision_cholesky(cov, "tied")
+
+
+@given(
+    values=st.lists(
+        st.floats(width=32, allow_nan=True, allow_infinity=True)
+        | st.sampled_from([3.0e38, -3.0e38, 0.0]),
+        min_size=0,
+        max_size=40,
+    ),
+)
+@example(values=[3.0e38, 3.0e38])  # finite entries whose float32 sum overflows
+@example(values=[float("inf"), float("-inf")])  # infinities that do not cancel to a finite sum
+def test_all_finite_equals_the_elementwise_test(values: list[float]) -> None:
+    t = torch.tensor(values, dtype=torch.float32)
+    assert all_finite(t) == bool(np.isfinite(np.asarray(values, dtype=np.float32)).all())
+    assert all_finite(t.reshape(-1, 1).expand(-1, 3)) == all_finite(t)

@@ -12,6 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
+from scipy.optimize import linear_sum_assignment
 from sklearn.datasets import load_iris, load_wine, make_blobs
 from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
@@ -139,6 +140,21 @@ def test_initial_m_step_from_resp_and_n_init_match_sklearn(ct: str, init: str) -
         warnings.simplefilter("ignore", SkConvergenceWarning)
         sk = SkGaussianMixture(4, random_state=5, **kw).fit(x)
     ours = _SklearnResp(4, sk_seed=5, **kw).fit(x)
+    # Two of the n_init runs may reach the same optimum with the components in another order;
+    # which of them "wins" then hangs on the last bit of the lower bound (scikit-learn keeps a
+    # later run only if its bound is strictly greater). Such a tie is accepted only as a
+    # relabelling of the same fit with the same bound; any other difference fails below.
+    order = linear_sum_assignment(
+        np.linalg.norm(sk.means_[:, None, :] - ours.means_.numpy()[None, :, :], axis=2)
+    )[1]
+    if not np.array_equal(order, np.arange(4)):
+        assert math.isclose(ours.lower_bound_, sk.lower_bound_, rel_tol=1e-12)
+        for name in ATTRS:
+            got = getattr(ours, name)
+            if ct != "tied" or name in ("weights_", "means_"):  # tied shares one covariance
+                got = got[torch.as_tensor(order)]
+            np.testing.assert_allclose(got.numpy(), np.asarray(getattr(sk, name)), rtol=1e-5)
+        return
     _assert_params_equal(ours, sk, rtol=1e-5)
 
 

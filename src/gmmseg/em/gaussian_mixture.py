@@ -44,6 +44,7 @@ from torch import Tensor
 
 from gmmseg.distributions import (
     CovarianceType,
+    all_finite,
     log_prob_from_precision_cholesky,
     precision_cholesky,
     sample_mixture,
@@ -155,12 +156,14 @@ def _prepare_data(
     total = layout.segment_sum(wr)
     centre = layout.segment_matmul(wr[:, None], xr)[:, 0, :] / total[:, None]
     d = x.shape[1]
-    xc = xr - layout.expand_groups(centre)
     feats = None
     if covariance_type in ("diag", "spherical"):
+        # the centred rows live inside the feature buffer: one (R, 2D) allocation, not two
         feats = torch.empty((xr.shape[0], 2 * d), dtype=x.dtype, device=x.device)
+        xc = torch.sub(xr, layout.expand_groups(centre), out=feats[:, d:])
         torch.mul(xc, xc, out=feats[:, :d])
-        feats[:, d:] = xc
+    else:
+        xc = xr - layout.expand_groups(centre)
     return _Data(layout, xc, wr, total, centre, feats, chunk_size)
 
 
@@ -280,7 +283,7 @@ def _e_step(data: _Data, params: _Params, covariance_type: CovarianceType) -> tu
 
 
 #: Rows per chunk of the fused diagonal EM pass (temporaries stay in cache).
-_FUSED_ROWS = 4096
+_FUSED_ROWS = 8192
 
 
 def _fused_diag_pass(
@@ -289,50 +292,46 @@ def _fused_diag_pass(
     """E-step and the M-step's moment GEMM of one diag/spherical mixture in one pass over X.
 
     The rows are visited in chunks small enough to stay in cache: each chunk's log-densities
-    (the fused GEMM of :mod:`gmmseg.distributions`, shifted by the mean of the means exactly as
-    :func:`gmmseg.distributions.log_prob_from_precision_cholesky` does), responsibilities and
-    moments ``Σ w r [x², x]`` are computed while the chunk is hot, so X is read once per
-    iteration instead of three times.
+    (the fused GEMM of :mod:`gmmseg.distributions` on the cached features ``[x², x]``),
+    responsibilities and moments ``Σ w r [x², x]`` are computed while the chunk is hot, so the
+    features are read once per iteration instead of three times. The rows were shifted to their
+    weighted mean by :func:`_prepare_data`, which is what keeps the expanded quadratic accurate
+    (the shift :func:`gmmseg.distributions.log_prob_from_precision_cholesky` applies per call).
 
     Returns:
         ``(log_prob_norm (R,), rw (R, K) = w·resp, moments (1, K, 2D))``.
     """
     assert data.feats is not None and data.layout.num_groups == 1
-    x, feats, w = data.x, data.feats, data.w
-    n, d = x.shape
+    feats, w = data.feats, data.w
+    n, d = data.x.shape
     means = params.means[0]
     pc = params.precisions_cholesky[0]
     prec = (pc * pc).unsqueeze(-1).expand_as(means) if covariance_type == "spherical" else pc * pc
-    center = means.mean(dim=0)
-    mu = means - center
     bias = torch.log(params.weights[0]) - 0.5 * (
-        (mu * mu * prec).sum(dim=1) - torch.log(prec).sum(dim=1) + d * _LOG_2PI
+        (means * means * prec).sum(dim=1) - torch.log(prec).sum(dim=1) + d * _LOG_2PI
     )
     k = means.shape[0]
     # Components-major layout: (K, 2D)·(2D, rows) and (K, rows)·(rows, 2D) are 3-4× faster than
     # the skinny (rows, 2D)·(2D, K) products for small K, and the reductions over K run across
     # contiguous rows.
-    weight_t = torch.cat([-0.5 * prec, mu * prec], dim=1)  # (K, 2D)
-    log_prob_norm = x.new_empty(n)
-    rw_t = x.new_empty((k, n))
-    moments = x.new_zeros((k, 2 * d))
-    buf = x.new_empty((min(_FUSED_ROWS, n), 2 * d))
-    floor = _log_floor(x.dtype)
+    weight_t = torch.cat([-0.5 * prec, means * prec], dim=1)  # (K, 2D)
+    bias = bias.unsqueeze(1)
+    log_prob_norm = feats.new_empty(n)
+    rw_t = feats.new_empty((k, n))
+    moments = feats.new_zeros((k, 2 * d))
+    floor = _log_floor(feats.dtype)
     for start in range(0, n, _FUSED_ROWS):
         stop = min(start + _FUSED_ROWS, n)
-        f = buf[: stop - start]
-        torch.sub(x[start:stop], center, out=f[:, d:])
-        torch.mul(f[:, d:], f[:, d:], out=f[:, :d])
-        weighted = torch.addmm(bias.unsqueeze(1), weight_t, f.T)  # (K, rows)
-        top = weighted.amax(dim=0)
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        f = feats[start:stop]
         r = rw_t[:, start:stop]
-        torch.sub(weighted, top, out=r)
-        total = r.clamp_min_(floor).exp_().sum(dim=0)  # Σ_k exp(ℓ_k − top) ≥ 1
+        torch.addmm(bias, weight_t, f.T, out=r)  # (K, rows) weighted log-densities
+        # the row maximum, 0 where it is not finite (as in _logsumexp_rows)
+        top = r.amax(dim=0).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        total = r.sub_(top).clamp_min_(floor).exp_().sum(dim=0)  # Σ_k exp(ℓ_k − top) ≥ 1
         log_prob_norm[start:stop] = total.log() + top
         # resp = exp(ℓ − logsumexp) = exp(ℓ − top) / total: one exp per entry, not two
         r.mul_(w[start:stop] / total)
-        moments.addmm_(r, feats[start:stop])
+        moments.addmm_(r, f)
     return log_prob_norm, rw_t.T, moments.unsqueeze(0)
 
 
@@ -670,7 +669,7 @@ def _as_array(name: str, value: object, device: torch.device | None = None) -> T
 
 def _to_float(name: str, value: object, dtype: torch.dtype, device: torch.device) -> Tensor:
     t = _as_array(name, value).to(dtype=dtype, device=device)
-    if not bool(torch.isfinite(t).all()):
+    if not all_finite(t):
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{name} must be finite, got {bad} NaN/Inf value(s)")
     return t
@@ -1109,7 +1108,7 @@ class GaussianMixture:
         Warns:
             ConvergenceWarning: if the best run did not converge within ``max_iter``.
         """
-        self._fit(X, sample_weight)
+        self._fit(X, sample_weight, labels=False)
         return self
 
     def fit_predict(
@@ -1128,11 +1127,18 @@ class GaussianMixture:
         Returns:
             (N,) int64 component labels.
         """
-        return self._fit(X, sample_weight)
+        out = self._fit(X, sample_weight, labels=True)
+        assert out is not None
+        return out
 
     def _fit(
-        self, X: Tensor | npt.ArrayLike, sample_weight: Tensor | npt.ArrayLike | None
-    ) -> Tensor:
+        self,
+        X: Tensor | npt.ArrayLike,
+        sample_weight: Tensor | npt.ArrayLike | None,
+        *,
+        labels: bool,
+    ) -> Tensor | None:
+        """Fit; return the final E-step's labels only when ``labels`` (``fit_predict``)."""
         self._check_hyperparameters()
         dtype, device = self._resolve(X)
         x = self._check_x(X, dtype, device)
@@ -1185,6 +1191,8 @@ class GaussianMixture:
         self.n_iter_ = int(outcome.n_iter[0])
         self.lower_bound_ = float(outcome.lower_bound[0])
         self.lower_bounds_ = outcome.lower_bounds
+        if not labels:
+            return None
         # Final E-step so that fit_predict(X) == fit(X).predict(X) for any max_iter/tol.
         _, log_resp = _e_step(data, p, self.covariance_type)
         return torch.argmax(log_resp, dim=1)

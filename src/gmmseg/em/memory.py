@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from gmmseg.distributions import all_finite
+
 __all__ = ["ComponentMemory"]
 
 # Random initialisation is generated group by group in chunks of at most this many elements, so
@@ -87,19 +89,8 @@ def _check_samples(
                 )
     if embeddings.device != device:
         raise ValueError(f"embeddings: expected device {device}, received {embeddings.device}")
-    if not _all_finite(embeddings):
+    if not all_finite(embeddings):
         raise ValueError("embeddings: expected finite values, received NaN or Inf")
-
-
-def _all_finite(t: Tensor) -> bool:
-    """Whether every element of ``t`` is finite.
-
-    The sum is finite exactly when no element is NaN/Inf, unless it overflows; only then is the
-    elementwise test (which allocates a mask as large as ``t``) run.
-    """
-    if t.numel() == 0 or bool(torch.isfinite(t.sum())):
-        return True
-    return bool(torch.isfinite(t).all())
 
 
 def _linspace_index(j: Tensor, n: Tensor, steps: int) -> Tensor:

@@ -135,6 +135,8 @@ class SegmentationDataset(Dataset[Sample]):
         self.has_labels = has_labels
         self._allowed = allowed
         self._lut = lut
+        # train-id labels (e.g. Cityscapes' labelTrainIds) map to themselves: skip the lookup
+        self._lut_is_identity = bool(np.array_equal(lut, np.arange(256)))
         self._expected = expected
         self._hint = hint
 
@@ -177,6 +179,8 @@ class SegmentationDataset(Dataset[Sample]):
             return None
         stored = read_label(path)
         check_values(stored, self._allowed, path, self._expected, self._hint)
+        if self._lut_is_identity:
+            return stored  # read_label returns a private, writable array
         return np.take(self._lut, stored)  # = self._lut[stored], faster
 
     def __getitem__(self, index: int) -> Sample:

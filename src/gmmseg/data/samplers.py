@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from gmmseg.data.base import Sample
 from gmmseg.data.meta import IGNORE_INDEX
@@ -303,9 +303,12 @@ def collate_samples(batch: Sequence[Sample]) -> dict[str, Any]:
             "transform or use batch_size=1"
         )
     stacked = [lab for lab in labels if lab is not None]
+    # default_collate stacks tensors straight into shared memory inside a worker process;
+    # torch.stack would stack into private memory that the worker then copies to shared
+    # memory to send the batch.
     return {
-        "image": torch.stack([s["image"] for s in batch]),
-        "label": torch.stack(stacked) if stacked else None,
+        "image": default_collate([s["image"] for s in batch]),
+        "label": default_collate(stacked) if stacked else None,
         "name": [s["name"] for s in batch],
         "image_path": [s["image_path"] for s in batch],
         "label_path": [s["label_path"] for s in batch],

@@ -1,9 +1,10 @@
 """Backbone throughput on CPU: gmmseg vs the Hugging Face implementation of the same network.
 
 Forward (inference mode) and forward+backward of a 512×512 batch of 2, for mit_b0 (vs
-``transformers.SegformerModel``) and swin_tiny (vs ``transformers.SwinBackbone``), both loaded with
-the same weights through gmmseg's converter; resnet50_v1c at output stride 8 has no Hugging Face
-twin and is compared with itself in channels_last memory format (informational).
+``transformers.SegformerModel`` returning its four stage maps) and swin_tiny (vs
+``transformers.SwinBackbone``), both loaded with the same weights through gmmseg's converter;
+resnet50_v1c at output stride 8 has no Hugging Face twin and is compared with itself in
+channels_last memory format (informational).
 Goal: ratio = reference time / gmmseg time ≥ 1.0.
 
 Usage: python benchmarks/bench_backbones.py [--size 512] [--batch 2] [--repeats 3] [--threads N]
@@ -28,7 +29,11 @@ def hf_mit() -> tuple[nn.Module, Callable[[nn.Module, Tensor], object]]:
     import transformers
 
     cfg = transformers.SegformerConfig(drop_path_rate=0.0)  # the MiT-B0 defaults
-    return transformers.SegformerModel(cfg), lambda m, x: m(pixel_values=x).last_hidden_state
+    # The four stage maps, as gmmseg's backbone returns them for a decoder (and as the Swin
+    # reference returns its feature maps): the loss reads all four on both sides.
+    return transformers.SegformerModel(
+        cfg
+    ), lambda m, x: m(pixel_values=x, output_hidden_states=True).hidden_states
 
 
 def hf_swin() -> tuple[nn.Module, Callable[[nn.Module, Tensor], object]]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from torch import nn
 
 from gmmseg.heads import FCNDecoder, GMMClassifier, LinearClassifier, SegFormerDecoder
@@ -104,6 +105,20 @@ def test_gmm_anomaly_is_negative_best_class_log_likelihood() -> None:
     images = torch.randn(1, 3, 5, 5)
     out = seg(images)
     torch.testing.assert_close(seg.predict(images).anomaly, seg.classifier.anomaly_score(out))  # type: ignore[arg-type]
+
+
+def test_gmm_anomaly_is_resized_after_the_max_over_classes() -> None:
+    """At a stride-2 feature map, the score is −max_c s per feature pixel, then bilinear."""
+    torch.manual_seed(0)
+    bb = TinyBackbone()
+    dec = FCNDecoder(bb.out_channels, bb.strides, channels=8, num_convs=0, concat_input=False)
+    seg = Segmentor(bb, dec, gmm(channels=dec.out_channels)).eval()  # type: ignore[arg-type]
+    images = torch.randn(2, 3, 16, 16)
+    out = seg(images)
+    assert out.class_log_prob.shape[-1] < 16  # the features are coarser than the image
+    score = -out.class_log_prob.amax(dim=1, keepdim=True)  # type: ignore[union-attr]
+    expected = F.interpolate(score, size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(seg.predict(images).anomaly, expected)
 
 
 def test_slide_counts_overlaps() -> None:

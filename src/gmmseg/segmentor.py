@@ -25,8 +25,9 @@ class Prediction(NamedTuple):
     Attributes:
         logits: (B, C, H, W) averaged class logits.
         anomaly: (B, H, W) anomaly score, higher = more anomalous (for a GMM classifier
-            −max_c s with s the averaged class log-likelihood; for a linear classifier the
-            chosen logit score of the averaged logits).
+            −max_c s, the best class log-likelihood taken at the feature resolution, then
+            resized and averaged like the logits; for a linear classifier the chosen logit
+            score of the averaged logits).
     """
 
     logits: Tensor
@@ -136,10 +137,18 @@ class Segmentor(nn.Module):
     # ------------------------------------------------------------------ inference
 
     def _maps(self, images: Tensor) -> Tensor:
-        """(B, C [+ C], h, w): logits, and for GMM the class log-likelihoods, stacked."""
+        """(B, C [+ 1], h, w): logits, and for GMM the best class log-likelihood, stacked.
+
+        The likelihood score is taken at the feature resolution, where each pixel has a feature
+        and max_c s is its likelihood, and only that one map is resized. Resizing the C class
+        log-likelihoods first and taking the maximum afterwards would, between two regions,
+        interpolate each class's log-density from its high value on one side to its very low
+        value (hundreds of nats below) on the other: every class boundary would look anomalous.
+        """
         out = self.forward(images)
         if isinstance(out, GMMOutput):
-            return torch.cat([out.logits.float(), out.class_log_prob.float()], dim=1)
+            best = out.class_log_prob.float().amax(dim=1, keepdim=True)
+            return torch.cat([out.logits.float(), best], dim=1)
         return out.logits.float()
 
     def _whole(self, images: Tensor) -> Tensor:
@@ -234,7 +243,7 @@ class Segmentor(nn.Module):
         c = self.num_classes
         logits = acc[:, :c]
         if isinstance(self.classifier, GMMClassifier):
-            anomaly = -acc[:, c:].amax(dim=1)
+            anomaly = -acc[:, c]
         else:
             anomaly = logit_anomaly_score(logits, self.logit_anomaly)
         return Prediction(logits=logits, anomaly=anomaly)

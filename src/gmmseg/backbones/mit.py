@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
@@ -149,7 +150,7 @@ class MiTBlock(nn.Module):
 
 
 class MiTStage(nn.Module):
-    """Overlapping patch embedding, blocks, LayerNorm; returns a (B, C, h, w) map."""
+    """Overlapping patch embedding, blocks, LayerNorm; returns a (B, C, h, w) channels-last map."""
 
     def __init__(
         self,
@@ -176,7 +177,7 @@ class MiTStage(nn.Module):
         tokens, h, w = self.patch_embed(x)
         for block in self.blocks:
             tokens = block(tokens, h, w)
-        out: Tensor = rearrange(self.norm(tokens), "b (h w) c -> b c h w", h=h, w=w).contiguous()
+        out: Tensor = rearrange(self.norm(tokens), "b (h w) c -> b c h w", h=h, w=w)
         return out
 
 
@@ -253,9 +254,12 @@ class MixVisionTransformer(Backbone):
 
         Returns:
             Four tensors (B, C_i, ⌈H/s_i⌉, ⌈W/s_i⌉) with C_i = ``out_channels[i]`` and
-            s_i = ``strides[i]``.
+            s_i = ``strides[i]``, in channels-last memory format.
         """
         check_image(x, self.in_channels)
+        # channels-last all the way: each patch embedding then yields its tokens as a view, and
+        # each stage returns its map in channels-last memory format without a copy
+        x = x.contiguous(memory_format=torch.channels_last)
         feats: list[Tensor] = []
         for stage in self.stages:
             x = stage(x)

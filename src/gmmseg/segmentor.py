@@ -142,8 +142,8 @@ class Segmentor(nn.Module):
         The likelihood score is taken at the feature resolution, where each pixel has a feature
         and max_c s is its likelihood, and only that one map is resized. Resizing the C class
         log-likelihoods first and taking the maximum afterwards would, between two regions,
-        interpolate each class's log-density from its high value on one side to its very low
-        value (hundreds of nats below) on the other: every class boundary would look anomalous.
+        interpolate each class's log-density from its high value on one side to its steeply
+        lower value on the other: every class boundary would look anomalous.
         """
         out = self.forward(images)
         if isinstance(out, GMMOutput):

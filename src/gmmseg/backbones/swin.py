@@ -330,14 +330,15 @@ class SwinTransformer(Backbone):
 
         Returns:
             Four tensors (B, C_i, ⌈H/s_i⌉, ⌈W/s_i⌉) with C_i = ``out_channels[i]`` and
-            s_i = ``strides[i]``.
+            s_i = ``strides[i]``, in channels-last memory format (views of the stage tokens,
+            no copy).
         """
         check_image(x, self.in_channels)
         y: Tensor = self.patch_embed(x)
         feats: list[Tensor] = []
         for stage, norm in zip(self.stages, self.norms, strict=True):
             y = stage(y)
-            feats.append(rearrange(norm(y), "b h w c -> b c h w").contiguous())
+            feats.append(rearrange(norm(y), "b h w c -> b c h w"))
             down = stage.downsample
             if isinstance(down, PatchMerging):
                 y = down(y)

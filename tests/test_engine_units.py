@@ -492,6 +492,8 @@ def test_stream_errors() -> None:
         TrainStream(_Frames(3), order="random")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="empty"):
         TrainStream(_Frames(0))
+    with pytest.raises(ValueError, match="start"):
+        TrainStream(_Frames(3), start=-1)
 
 
 def _balanced_frames() -> _Frames:

@@ -163,6 +163,11 @@ def test_heatmap_constant_and_errors() -> None:
         heatmap(np.array([[np.inf, -np.inf]]))
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         heatmap(np.zeros((2, 2, 2)))
+    with pytest.raises(ValueError, match="low must not exceed high"):
+        heatmap(np.zeros((2, 2)), 1.0, 0.0)
+    with pytest.raises(ValueError, match="high must be a finite"):
+        heatmap(np.zeros((2, 2)), 0.0, float("nan"))
+    assert (heatmap(np.zeros((2, 2)), 1.0, 1.0) == FIRST).all()  # low == high is allowed
 
 
 # --------------------------------------------------------------------------- overlay
@@ -304,6 +309,8 @@ def test_image_grid_errors() -> None:
         image_grid([[a, b]])
     with pytest.raises(ValueError, match="one shape"):
         image_grid([[a], [b]])
+    with pytest.raises(ValueError, match="one title per column"):
+        image_grid([[a, a]], titles=["only one"])
 
 
 # --------------------------------------------------------------------------- plot_curves

@@ -106,11 +106,17 @@ def heatmap(
     ``low``/``high`` default to the 1st and 99th percentiles of the finite scores.
 
     Raises:
-        ValueError: not 2-D, or no finite score.
+        ValueError: not 2-D, no finite score, a non-finite ``low``/``high``, or a given
+            ``low`` above a given ``high``.
     """
     s = _np(scores).astype(np.float64)
     if s.ndim != 2:
         raise ValueError(f"scores must be (H, W), got shape {s.shape}")
+    for name, bound in (("low", low), ("high", high)):
+        if bound is not None and not np.isfinite(bound):
+            raise ValueError(f"{name} must be a finite number or None, got {bound}")
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"low must not exceed high, got low={low} and high={high}")
     finite = s[np.isfinite(s)]
     if finite.size == 0:
         raise ValueError("scores has no finite value")
@@ -166,6 +172,8 @@ def image_grid(
     ncol = len(rows[0])
     if any(len(r) != ncol for r in rows):
         raise ValueError(f"every row must have {ncol} panels, got {[len(r) for r in rows]}")
+    if titles is not None and len(titles) != ncol:
+        raise ValueError(f"titles must hold one title per column ({ncol}), got {len(titles)}")
     shapes = {p.shape for r in rows for p in r}
     if len(shapes) != 1:
         raise ValueError(f"panels must share one shape, got {sorted(shapes)}")

@@ -73,6 +73,10 @@ class TrainStream(Sampler[tuple[int, int]]):
         start: number of keys this rank already consumed (resume).
         num_classes: classes, for the class-balanced index.
         cache_dir: where the class-balanced index is cached.
+
+    Raises:
+        ValueError: an unknown ``order``, a ``rank`` outside ``[0, world_size)``, a negative
+            ``start`` or an empty dataset.
     """
 
     def __init__(
@@ -90,6 +94,8 @@ class TrainStream(Sampler[tuple[int, int]]):
             raise ValueError(f"order must be 'shuffle' or 'class_balanced', got {order!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if start < 0:
+            raise ValueError(f"start (keys already consumed) must be >= 0, got {start}")
         self.n = len(dataset)  # type: ignore[arg-type]
         if self.n == 0:
             raise ValueError("cannot stream an empty dataset")

@@ -222,6 +222,20 @@ def test_hue_shift_equals_hsv_round_trip() -> None:
         torch.testing.assert_close(T._shift_hue(rgb, degrees), ref, atol=1e-3, rtol=0)
 
 
+def test_saturation_then_hue_fused_equals_hsv_round_trip() -> None:
+    rgb = torch.randint(0, 256, (3, 16, 16), generator=torch.Generator().manual_seed(5)).float()
+    rgb[:, 0, 0] = 120.0  # grey
+    rgb[:, 0, 1] = torch.tensor([255.0, 0.0, 0.0])  # pure red: hue 0, full saturation
+    for alpha, degrees in ((0.5, -36.0), (1.3, 2.0), (3.0, 36.0), (0.9, 0.0)):
+        h, s, v = T._rgb_to_hsv(rgb)
+        s_new = (s * (255.0 * alpha)).clamp(0, 255).floor() / 255
+        ref = T._hsv_to_rgb((h + degrees) % 360.0, s_new, v)
+        got = T._saturate_and_shift_hue(rgb, alpha, degrees)
+        torch.testing.assert_close(got, ref, atol=1e-3, rtol=0)
+        sequential = T._shift_hue(T._scale_saturation(rgb, alpha), degrees)
+        torch.testing.assert_close(got, sequential, atol=1e-3, rtol=0)
+
+
 def test_cat_max_ratio_honoured() -> None:
     # Class 0 fills everything except a 20x20 block of class 1 and a 10x10 block of 255.
     label = torch.zeros(60, 60, dtype=torch.long)

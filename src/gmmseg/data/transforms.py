@@ -638,6 +638,34 @@ def _shift_hue(rgb: Tensor, degrees: float) -> Tensor:
     return out
 
 
+def _saturate_and_shift_hue(rgb: Tensor, alpha: float, degrees: float) -> Tensor:
+    """`_scale_saturation` then `_shift_hue`, sharing one max/min/hue computation.
+
+    Scaling the saturation keeps hue and value and changes the chroma c = max − min to
+    c' = s' · v, so the hue rotation can be written from the original pixel:
+    each channel is v − c' · clamp(min(k, 4 − k), 0, 1), k = (h/60 + shift + n) mod 6.
+    Equal to the two steps in sequence up to float rounding.
+    """
+    r, g, b = rgb.unbind(0)
+    v = torch.maximum(torch.maximum(r, g), b)
+    c = v - torch.minimum(torch.minimum(r, g), b)
+    s_new = (c / v.clamp(min=1e-12)).mul_(255.0 * alpha).clamp_(0, 255).floor_().div_(255.0)
+    c_new = s_new.mul_(v)  # chroma after the saturation step
+    inv = 1.0 / c.clamp(min=1e-12)
+    h6 = torch.where(
+        v == r,
+        ((g - b) * inv).remainder_(6.0),
+        torch.where(v == g, (b - r).mul_(inv).add_(2.0), (r - g).mul_(inv).add_(4.0)),
+    )
+    h6.add_(degrees / 60.0)
+    out = torch.empty_like(rgb)
+    for i, n in enumerate((5.0, 3.0, 1.0)):
+        k = (h6 + n).remainder_(6.0)
+        f = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+        torch.sub(v, f.mul_(c_new), out=out[i])
+    return out
+
+
 def _lookup(table: Tensor, image: Tensor) -> Tensor:
     """``table[image]`` for a uint8 image, in planar (3, H, W) layout (numpy's take on CPU)."""
     if image.device.type == "cpu":
@@ -727,9 +755,11 @@ class PhotoMetricDistortion(JointTransform):
                 pre = self._quantise(pre * alpha_last)
             return _replace(sample, _lookup(pre.to(torch.uint8), image), label)
         img = _lookup(pre, image)
-        if sat is not None:
+        if sat is not None and hue is not None:
+            img = _saturate_and_shift_hue(img, sat, 2.0 * hue)
+        elif sat is not None:
             img = _scale_saturation(img, sat)
-        if hue is not None:
+        elif hue is not None:
             img = _shift_hue(img, 2.0 * hue)
         img = self._quantise(img)
         if alpha_last is not None:

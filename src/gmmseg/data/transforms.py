@@ -614,23 +614,22 @@ def _hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
     return torch.stack(out)
 
 
-def _shift_hue(rgb: Tensor, degrees: float) -> Tensor:
-    """Rotate the HSV hue of (3, H, W) float RGB by ``degrees``, keeping saturation and value.
-
-    Equal to ``_hsv_to_rgb((h + degrees) % 360, s, v)`` with fewer passes: each channel is
-    v − c · clamp(min(k, 4 − k), 0, 1), k = (h/60 + n) mod 6, c = max − min.
-    """
-    r, g, b = rgb.unbind(0)
-    v = torch.maximum(torch.maximum(r, g), b)
-    c = v - torch.minimum(torch.minimum(r, g), b)
+def _hue6(r: Tensor, g: Tensor, b: Tensor, v: Tensor, c: Tensor) -> Tensor:
+    """HSV hue / 60° in [0, 6) of the planes r, g, b with value v = max and chroma c = max − min."""
     inv = 1.0 / c.clamp(min=1e-12)
-    h6 = torch.where(
+    return torch.where(
         v == r,
         ((g - b) * inv).remainder_(6.0),
         torch.where(v == g, (b - r).mul_(inv).add_(2.0), (r - g).mul_(inv).add_(4.0)),
     )
-    h6.add_(degrees / 60.0)
-    out = torch.empty_like(rgb)
+
+
+def _from_hue6(h6: Tensor, v: Tensor, c: Tensor, like: Tensor) -> Tensor:
+    """(3, H, W) RGB of hue h6 (in 60° units, any real), value v and chroma c.
+
+    Each channel is v − c · clamp(min(k, 4 − k), 0, 1), k = (h6 + n) mod 6, n = 5, 3, 1.
+    """
+    out = torch.empty_like(like)
     for i, n in enumerate((5.0, 3.0, 1.0)):
         k = (h6 + n).remainder_(6.0)
         f = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
@@ -638,32 +637,29 @@ def _shift_hue(rgb: Tensor, degrees: float) -> Tensor:
     return out
 
 
+def _shift_hue(rgb: Tensor, degrees: float) -> Tensor:
+    """Rotate the HSV hue of (3, H, W) float RGB by ``degrees``, keeping saturation and value.
+
+    Equal to ``_hsv_to_rgb((h + degrees) % 360, s, v)`` with fewer passes.
+    """
+    r, g, b = rgb.unbind(0)
+    v = torch.maximum(torch.maximum(r, g), b)
+    c = v - torch.minimum(torch.minimum(r, g), b)
+    return _from_hue6(_hue6(r, g, b, v, c).add_(degrees / 60.0), v, c, rgb)
+
+
 def _saturate_and_shift_hue(rgb: Tensor, alpha: float, degrees: float) -> Tensor:
     """`_scale_saturation` then `_shift_hue`, sharing one max/min/hue computation.
 
     Scaling the saturation keeps hue and value and changes the chroma c = max − min to
-    c' = s' · v, so the hue rotation can be written from the original pixel:
-    each channel is v − c' · clamp(min(k, 4 − k), 0, 1), k = (h/60 + shift + n) mod 6.
+    c' = s' · v, so the rotated pixel is built from the original one's hue with chroma c'.
     Equal to the two steps in sequence up to float rounding.
     """
     r, g, b = rgb.unbind(0)
     v = torch.maximum(torch.maximum(r, g), b)
     c = v - torch.minimum(torch.minimum(r, g), b)
     s_new = (c / v.clamp(min=1e-12)).mul_(255.0 * alpha).clamp_(0, 255).floor_().div_(255.0)
-    c_new = s_new.mul_(v)  # chroma after the saturation step
-    inv = 1.0 / c.clamp(min=1e-12)
-    h6 = torch.where(
-        v == r,
-        ((g - b) * inv).remainder_(6.0),
-        torch.where(v == g, (b - r).mul_(inv).add_(2.0), (r - g).mul_(inv).add_(4.0)),
-    )
-    h6.add_(degrees / 60.0)
-    out = torch.empty_like(rgb)
-    for i, n in enumerate((5.0, 3.0, 1.0)):
-        k = (h6 + n).remainder_(6.0)
-        f = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-        torch.sub(v, f.mul_(c_new), out=out[i])
-    return out
+    return _from_hue6(_hue6(r, g, b, v, c).add_(degrees / 60.0), v, s_new.mul_(v), rgb)
 
 
 def _lookup(table: Tensor, image: Tensor) -> Tensor:

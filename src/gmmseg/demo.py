@@ -69,7 +69,7 @@ def _figure(gmm: Segmentor, softmax: Segmentor, recipe: Recipe, out: Path, n: in
     pg = gmm.predict(images)
     ps = softmax.predict(images)
     g_scores = anomaly_score_maps(gmm, pg)["likelihood"]
-    s_scores = anomaly_score_maps(softmax, ps)["max_logit"]
+    s_scores = anomaly_score_maps(softmax, ps)["msp"]  # the usual and (here) strongest baseline
     palette = DemoScenes.semantic_palette
     rows = []
     for i in range(images.shape[0]):
@@ -83,7 +83,7 @@ def _figure(gmm: Segmentor, softmax: Segmentor, recipe: Recipe, out: Path, n: in
                 heatmap(s_scores[i]),
             ]
         )
-    titles = ["image", "anomaly GT", "GMMSeg", "softmax", "GMM -log p", "max-logit"]
+    titles = ["image", "anomaly GT", "GMMSeg", "softmax", "GMM -log p", "softmax MSP"]
     path = out / "figure.png"
     image_grid(rows, titles, scale=2).save(path)
     return path

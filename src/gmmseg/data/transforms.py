@@ -586,11 +586,16 @@ class RandomFlip(JointTransform):
         return _replace(sample, image.flip(-1), None if label is None else label.flip(-1))
 
 
-def _rgb_to_hsv(rgb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(3, H, W) float in [0, 255] → hue in degrees [0, 360), saturation [0, 1], value [0, 255]."""
+def _value_chroma(rgb: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Planes r, g, b of (3, H, W) float RGB, its value v = max and chroma c = max − min."""
     r, g, b = rgb.unbind(0)
     v = torch.maximum(torch.maximum(r, g), b)
-    c = v - torch.minimum(torch.minimum(r, g), b)
+    return r, g, b, v, v - torch.minimum(torch.minimum(r, g), b)
+
+
+def _rgb_to_hsv(rgb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(3, H, W) float in [0, 255] → hue in degrees [0, 360), saturation [0, 1], value [0, 255]."""
+    r, g, b, v, c = _value_chroma(rgb)
     s = c / v.clamp(min=1e-12)
     safe = c.clamp(min=1e-12)
     h = torch.where(
@@ -642,9 +647,7 @@ def _shift_hue(rgb: Tensor, degrees: float) -> Tensor:
 
     Equal to ``_hsv_to_rgb((h + degrees) % 360, s, v)`` with fewer passes.
     """
-    r, g, b = rgb.unbind(0)
-    v = torch.maximum(torch.maximum(r, g), b)
-    c = v - torch.minimum(torch.minimum(r, g), b)
+    r, g, b, v, c = _value_chroma(rgb)
     return _from_hue6(_hue6(r, g, b, v, c).add_(degrees / 60.0), v, c, rgb)
 
 
@@ -655,9 +658,7 @@ def _saturate_and_shift_hue(rgb: Tensor, alpha: float, degrees: float) -> Tensor
     c' = s' · v, so the rotated pixel is built from the original one's hue with chroma c'.
     Equal to the two steps in sequence up to float rounding.
     """
-    r, g, b = rgb.unbind(0)
-    v = torch.maximum(torch.maximum(r, g), b)
-    c = v - torch.minimum(torch.minimum(r, g), b)
+    r, g, b, v, c = _value_chroma(rgb)
     s_new = (c / v.clamp(min=1e-12)).mul_(255.0 * alpha).clamp_(0, 255).floor_().div_(255.0)
     return _from_hue6(_hue6(r, g, b, v, c).add_(degrees / 60.0), v, s_new.mul_(v), rgb)
 
@@ -674,9 +675,7 @@ def _scale_saturation(rgb: Tensor, alpha: float) -> Tensor:
 
     Hue and value are kept: rgb' = v − (v − rgb) · s'/s, which is the HSV round trip in RGB.
     """
-    r, g, b = rgb.unbind(0)
-    v = torch.maximum(torch.maximum(r, g), b)
-    c = v - torch.minimum(torch.minimum(r, g), b)
+    *_, v, c = _value_chroma(rgb)
     s = c / v.clamp(min=1e-12)
     s_new = (s * (255.0 * alpha)).clamp_(0, 255).floor_().div_(255.0)
     ratio = s_new.div_(s.clamp_(min=1e-12)).masked_fill_(c <= 0, 0.0)

@@ -31,9 +31,8 @@ def hf_mit() -> tuple[nn.Module, Callable[[nn.Module, Tensor], object]]:
     cfg = transformers.SegformerConfig(drop_path_rate=0.0)  # the MiT-B0 defaults
     # The four stage maps, as gmmseg's backbone returns them for a decoder (and as the Swin
     # reference returns its feature maps): the loss reads all four on both sides.
-    return transformers.SegformerModel(
-        cfg
-    ), lambda m, x: m(pixel_values=x, output_hidden_states=True).hidden_states
+    model = transformers.SegformerModel(cfg)
+    return model, lambda m, x: m(pixel_values=x, output_hidden_states=True).hidden_states
 
 
 def hf_swin() -> tuple[nn.Module, Callable[[nn.Module, Tensor], object]]:

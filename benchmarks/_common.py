@@ -27,6 +27,26 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
+def interleaved_medians(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median wall time (s) of each function, the functions timed in alternation.
+
+    After one warm-up call of each, every repeat times all functions once, in forward order on
+    even repeats and in reverse order on odd ones, so that a change of machine speed during the
+    run (frequent on a shared VM: the same fit can take 0.63 s, then 1.0 s a minute later)
+    affects every function alike, and so does any order effect.
+    """
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for rep in range(repeats):
+        order = range(len(fns)) if rep % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            t0 = time.perf_counter()
+            fns[i]()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
 def report(name: str, rows: list[dict[str, Any]]) -> None:
     """Print a table (case, ours, reference, ratio, goal) and write results/<name>.json."""
     print(f"\n{name} (torch {torch.__version__}, {torch.get_num_threads()} threads)")

@@ -15,13 +15,12 @@ Ours and the reference are timed in alternation, so that a change of machine loa
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from _common import median_time, report
+from _common import interleaved_medians, report
 from gmmseg.backbones import load_pretrained, mit_b0, resnet50_v1c, swin_tiny
 
 
@@ -48,17 +47,6 @@ def loss_of(out: object) -> Tensor:
     if isinstance(out, Tensor):
         return out.float().mean()
     return sum((t.float().mean() for t in out), torch.zeros(()))  # type: ignore[union-attr]
-
-
-def interleaved(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Median time of each function, measured in alternation (robust to load drifting)."""
-    for fn in fns:
-        fn()  # warm-up
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            times[i].append(median_time(fn, repeats=1, warmup=0))
-    return [statistics.median(t) for t in times]
 
 
 def fwd_and_fwd_bwd(
@@ -115,8 +103,8 @@ def main() -> None:
         load_pretrained(ours, ref.state_dict(), source="hf")
         o_fwd, o_bwd = fwd_and_fwd_bwd(ours, ours_call, x)
         r_fwd, r_bwd = fwd_and_fwd_bwd(ref, ref_call, x)
-        o_f, r_f = interleaved([o_fwd, r_fwd], args.repeats)
-        o_b, r_b = interleaved([o_bwd, r_bwd], args.repeats)
+        o_f, r_f = interleaved_medians([o_fwd, r_fwd], args.repeats)
+        o_b, r_b = interleaved_medians([o_bwd, r_bwd], args.repeats)
         rows.append(row(f"{name} forward {tag} vs HF", o_f, r_f, "ratio >= 1.0", args.batch))
         rows.append(row(f"{name} fwd+bwd {tag} vs HF", o_b, r_b, "ratio >= 1.0", args.batch))
         del ours, ref
@@ -127,7 +115,7 @@ def main() -> None:
     x_cl = x.to(memory_format=torch.channels_last)
     o_fwd, _ = fwd_and_fwd_bwd(net, ours_call, x)
     c_fwd, _ = fwd_and_fwd_bwd(net_cl, ours_call, x_cl)
-    o_f, c_f = interleaved([o_fwd, c_fwd], max(1, args.repeats - 1))
+    o_f, c_f = interleaved_medians([o_fwd, c_fwd], max(1, args.repeats - 1))
     rows.append(
         row(f"resnet50_v1c OS8 forward {tag} vs channels_last", o_f, c_f, "info", args.batch)
     )

@@ -26,11 +26,9 @@ Goal: ≥ 2× the images/s of the PIL-only pipeline. Run: ``cd benchmarks && pyt
 
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +36,7 @@ import torch
 from PIL import Image, ImageEnhance
 from torch.utils.data import DataLoader, Dataset
 
-from _common import median_time, report
+from _common import interleaved_medians, median_time, report
 from gmmseg.data import Cityscapes, build_dataloader, write_fixture
 from gmmseg.data import transforms as T
 
@@ -124,20 +122,6 @@ def drain(loader: DataLoader[object], passes: int) -> None:
             pass
 
 
-def alternate_medians(
-    ours: Callable[[], object], ref: Callable[[], object], repeats: int
-) -> tuple[float, float]:
-    """Median wall times of ``ours()`` and ``ref()``, timed alternately after one warm-up each."""
-    ours(), ref()
-    t_ours, t_ref = [], []
-    for i in range(repeats):
-        for fn, times in ((ours, t_ours), (ref, t_ref))[:: 1 if i % 2 == 0 else -1]:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(t_ours), statistics.median(t_ref)
-
-
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         run(Path(tmp))
@@ -159,9 +143,11 @@ def run(tmp: Path) -> None:
         ref_loader: DataLoader[object] = DataLoader(
             ref_ds, batch_size=1, shuffle=True, num_workers=workers, persistent_workers=workers > 0
         )
-        ours, ref = alternate_medians(
-            lambda: drain(ours_loader, passes),  # noqa: B023
-            lambda: drain(ref_loader, passes),  # noqa: B023
+        ours, ref = interleaved_medians(
+            [
+                lambda: drain(ours_loader, passes),  # noqa: B023
+                lambda: drain(ref_loader, passes),  # noqa: B023
+            ],
             repeats=15,  # the 2-worker timing varies by ~10 % between runs on a 2-core VM
         )
         rows.append(
@@ -190,9 +176,11 @@ def run(tmp: Path) -> None:
     pipe = T.train_pipeline(SCALE, CROP)
     g = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
-    ours_t, ref_t = alternate_medians(
-        lambda: [pipe(s, g) for s in samples],
-        lambda: [PILPipeline.transform(i, la, rng) for i, la in pils],
+    ours_t, ref_t = interleaved_medians(
+        [
+            lambda: [pipe(s, g) for s in samples],
+            lambda: [PILPipeline.transform(i, la, rng) for i, la in pils],
+        ],
         repeats=7,
     )
     print(f"full decode of image+label (as the reference does): {1e3 * decode:.1f} ms per image")

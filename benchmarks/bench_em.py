@@ -1,12 +1,15 @@
 """Benchmark: gmmseg GaussianMixture (torch, float32) vs scikit-learn (float64 and float32).
 
 Case: diag covariances, N=200k samples, D=64, K=10, 20 EM iterations (tol=0 so every run does
-all 20), the same initial weights/means/precisions for both. Each side is timed as the median
-of ``--repeats`` fits after one warm-up fit, in the same process, with 2 torch threads (and 2
-BLAS threads for numpy). The goal (>= 5x) applies to this case.
+all 20), the same initial weights/means/precisions for both. gmmseg (float32 tensor) and
+scikit-learn (on the float64 array, and on the same array cast to float32) are timed in
+alternation (:func:`_common.interleaved_medians`): each number is the median of ``--repeats``
+fits after one warm-up fit, in the same process, with 2 torch threads (and 2 BLAS threads for
+numpy). The goal (>= 5x) applies to this case.
 
 An informational second case times ``fit_grouped`` on G=19 groups of the same data against a
-Python loop of 19 separate ``fit`` calls (both gmmseg, float32); it has no goal.
+Python loop of 19 separate ``fit`` calls (both gmmseg, float32, also in alternation); it has no
+goal.
 
 Run: ``python benchmarks/bench_em.py`` (writes benchmarks/results/bench_em.json).
 """
@@ -14,15 +17,13 @@ Run: ``python benchmarks/bench_em.py`` (writes benchmarks/results/bench_em.json)
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from _common import report
+from _common import interleaved_medians, report
 from gmmseg.em.gaussian_mixture import ConvergenceWarning, GaussianMixture
 
 GOAL = 5.0
@@ -38,16 +39,6 @@ def _data(n: int, d: int, k: int) -> tuple[np.ndarray, dict[str, Any]]:
         "precisions_init": np.ones((k, d)),
     }
     return x, inits
-
-
-def _median_time(fn: Any, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -79,8 +70,6 @@ def main() -> None:
     with warnings.catch_warnings(), threadpool_limits(limits=args.threads):
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", UserWarning)  # scikit-learn's ConvergenceWarning
-        t_ours = _median_time(ours, args.repeats)
-        t_ref = _median_time(reference, args.repeats)
         x_f32 = x.astype(np.float32)
         kw32 = {
             **kw,
@@ -91,7 +80,7 @@ def main() -> None:
             gm = SkGaussianMixture(args.k, **kw32).fit(x_f32)
             assert gm.n_iter_ == args.iters
 
-        t_ref32 = _median_time(reference32, args.repeats)
+        t_ours, t_ref, t_ref32 = interleaved_medians([ours, reference, reference32], args.repeats)
 
         groups = 19
         gid = torch.as_tensor(np.random.default_rng(1).integers(0, groups, args.n))
@@ -112,8 +101,7 @@ def main() -> None:
                 one = {name: value[g] for name, value in per_group.items()}
                 GaussianMixture(args.k, dtype=torch.float32, **common, **one).fit(x32[gid == g])
 
-        t_grouped = _median_time(grouped, args.repeats)
-        t_loop = _median_time(loop, args.repeats)
+        t_grouped, t_loop = interleaved_medians([grouped, loop], args.repeats)
 
     case = f"diag N={args.n} D={args.d} K={args.k} iters={args.iters}"
     rows = [

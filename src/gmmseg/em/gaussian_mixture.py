@@ -347,25 +347,24 @@ def _lower_bound(data: _Data, log_prob_norm: Tensor) -> Tensor:
 
 
 def _centred_scatter(
-    data: _Data, rw: Tensor, means: Tensor, *, diagonal: bool, only: Tensor | None = None
+    data: _Data, rw: Tensor, means: Tensor, *, only: Tensor | None = None
 ) -> Tensor:
     """Exact two-pass scatter ``Σ_n w r_nk (x_n − μ_k)(x_n − μ_k)ᵀ`` per group and component.
 
-    Works on (chunk, K, D) temporaries; when few rows carry responsibility (e.g. the
+    Works on (chunk, K, D, D) temporaries; when few rows carry responsibility (e.g. the
     one-row-per-component initialisations) only those rows are visited.
 
     Args:
         data: laid-out rows.
         rw: (R, K) responsibilities times sample weights.
         means: (G, K, D) means.
-        diagonal: return only the diagonal.
         only: (G, K) bool pairs to compute (others are returned as 0), or ``None`` for all.
 
     Returns:
-        (G, K, D) if ``diagonal`` else (G, K, D, D).
+        (G, K, D, D).
     """
     g, k, d = means.shape
-    out = means.new_zeros((g, k, d) if diagonal else (g, k, d, d))
+    out = means.new_zeros((g, k, d, d))
     if only is None:
         only = torch.ones((g, k), dtype=torch.bool, device=means.device)
     comps = torch.nonzero(only.any(dim=0))[:, 0]
@@ -375,35 +374,31 @@ def _centred_scatter(
     rows_on = (r > 0).any(dim=1) & data.layout.expand_groups(only.any(dim=1))
     rows = torch.nonzero(rows_on)[:, 0]
     if 4 * rows.numel() <= rows_on.numel():
-        part = _scatter_rows(data, r, mu, rows, diagonal)
+        part = _scatter_rows(data, r, mu, rows)
     else:
-        part = _scatter_blocks(data, r, mu, only.any(dim=1), diagonal)
+        part = _scatter_blocks(data, r, mu, only.any(dim=1))
     out[:, comps] = part
-    return out * only.reshape(*only.shape, *([1] * (out.ndim - 2))).to(out.dtype)
+    return out * only[..., None, None].to(out.dtype)
 
 
-def _scatter_rows(data: _Data, r: Tensor, mu: Tensor, rows: Tensor, diagonal: bool) -> Tensor:
+def _scatter_rows(data: _Data, r: Tensor, mu: Tensor, rows: Tensor) -> Tensor:
     """:func:`_centred_scatter` over the listed laid-out ``rows`` only (row by row)."""
     g, k, d = mu.shape
-    out = mu.new_zeros((g, k, d) if diagonal else (g, k, d, d))
-    per_row = k * d if diagonal else k * d * d
-    step = data.chunk_size or max(1, CHUNK_ELEMENTS // per_row)
+    out = mu.new_zeros((g, k, d, d))
+    step = data.chunk_size or max(1, CHUNK_ELEMENTS // (k * d * d))
     for start in range(0, rows.numel(), step):
         idx = rows[start : start + step]
         groups = data.layout.row_groups(idx)
         diff = data.x[idx].unsqueeze(1) - mu[groups]  # (c, K, D)
         weighted = diff * r[idx].unsqueeze(-1)
-        part = weighted * diff if diagonal else weighted.unsqueeze(-1) * diff.unsqueeze(-2)
-        out.index_add_(0, groups, part)
+        out.index_add_(0, groups, weighted.unsqueeze(-1) * diff.unsqueeze(-2))
     return out
 
 
-def _scatter_blocks(
-    data: _Data, r: Tensor, mu: Tensor, groups_on: Tensor, diagonal: bool
-) -> Tensor:
+def _scatter_blocks(data: _Data, r: Tensor, mu: Tensor, groups_on: Tensor) -> Tensor:
     """:func:`_centred_scatter` over all rows of the ``groups_on`` (G,) groups, by blocks."""
     g, k, d = mu.shape
-    out = mu.new_zeros((g, k, d) if diagonal else (g, k, d, d))
+    out = mu.new_zeros((g, k, d, d))
     for rows, groups in data.layout.chunks(k * d, data.chunk_size):
         nbc = groups.numel()
         xb = data.x[rows].reshape(nbc, 1, -1, d)
@@ -414,11 +409,46 @@ def _scatter_blocks(
                 continue
             xb, rb, groups = xb[keep], rb[keep], groups[keep]
         diff = xb - mu[groups].unsqueeze(2)  # (nbc, K, b, D)
-        if diagonal:
-            part = (rb @ (diff * diff)).squeeze(2)  # (nbc, K, D)
-        else:
-            part = (diff * rb.transpose(-1, -2)).transpose(-1, -2) @ diff  # (nbc, K, D, D)
+        part = (diff * rb.transpose(-1, -2)).transpose(-1, -2) @ diff  # (nbc, K, D, D)
         out.index_add_(0, groups, part)
+    return out
+
+
+def _centred_variances(data: _Data, rw: Tensor, means: Tensor, only: Tensor) -> Tensor:
+    """Exact two-pass ``Σ_n w r_nk (x_n − μ_k)²`` (per dimension) of the ``only`` (G, K) pairs.
+
+    Each listed (group, component) pair visits its own group's rows (a contiguous range of the
+    layout) and nothing else, so the cost is proportional to the pairs that need it: the other
+    K − 1 components of a group and the other groups are not touched. The pairs are few (the
+    accuracy guard lists only components far from their group's mean relative to their width),
+    so they are visited one by one, each as ``(x − μ)²ᵀ · r`` over chunks of at most
+    ``chunk_size`` (or the memory budget's) rows.
+
+    Args:
+        data: laid-out rows.
+        rw: (R, K) responsibilities times sample weights.
+        means: (G, K, D) means.
+        only: (G, K) bool pairs to compute.
+
+    Returns:
+        (G, K, D), 0 outside ``only``.
+    """
+    g, k, d = means.shape
+    out = means.new_zeros((g, k, d))
+    layout = data.layout
+    step = data.chunk_size or max(1, CHUNK_ELEMENTS // d)
+    # a group's laid-out rows: whole blocks from its first row (padding rows have w = 0)
+    blocks = torch.div(
+        layout.counts + layout.block_rows - 1, max(layout.block_rows, 1), rounding_mode="floor"
+    )
+    ends = layout.group_start + blocks * layout.block_rows
+    ranges = torch.stack([layout.group_start, ends], dim=1).tolist()
+    for gi, ki in torch.nonzero(only).tolist():
+        start, stop = ranges[gi] if layout.block_group is not None else (0, layout.num_rows)
+        for a in range(start, stop, step):
+            b = min(a + step, stop)
+            diff = data.x[a:b] - means[gi, ki]
+            out[gi, ki] += torch.mv(diff.mul_(diff).T, rw[a:b, ki])
     return out
 
 
@@ -426,7 +456,7 @@ def _estimate_covariances_full(
     data: _Data, rw: Tensor, nk: Tensor, means: Tensor, reg_covar: float
 ) -> Tensor:
     """(G, K, D, D) ``Σ w r (x − μ)(x − μ)ᵀ / n_k + reg_covar·I``."""
-    scatter = _centred_scatter(data, rw, means, diagonal=False)
+    scatter = _centred_scatter(data, rw, means)
     eye = torch.eye(means.shape[-1], dtype=means.dtype, device=means.device)
     return scatter / nk[..., None, None] + reg_covar * eye
 
@@ -457,7 +487,7 @@ def _estimate_covariances_tied(
     redo = lossy.any(dim=1) & check  # (G,)
     if bool(redo.any()):
         only = redo[:, None].expand(-1, means.shape[1])
-        exact = _centred_scatter(data, rw, means, diagonal=False, only=only).sum(dim=1)
+        exact = _centred_scatter(data, rw, means, only=only).sum(dim=1)
         within = torch.where(redo[:, None, None], exact, within)
     eye = torch.eye(means.shape[-1], dtype=means.dtype, device=means.device)
     return within / nk.sum(dim=1)[:, None, None] + reg_covar * eye
@@ -486,7 +516,7 @@ def _estimate_covariances_diag(
     lossy = eps * mean_sq > _CANCELLATION_RTOL * var
     redo = lossy.any(dim=2) & check[:, None]  # (G, K)
     if bool(redo.any()):
-        exact = _centred_scatter(data, rw, means, diagonal=True, only=redo) / nk[..., None]
+        exact = _centred_variances(data, rw, means, redo) / nk[..., None]
         var = torch.where(redo[..., None], exact, var)
     return var + reg_covar
 

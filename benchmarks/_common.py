@@ -47,8 +47,19 @@ def interleaved_medians(fns: list[Callable[[], object]], repeats: int) -> list[f
     return [statistics.median(t) for t in times]
 
 
+def _amount(row: dict[str, Any], who: str) -> str:
+    """A row's ``{who}_s`` in milliseconds, or its ``{who}_gb`` (memory rows) with the unit."""
+    if f"{who}_gb" in row:
+        return f"{row[f'{who}_gb']:.3g} GB"
+    return f"{1e3 * row[f'{who}_s']:.2f}"
+
+
 def report(name: str, rows: list[dict[str, Any]]) -> None:
-    """Print a table (case, ours, reference, ratio, goal) and write results/<name>.json."""
+    """Print a table (case, ours, reference, ratio, goal) and write results/<name>.json.
+
+    Each row holds times in seconds (``ours_s``, ``reference_s``) or, for a memory case,
+    sizes in gigabytes (``ours_gb``, ``reference_gb``).
+    """
     print(f"\n{name} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
     header = f"{'case':<52} {'ours ms':>10} {'ref ms':>10} {'ratio':>8}  goal"
     print(header)
@@ -56,7 +67,7 @@ def report(name: str, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         status = "ok" if r["pass"] else "MISSED"
         print(
-            f"{r['case']:<52} {1e3 * r['ours_s']:>10.2f} {1e3 * r['reference_s']:>10.2f} "
+            f"{r['case']:<52} {_amount(r, 'ours'):>10} {_amount(r, 'reference'):>10} "
             f"{r['ratio']:>8.2f}  {r['goal']} [{status}]"
         )
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -77,10 +77,11 @@ def test_times_in_seconds_and_milliseconds():
     assert "| b | 1.5 ms | 35 ms | 23.33 | ratio &ge; 20 | – |" in section
 
 
-def test_memory_rows_are_not_shown_as_times():
-    row = {"case": "peak extra memory (GB)", "ours_s": 0.0009, "reference_s": 0.002, "ratio": 0.45}
+def test_memory_rows_are_shown_in_gigabytes():
+    row = {"case": "peak extra memory", "ours_gb": 0.903, "reference_gb": 2.0, "ratio": 0.45}
     section = hook.render_result({"rows": [row]}, "t")
-    assert "| peak extra memory (GB) | 0.0009 | 0.002 | 0.45 | – | – |" in section
+    assert "| peak extra memory | 0.903 GB | 2 GB | 0.45 | – | – |" in section
+    assert "ours_gb =" not in section, "sizes are table cells, not details"
 
 
 def test_extra_fields_and_escaping():

@@ -4,11 +4,12 @@ Configured in ``mkdocs.yml`` under ``hooks:``. A page containing the line
 ``<!-- benchmarks-tables -->`` gets that line replaced by one section per JSON file: the
 environment the numbers were measured in (torch version, threads, platform) and a table with
 one row per case (case, ours, reference, ratio, goal, pass). Extra fields of a row (notes,
-memory, error bounds, ...) are listed under its table. Times get a readable unit; a row about
-memory (the case mentions memory or bytes) keeps its numbers as they are.
+memory, error bounds, ...) are listed under its table. Times get a readable unit; a memory row
+gives its sizes in gigabytes (``ours_gb``, ``reference_gb``).
 
 The result files do not all share one schema: rows live under ``"rows"`` or ``"results"``,
-times are in seconds (``ours_s``) or milliseconds (``ours_ms``), a goal is a text such as
+times are in seconds (``ours_s``) or milliseconds (``ours_ms``), sizes in gigabytes
+(``ours_gb``), a goal is a text such as
 ``">= 2"`` or a number (meaning ``ratio >= goal``) or null, and ``pass`` may be null. Anything
 unknown is shown as it is rather than dropped. Only the standard library is used (the docs
 build installs nothing but the MkDocs tools).
@@ -35,6 +36,8 @@ _ROW_FIELDS = {
     "reference_s",
     "ours_ms",
     "reference_ms",
+    "ours_gb",
+    "reference_gb",
     "ratio",
     "ratio_meaning",
     "goal",
@@ -70,22 +73,14 @@ def format_seconds(seconds: Any) -> str:
     return f"{seconds * 1e6:.3g} µs"
 
 
-def _is_memory_row(row: dict[str, Any]) -> bool:
-    """Rows that store a memory size in the time fields (their unit is not seconds)."""
-    text = f"{row.get('case', '')} {row.get('ratio_meaning', '')}".lower()
-    return any(word in text for word in ("memory", "bytes"))
-
-
 def _time(row: dict[str, Any], who: str) -> str:
-    """The ``ours``/``reference`` time of a row, from ``{who}_s`` or ``{who}_ms``.
+    """The ``ours``/``reference`` amount of a row, with its unit.
 
-    A memory row's value is shown as a plain number (its unit is given by the case text).
+    A time from ``{who}_s`` or ``{who}_ms``, or a memory size from ``{who}_gb``.
     """
-    value = row.get(f"{who}_s", row.get(f"{who}_ms"))
-    if _is_memory_row(row):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return f"{value:.3g}"
-        return "–" if value is None else _text(value)
+    gb = row.get(f"{who}_gb")
+    if isinstance(gb, (int, float)) and not isinstance(gb, bool):
+        return f"{gb:.3g} GB"
     if f"{who}_s" in row:
         return format_seconds(row[f"{who}_s"])
     ms = row.get(f"{who}_ms")

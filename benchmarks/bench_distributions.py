@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from _common import median_time, report
+from _common import interleaved_medians, median_time, report
 from gmmseg.distributions import gaussian_log_prob
 
 torch.set_num_threads(2)
@@ -37,8 +37,9 @@ def main() -> None:
     b = torch.randn(2 * D, K, generator=g)
 
     with torch.inference_mode():
-        ours = median_time(lambda: gaussian_log_prob(x, means, var, "diag"), repeats=15, warmup=3)
-        gemm = median_time(lambda: a @ b, repeats=15, warmup=3)
+        ours, gemm = interleaved_medians(
+            [lambda: gaussian_log_prob(x, means, var, "diag"), lambda: a @ b], repeats=15
+        )
         slow = median_time(lambda: naive(x, means, var), repeats=3, warmup=1)
         head = x[:2048]
         err = (gaussian_log_prob(head, means, var, "diag") - naive(head, means, var)).abs().max()

@@ -17,7 +17,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from _common import median_time, report
+from _common import interleaved_medians, report
 from gmmseg.em.memory import ComponentMemory
 from gmmseg.em.momentum import momentum_m_step
 from gmmseg.em.streaming import StreamingStatistics
@@ -93,18 +93,25 @@ def main() -> None:
     ptr = torch.zeros(G, M, dtype=torch.int64)
     stats = StreamingStatistics(G, M, D)
 
-    ours_enq = median_time(lambda: mem.enqueue(x, g, m), repeats=15, warmup=3)
-    ref_enq = median_time(lambda: loop_enqueue(queue, ptr, x, g, m), repeats=15, warmup=3)
+    ours_enq, ref_enq = interleaved_medians(
+        [lambda: mem.enqueue(x, g, m), lambda: loop_enqueue(queue, ptr, x, g, m)], repeats=15
+    )
     assert torch.equal(mem.bank, queue) and torch.equal(mem.ptr, ptr)
-    ours_stream = median_time(lambda: stats.update(x, g, m), repeats=15, warmup=3)
-    ref_stream = median_time(lambda: loop_moments(x, g, m), repeats=15, warmup=3)
+    ours_stream, ref_stream = interleaved_medians(
+        [lambda: stats.update(x, g, m), lambda: loop_moments(x, g, m)], repeats=15
+    )
 
     bank = F.normalize(torch.randn(G, M, K, D, generator=gen), dim=-1)
     means = F.normalize(torch.randn(G, M, D, generator=gen), dim=-1)
     scales = torch.ones(G, M, D)
     groups = present.sort().values.tolist()
-    ours_m = median_time(lambda: momentum_m_step(means, scales, bank, groups), repeats=5)
-    ref_m = median_time(lambda: loop_m_step(means, scales, bank, groups), repeats=5)
+    ours_m, ref_m = interleaved_medians(
+        [
+            lambda: momentum_m_step(means, scales, bank, groups),
+            lambda: loop_m_step(means, scales, bank, groups),
+        ],
+        repeats=5,
+    )
     a, b = momentum_m_step(means, scales, bank, groups), loop_m_step(means, scales, bank, groups)
     err = max((a[0] - b[0]).abs().max().item(), (a[1] - b[1]).abs().max().item())
     print(f"max |ours - loop| M-step: {err:.2e}")

@@ -488,6 +488,44 @@ def test_float32_tight_cluster_far_from_origin(ct: str) -> None:
         assert float(f32.covariances_[1].mean()) == pytest.approx(0.1, rel=0.15)
 
 
+def test_float32_fit_grouped_with_tight_components_matches_float64(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fit_grouped's exact variance fallback, taken only for the pairs that need it."""
+    rng = np.random.default_rng(1)
+    groups = []
+    for g in range(3):
+        wide = rng.normal(0, 1, (400, 3))
+        tight = rng.normal(6 + g, 0.1, (80 + 20 * g, 3))  # far from the mean: E[x²] ≫ σ²
+        groups.append(np.concatenate([wide, tight]) + 1e4)
+    x = np.concatenate(groups)
+    gid = np.concatenate([np.full(len(a), g) for g, a in enumerate(groups)])
+    kw: dict[str, Any] = {
+        "covariance_type": "diag",
+        "means_init": np.stack([[[1e4] * 3, [1e4 + 6 + g] * 3] for g in range(3)]),
+        "weights_init": np.full((3, 2), 0.5),
+        "precisions_init": np.ones((3, 2, 3)),
+    }
+    calls: list[int] = []
+    exact = gmm_module._centred_variances
+
+    def spy(data: Any, rw: torch.Tensor, means: torch.Tensor, only: torch.Tensor) -> torch.Tensor:
+        calls.append(int(only.sum()))
+        return exact(data, rw, means, only)
+
+    monkeypatch.setattr(gmm_module, "_centred_variances", spy)
+    x32 = torch.as_tensor(x, dtype=torch.float32)
+    f32 = GaussianMixture(2, dtype=torch.float32, **kw).fit_grouped(x32, torch.as_tensor(gid), 3)
+    assert calls and max(calls) < 6, "the fallback ran, for some (group, component) pairs only"
+    for g in range(3):
+        one = {k: v[g] for k, v in kw.items() if k != "covariance_type"}
+        f64 = GaussianMixture(2, covariance_type="diag", **one).fit(x[gid == g])
+        torch.testing.assert_close(
+            f32.covariances_[g].double(), f64.covariances_, rtol=2e-3, atol=1e-4
+        )
+        torch.testing.assert_close(f32.means_[g].double(), f64.means_, rtol=1e-6, atol=1e-3)
+
+
 def test_float32_singleton_component_far_from_the_rest() -> None:
     rng = np.random.default_rng(2)
     x = np.concatenate([rng.normal(0, 1, (500, 3)), rng.normal(300, math.sqrt(0.1), (50, 3))])

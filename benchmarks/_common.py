@@ -48,10 +48,10 @@ def interleaved_medians(fns: list[Callable[[], object]], repeats: int) -> list[f
 
 
 def _amount(row: dict[str, Any], who: str) -> str:
-    """A row's ``{who}_s`` in milliseconds, or its ``{who}_gb`` (memory rows) with the unit."""
+    """A row's ``{who}_s`` in milliseconds, or its ``{who}_gb`` (memory rows), with the unit."""
     if f"{who}_gb" in row:
         return f"{row[f'{who}_gb']:.3g} GB"
-    return f"{1e3 * row[f'{who}_s']:.2f}"
+    return f"{1e3 * row[f'{who}_s']:.2f} ms"
 
 
 def report(name: str, rows: list[dict[str, Any]]) -> None:
@@ -61,7 +61,7 @@ def report(name: str, rows: list[dict[str, Any]]) -> None:
     sizes in gigabytes (``ours_gb``, ``reference_gb``).
     """
     print(f"\n{name} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
-    header = f"{'case':<52} {'ours ms':>10} {'ref ms':>10} {'ratio':>8}  goal"
+    header = f"{'case':<52} {'ours':>10} {'reference':>10} {'ratio':>8}  goal"
     print(header)
     print("-" * len(header))
     for r in rows:

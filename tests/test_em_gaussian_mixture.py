@@ -393,7 +393,8 @@ def test_centred_scatter_matches_plain_loop(grouped: bool, sparse: bool, diagona
         SegmentLayout.grouped(ids, ngroups, 8) if grouped else SegmentLayout.single(n, x.device)
     )
     w = torch.ones(n, dtype=torch.float64)
-    data = gmm_module._prepare_data(x, w, layout, "full", chunk_size=5)
+    # diag data of one group is stored feature-major (non-contiguous rows): test that layout too
+    data = gmm_module._prepare_data(x, w, layout, "diag" if diagonal else "full", chunk_size=5)
     rw = layout.scatter_rows(resp)
     if diagonal:
         got = gmm_module._centred_variances(data, rw, means, only)

@@ -422,15 +422,21 @@ def _scatter_blocks(data: _Data, r: Tensor, mu: Tensor, groups_on: Tensor) -> Te
     return out
 
 
+#: Rows summed by one float32 product in the exact variance fallback (partial sums are added
+#: in float64), so the fallback's own rounding stays far below the error it replaces.
+_EXACT_ROWS = 4096
+
+
 def _centred_variances(data: _Data, rw: Tensor, means: Tensor, only: Tensor) -> Tensor:
     """Exact two-pass ``Σ_n w r_nk (x_n − μ_k)²`` (per dimension) of the ``only`` (G, K) pairs.
 
     Each listed (group, component) pair visits its own group's rows (a contiguous range of the
     layout) and nothing else, so the cost is proportional to the pairs that need it: the other
-    K − 1 components of a group and the other groups are not touched. The pairs are few (the
-    accuracy guard lists only components far from their group's mean relative to their width),
-    so they are visited one by one, each as ``(x − μ)²ᵀ · r`` over chunks of at most
-    ``chunk_size`` (or the memory budget's) rows.
+    K − 1 components of a group and the other groups are not touched. Within a pair, only the
+    rows with a positive responsibility are visited when they are at most a quarter of the
+    group (the one-row-per-component initialisations flag every pair, each with one row).
+    Each pair is summed as ``(x − μ)²ᵀ · r`` over chunks of at most ``chunk_size`` and
+    4096 rows, the chunk sums accumulated in float64.
 
     Args:
         data: laid-out rows.
@@ -442,9 +448,9 @@ def _centred_variances(data: _Data, rw: Tensor, means: Tensor, only: Tensor) -> 
         (G, K, D), 0 outside ``only``.
     """
     g, k, d = means.shape
-    out = means.new_zeros((g, k, d))
+    out = torch.zeros((g, k, d), dtype=torch.float64, device=means.device)
     layout = data.layout
-    step = data.chunk_size or max(1, CHUNK_ELEMENTS // d)
+    step = min(data.chunk_size or _EXACT_ROWS, _EXACT_ROWS)
     # a group's laid-out rows: whole blocks from its first row (padding rows have w = 0)
     blocks = torch.div(
         layout.counts + layout.block_rows - 1, max(layout.block_rows, 1), rounding_mode="floor"
@@ -453,11 +459,19 @@ def _centred_variances(data: _Data, rw: Tensor, means: Tensor, only: Tensor) -> 
     ranges = torch.stack([layout.group_start, ends], dim=1).tolist()
     for gi, ki in torch.nonzero(only).tolist():
         start, stop = ranges[gi] if layout.block_group is not None else (0, layout.num_rows)
+        r = rw[start:stop, ki]
+        on = torch.nonzero(r > 0)[:, 0]
+        if 4 * on.numel() <= stop - start:
+            for a in range(0, on.numel(), step):
+                idx = on[a : a + step]
+                diff = data.x[start + idx] - means[gi, ki]
+                out[gi, ki] += torch.mv(diff.mul_(diff).T, r[idx]).double()
+            continue
         for a in range(start, stop, step):
             b = min(a + step, stop)
             diff = data.x[a:b] - means[gi, ki]
-            out[gi, ki] += torch.mv(diff.mul_(diff).T, rw[a:b, ki])
-    return out
+            out[gi, ki] += torch.mv(diff.mul_(diff).T, rw[a:b, ki]).double()
+    return out.to(means.dtype)
 
 
 def _estimate_covariances_full(

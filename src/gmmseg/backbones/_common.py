@@ -14,6 +14,11 @@ class Backbone(nn.Module):
     Subclasses set ``out_channels`` and ``strides`` (one entry per returned feature map, in the
     order of ``forward``'s list) so that decoders can be built from them without a dummy forward.
 
+    The maps' memory format is the one the network computes in: the transformers (MiT, Swin)
+    return channels-last maps (views of their token sequences, no copy), the CNNs follow their
+    input's format. Convolutions, interpolation and ``reshape`` accept either; code that calls
+    ``.view`` on a map should call ``.contiguous()`` first.
+
     Attributes:
         out_channels: channels C_i of each returned feature map.
         strides: stride s_i of each returned feature map with respect to the input image.

@@ -10,6 +10,7 @@ from torch import nn
 
 from gmmseg.backbones import (
     Backbone,
+    ResNet,
     SwinConfig,
     SwinTransformer,
     TimmBackbone,
@@ -60,6 +61,19 @@ def test_channels_last(net: Backbone) -> None:
         # different convolution kernels: compare relative to the feature scale
         scale = max(1.0, float(b.abs().max()))
         assert float((a - b).abs().max()) <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("net", small_backbones(), ids=["mit", "resnet", "swin"])
+def test_output_memory_format_is_documented(net: Backbone) -> None:
+    """MiT/Swin return channels-last views; the CNNs follow the input's format (Backbone doc)."""
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = net.eval()(x)
+    transformer = not isinstance(net, ResNet)
+    for t in out:
+        assert t.is_contiguous(memory_format=torch.channels_last) == transformer
+        assert t.is_contiguous() == (not transformer)
+        torch.testing.assert_close(t.contiguous().view(t.shape), t)  # the documented remedy
 
 
 def test_missing_file_names_the_path(tmp_path: Path) -> None:

@@ -651,6 +651,11 @@ def _shift_hue(rgb: Tensor, degrees: float) -> Tensor:
     return _from_hue6(_hue6(r, g, b, v, c).add_(degrees / 60.0), v, c, rgb)
 
 
+def _scaled_saturation(s: Tensor, alpha: float) -> Tensor:
+    """Saturation ``s`` in [0, 1] scaled by ``alpha`` on the 8-bit grid: ⌊clamp(255·α·s)⌋ / 255."""
+    return (s * (255.0 * alpha)).clamp_(0, 255).floor_().div_(255.0)
+
+
 def _saturate_and_shift_hue(rgb: Tensor, alpha: float, degrees: float) -> Tensor:
     """`_scale_saturation` then `_shift_hue`, sharing one max/min/hue computation.
 
@@ -659,7 +664,7 @@ def _saturate_and_shift_hue(rgb: Tensor, alpha: float, degrees: float) -> Tensor
     Equal to the two steps in sequence up to float rounding.
     """
     r, g, b, v, c = _value_chroma(rgb)
-    s_new = (c / v.clamp(min=1e-12)).mul_(255.0 * alpha).clamp_(0, 255).floor_().div_(255.0)
+    s_new = _scaled_saturation(c / v.clamp(min=1e-12), alpha)
     return _from_hue6(_hue6(r, g, b, v, c).add_(degrees / 60.0), v, s_new.mul_(v), rgb)
 
 
@@ -677,7 +682,7 @@ def _scale_saturation(rgb: Tensor, alpha: float) -> Tensor:
     """
     *_, v, c = _value_chroma(rgb)
     s = c / v.clamp(min=1e-12)
-    s_new = (s * (255.0 * alpha)).clamp_(0, 255).floor_().div_(255.0)
+    s_new = _scaled_saturation(s, alpha)
     ratio = s_new.div_(s.clamp_(min=1e-12)).masked_fill_(c <= 0, 0.0)
     return v - (v - rgb).mul_(ratio)
 

@@ -159,6 +159,46 @@ def test_training_steps_equal_plain_loop() -> None:
     assert int(head.step) == 6
 
 
+@pytest.mark.parametrize("loss_average", ["all", "valid"])
+def test_upsample_before_norm_loss(loss_average: str) -> None:
+    """loss_seg = CE(LayerNorm(bilinear-upsampled s), y), the LayerNorm written out."""
+    feats = torch.randn(2, 12, 5, 6, generator=torch.Generator().manual_seed(3))
+    target = torch.randint(0, 4, (2, 10, 12), generator=torch.Generator().manual_seed(4))
+    target[:, :2, :3] = 255
+    losses = {}
+    for option in (False, True):
+        head = make_head(upsample_before_norm=option, loss_average=loss_average).eval()
+        with torch.no_grad():  # a learned affine, so that its place matters
+            head.logit_norm.weight.copy_(torch.tensor([0.5, 2.0, 1.0, 3.0]))
+            head.logit_norm.bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+        out = head(feats)
+        losses[option] = head.loss(out, target)["loss_seg"].detach()
+    s = out.class_log_prob.detach().double()
+    up = F.interpolate(s, size=(10, 12), mode="bilinear", align_corners=False)
+    up = up.permute(0, 2, 3, 1).reshape(-1, 4)
+    w = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64)
+    b = torch.tensor([0.1, -0.2, 0.3, 0.0], dtype=torch.float64)
+    t = target.reshape(-1)
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(up.shape[0]):  # per label pixel
+        if t[i] == 255:
+            continue
+        row = up[i]
+        z = (row - row.mean()) / torch.sqrt(((row - row.mean()) ** 2).mean() + 1e-5) * w + b
+        total -= torch.log_softmax(z, 0)[t[i]]
+    denom = t.numel() if loss_average == "all" else int((t != 255).sum())
+    torch.testing.assert_close(losses[True].double(), total / denom, rtol=1e-5, atol=1e-6)
+    assert abs(float(losses[True]) - float(losses[False])) > 1e-3  # the option changes the loss
+
+
+def test_resized_logits_at_feature_size_are_the_logits() -> None:
+    feats = torch.randn(1, 12, 3, 4)
+    for option in (False, True):
+        head = make_head(upsample_before_norm=option)
+        out = head(feats)
+        torch.testing.assert_close(head.resized_logits(out, (3, 4)), out.logits)
+
+
 def test_component_target_collision_with_ignore() -> None:
     """C·M > 255: the faithful target c·M + m == 255 is ignored; the fix counts it."""
     c, m = 52, 5  # 51·5 + 0 = 255

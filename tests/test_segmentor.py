@@ -44,10 +44,13 @@ class PointwiseBackbone(nn.Module):
         return [torch.tanh(self.conv(x))]
 
 
-def gmm(num_classes: int = 3, channels: int = 8) -> GMMClassifier:
+def gmm(
+    num_classes: int = 3, channels: int = 8, upsample_before_norm: bool = False
+) -> GMMClassifier:
     return GMMClassifier(
         num_classes,
         channels,
+        upsample_before_norm=upsample_before_norm,
         embed_dim=8,
         num_components=2,
         memory_size=16,
@@ -119,6 +122,43 @@ def test_gmm_anomaly_is_resized_after_the_max_over_classes() -> None:
     score = -out.class_log_prob.amax(dim=1, keepdim=True)  # type: ignore[union-attr]
     expected = F.interpolate(score, size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
     torch.testing.assert_close(seg.predict(images).anomaly, expected)
+
+
+def plain_layer_norm(s: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """LayerNorm over dim 1 of (B, C, H, W) written out (biased variance, as nn.LayerNorm)."""
+    mean = s.mean(dim=1, keepdim=True)
+    var = ((s - mean) ** 2).mean(dim=1, keepdim=True)
+    w, b = norm.weight.detach()[None, :, None, None], norm.bias.detach()[None, :, None, None]
+    return (s - mean) / torch.sqrt(var + norm.eps) * w + b
+
+
+@pytest.mark.parametrize("upsample_before_norm", [False, True])
+def test_gmm_logits_follow_upsample_before_norm(upsample_before_norm: bool) -> None:
+    """Predicted logits: up(LayerNorm(s)) by default, LayerNorm(up(s)) with the option."""
+    torch.manual_seed(0)
+    bb = TinyBackbone()
+    dec = FCNDecoder(bb.out_channels, bb.strides, channels=8, num_convs=0, concat_input=False)
+    head = gmm(channels=dec.out_channels, upsample_before_norm=upsample_before_norm)
+    with torch.no_grad():  # a learned affine, so that its place matters
+        head.logit_norm.weight.uniform_(0.5, 3.0)
+        head.logit_norm.bias.normal_()
+    seg = Segmentor(bb, dec, head).eval()  # type: ignore[arg-type]
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        out = seg(images)
+    s = out.class_log_prob  # type: ignore[union-attr]
+
+    def up(t: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(t, size=(16, 16), mode="bilinear", align_corners=False)
+
+    after = plain_layer_norm(up(s), head.logit_norm)
+    before = up(plain_layer_norm(s, head.logit_norm))
+    pred = seg.predict(images)
+    torch.testing.assert_close(
+        pred.logits, after if upsample_before_norm else before, rtol=1e-4, atol=2e-4
+    )
+    assert (after - before).abs().max() > 0.1  # the two orders differ on this input
+    torch.testing.assert_close(pred.anomaly, up(-s.amax(dim=1, keepdim=True))[:, 0])
 
 
 def test_slide_counts_overlaps() -> None:

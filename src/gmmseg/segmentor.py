@@ -136,25 +136,25 @@ class Segmentor(nn.Module):
 
     # ------------------------------------------------------------------ inference
 
-    def _maps(self, images: Tensor) -> Tensor:
-        """(B, C [+ 1], h, w): logits, and for GMM the best class log-likelihood, stacked.
+    def _whole(self, images: Tensor) -> Tensor:
+        """(B, C [+ 1], H, W): logits, and for GMM the best class log-likelihood, stacked.
 
         The likelihood score is taken at the feature resolution, where each pixel has a feature
         and max_c s is its likelihood, and only that one map is resized. Resizing the C class
         log-likelihoods first and taking the maximum afterwards would, between two regions,
         interpolate each class's log-density from its high value on one side to its steeply
-        lower value on the other: every class boundary would look anomalous.
+        lower value on the other: every class boundary would look anomalous. The GMM logits
+        are resized by :meth:`~gmmseg.heads.GMMClassifier.resized_logits`, as in its loss.
         """
         out = self.forward(images)
-        if isinstance(out, GMMOutput):
+        size = (images.shape[-2], images.shape[-1])
+        if isinstance(out, GMMOutput) and isinstance(self.classifier, GMMClassifier):
             best = out.class_log_prob.float().amax(dim=1, keepdim=True)
-            return torch.cat([out.logits.float(), best], dim=1)
-        return out.logits.float()
-
-    def _whole(self, images: Tensor) -> Tensor:
-        maps = self._maps(images)
+            best = F.interpolate(best, size=size, mode="bilinear", align_corners=self.align_corners)
+            logits = self.classifier.resized_logits(out, size, self.align_corners)
+            return torch.cat([logits, best], dim=1)
         return F.interpolate(
-            maps, size=images.shape[-2:], mode="bilinear", align_corners=self.align_corners
+            out.logits.float(), size=size, mode="bilinear", align_corners=self.align_corners
         )
 
     def _slide(self, images: Tensor, crop_size: tuple[int, int], stride: tuple[int, int]) -> Tensor:

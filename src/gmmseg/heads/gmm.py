@@ -6,8 +6,9 @@ length means μ_cm and standard deviations σ_cm, and uniform mixture weights. O
 1. ``forward``: embed the decoder features (optional 1×1 conv + BN + ReLU, LayerNorm(D), L2
    normalisation), compute every component log-density ℓ (one fused matrix product, float32), the
    class score s = max_m ℓ and the logits z = LayerNorm(C)(s);
-2. ``loss``: cross-entropy on z plus a weighted cross-entropy on ℓ (as C·M logits) towards the
-   component chosen by the Sinkhorn E-step;
+2. ``loss``: cross-entropy on z upsampled to the labels (with ``upsample_before_norm``, on the
+   LayerNorm(C) of the upsampled s) plus a weighted cross-entropy on ℓ (as C·M logits) towards
+   the component chosen by the Sinkhorn E-step;
 3. ``update``: write correctly classified embeddings to the memory and, every ``update_interval``
    steps, run the momentum M-step.
 
@@ -113,6 +114,13 @@ class GMMClassifier(nn.Module):
         sinkhorn_epsilon: entropic temperature of the E-step (0.05).
         sinkhorn_iters: Sinkhorn rounds of the E-step (3).
         component_loss_weight: weight of the component cross-entropy (0.01).
+        upsample_before_norm: where the logit LayerNorm(C) is applied when logits are resized
+            to the labels (loss) or the image (:class:`~gmmseg.segmentor.Segmentor`). False (the
+            paper): z = LayerNorm(s) at the features, then z is upsampled bilinearly. True: s is
+            upsampled and the LayerNorm applied at every output pixel. A LayerNorm over C scores
+            bounds each pixel's logit margins, so interpolating z between two confident pixels
+            leaves the network little to place a boundary between them with; interpolated s keeps
+            the likelihoods' range. The anomaly score and the memory update do not change.
         ignore_index: label value of void pixels.
         memory: ``"ring"`` (the paper's ring bank, :class:`~gmmseg.em.memory.ComponentMemory`)
             or ``"stats"`` (decayed sufficient statistics,
@@ -154,6 +162,7 @@ class GMMClassifier(nn.Module):
         sinkhorn_epsilon: float = 0.05,
         sinkhorn_iters: int = 3,
         component_loss_weight: float = 0.01,
+        upsample_before_norm: bool = False,
         ignore_index: int = 255,
         memory: Literal["ring", "stats"] = "ring",
         stats_decay: float = 0.999,
@@ -200,6 +209,7 @@ class GMMClassifier(nn.Module):
         self.sinkhorn_epsilon = sinkhorn_epsilon
         self.sinkhorn_iters = sinkhorn_iters
         self.component_loss_weight = component_loss_weight
+        self.upsample_before_norm = upsample_before_norm
         self.ignore_index = ignore_index
         self.chunk_size = chunk_size
         self.faithful = faithful
@@ -296,6 +306,33 @@ class GMMClassifier(nn.Module):
             embeddings=emb,
         )
 
+    def resized_logits(
+        self, output: GMMOutput, size: tuple[int, int], align_corners: bool | None = None
+    ) -> Tensor:
+        """The logits bilinearly resized to ``size``, as the loss and inference use them.
+
+        Args:
+            output: the result of :meth:`forward`.
+            size: (H', W') output size.
+            align_corners: of the resize (default: the classifier's ``align_corners``).
+
+        Returns:
+            (B, C, H', W'): upsampled z = LayerNorm(s), or with ``upsample_before_norm``
+            LayerNorm(upsampled s), float32. Returned as is when ``size`` is the feature size.
+        """
+        corners = self.align_corners if align_corners is None else align_corners
+        if not self.upsample_before_norm:
+            if tuple(output.logits.shape[-2:]) == tuple(size):
+                return output.logits.float()
+            return F.interpolate(
+                output.logits.float(), size=size, mode="bilinear", align_corners=corners
+            )
+        s = output.class_log_prob.float()
+        if tuple(s.shape[-2:]) != tuple(size):
+            s = F.interpolate(s, size=size, mode="bilinear", align_corners=corners)
+        z: Tensor = self.logit_norm(s.movedim(1, -1)).movedim(-1, 1)
+        return z
+
     # ------------------------------------------------------------------ E-step and losses
 
     def _feature_target(self, output: GMMOutput, target: Tensor) -> Tensor:
@@ -357,7 +394,8 @@ class GMMClassifier(nn.Module):
                 share it with :meth:`update`; computed here when omitted.
 
         Returns:
-            ``{"loss_seg": CE(upsampled z, y), "loss_component": weight · CE(ℓ, c·M + m*)}``.
+            ``{"loss_seg": CE(resized logits, y), "loss_component": weight · CE(ℓ, c·M + m*)}``,
+            the logits resized by :meth:`resized_logits`.
             ``loss_component`` averages over non-ignored pixels and is 0 when there are none.
 
         Raises:
@@ -366,9 +404,8 @@ class GMMClassifier(nn.Module):
         gt = self._feature_target(output, target)
         if assignments is None:
             assignments = self.e_step(output, target)
-        loss_seg = segmentation_loss(
-            output.logits, target, self.ignore_index, self.loss_average, self.align_corners
-        )
+        logits = self.resized_logits(output, (target.shape[-2], target.shape[-1]))
+        loss_seg = segmentation_loss(logits, target, self.ignore_index, self.loss_average)
         m = self.num_components
         valid = gt != self.ignore_index
         ignore = COMPONENT_IGNORE if self.separate_component_ignore else self.ignore_index

@@ -170,6 +170,7 @@ def build_model(
             sinkhorn_epsilon=g.sinkhorn_epsilon,
             sinkhorn_iters=g.sinkhorn_iters,
             component_loss_weight=g.component_loss_weight,
+            upsample_before_norm=g.upsample_before_norm,
             memory=g.memory,
             faithful=g.faithful,
             align_corners=cfg.align_corners,

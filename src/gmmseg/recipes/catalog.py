@@ -127,6 +127,7 @@ _DEMO_GMM = GMMConfig(
     max_samples_per_component=20,
     update_interval=1,
     mean_momentum=0.99,
+    upsample_before_norm=True,
     faithful=False,
 )
 DEMO = Recipe(

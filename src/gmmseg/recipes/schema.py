@@ -53,6 +53,7 @@ class GMMConfig:
     sinkhorn_epsilon: float = 0.05
     sinkhorn_iters: int = 3
     component_loss_weight: float = 0.01
+    upsample_before_norm: bool = False
     memory: Literal["ring", "stats"] = "ring"
     faithful: bool = True
     init_means: Literal["random", "kmeans"] = "random"

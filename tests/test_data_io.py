@@ -112,6 +112,39 @@ def test_resize_region_equals_resize_image(
             T.resize_region(region[1:], src, (r0 + 1, c0), size, window)
 
 
+@given(
+    src=st.tuples(st.integers(1, 30), st.integers(1, 30)),
+    size=st.tuples(st.integers(1, 50), st.integers(1, 50)),
+    rows_per_block=st.integers(1, 7),
+    floating=st.booleans(),
+)
+def test_resize_region_blocks_change_no_bit(
+    src: tuple[int, int],
+    size: tuple[int, int],
+    rows_per_block: int,
+    floating: bool,
+) -> None:
+    """Row blocks of any height give the single-block result; float agrees with F.interpolate."""
+    g = torch.Generator().manual_seed(src[0] * 100 + src[1])
+    image = torch.randint(0, 256, (3, *src), generator=g, dtype=torch.uint8)
+    if floating:
+        image = image.float()
+    default = T._RESIZE_BLOCK_BYTES
+    try:
+        T._RESIZE_BLOCK_BYTES = 1 << 40
+        whole = T.resize_image(image, size)
+        T._RESIZE_BLOCK_BYTES = 4 * 3 * size[1] * rows_per_block
+        blocked = T.resize_image(image, size)
+    finally:
+        T._RESIZE_BLOCK_BYTES = default
+    assert torch.equal(blocked, whole)
+    if floating:
+        ref = torch.nn.functional.interpolate(
+            image[None], size=size, mode="bilinear", align_corners=False
+        )[0]
+        torch.testing.assert_close(blocked, ref, atol=1e-3, rtol=0)
+
+
 def test_plan_draws_like_call() -> None:
     label = torch.randint(0, 4, (40, 60), generator=torch.Generator().manual_seed(1))
     step = T.RandomRescaleCrop((60, 40), (16, 24), (0.5, 2.0), cat_max_ratio=0.75)

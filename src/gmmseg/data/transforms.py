@@ -106,6 +106,10 @@ def _replace(sample: Sample, image: Tensor, label: Tensor | None) -> Sample:
     return out
 
 
+#: Float32 bytes per row block of `resize_region` (its temporaries stay in cache).
+_RESIZE_BLOCK_BYTES = 1 << 20
+
+
 def _linear_axis(
     in_size: int, out_size: int, start: int, length: int, device: torch.device
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -243,17 +247,23 @@ def resize_region(
     wyc = wy[:, None, None]
 
     # Columns first, on the source rows the window needs, then rows. The order never depends on
-    # the window, so a window is bit-identical to the same part of the full resize.
-    sub = hwc[first - oy : last - oy + 1]  # a view: no copy of the rows
-    y0, y1, x0, x1 = y0 - first, y1 - first, x0 - ox, x1 - ox
-    a = sub.index_select(1, x0).to(ftype)
-    c = (sub.index_select(1, x1).to(ftype) - a).mul_(wxc).add_(a)
-    top_rows = c.index_select(0, y0)
-    out = torch.lerp(
-        top_rows, c.index_select(0, y1), wyc, out=top_rows
-    )  # in place: one less buffer
-    if not region.is_floating_point():
-        out = out.round_().clamp_(0, 255).to(region.dtype)
+    # the window, so a window is bit-identical to the same part of the full resize. Output rows
+    # are computed in blocks whose float temporaries stay cache-sized (~1 MB); every element
+    # goes through the same operations whatever the block, so blocks change no bit.
+    x0, x1 = x0 - ox, x1 - ox
+    out = torch.empty((wh, ww, hwc.shape[2]), dtype=region.dtype, device=region.device)
+    block = max(1, _RESIZE_BLOCK_BYTES // (4 * ww * hwc.shape[2]))
+    for r in range(0, wh, block):
+        by0, by1 = y0[r : r + block], y1[r : r + block]
+        lo, hi = int(by0[0]), int(by1[-1])
+        sub = hwc[lo - oy : hi - oy + 1]  # a view: no copy of the rows
+        a = sub.index_select(1, x0).to(ftype)
+        c = (sub.index_select(1, x1).to(ftype) - a).mul_(wxc).add_(a)
+        top_rows = c.index_select(0, by0 - lo)
+        rows = torch.lerp(top_rows, c.index_select(0, by1 - lo), wyc[r : r + block], out=top_rows)
+        if not region.is_floating_point():
+            rows = rows.round_().clamp_(0, 255)
+        out[r : r + block] = rows
     return out.permute(2, 0, 1)
 
 

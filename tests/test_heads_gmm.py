@@ -192,11 +192,14 @@ def test_upsample_before_norm_loss(loss_average: str) -> None:
 
 
 def test_resized_logits_at_feature_size_are_the_logits() -> None:
-    feats = torch.randn(1, 12, 3, 4)
-    for option in (False, True):
-        head = make_head(upsample_before_norm=option)
-        out = head(feats)
-        torch.testing.assert_close(head.resized_logits(out, (3, 4)), out.logits)
+    """At the feature size both orders give z; at another size they differ."""
+    feats = torch.randn(1, 12, 3, 4, generator=torch.Generator().manual_seed(2))
+    plain, option = make_head(), make_head(upsample_before_norm=True)
+    out = option(feats)
+    torch.testing.assert_close(option.resized_logits(out, (3, 4)), out.logits)
+    torch.testing.assert_close(plain.resized_logits(out, (3, 4)), out.logits)
+    big = option.resized_logits(out, (9, 12)) - plain.resized_logits(out, (9, 12))
+    assert big.abs().max() > 1e-3
 
 
 def test_component_target_collision_with_ignore() -> None:

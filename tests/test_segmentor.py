@@ -161,6 +161,47 @@ def test_gmm_logits_follow_upsample_before_norm(upsample_before_norm: bool) -> N
     torch.testing.assert_close(pred.anomaly, up(-s.amax(dim=1, keepdim=True))[:, 0])
 
 
+def test_gmm_upsample_before_norm_averages_scores_then_normalises() -> None:
+    """Scales, flips and sliding windows average s; the LayerNorm comes once, at the end."""
+    torch.manual_seed(0)
+    bb = TinyBackbone()
+    dec = FCNDecoder(bb.out_channels, bb.strides, channels=8, num_convs=0, concat_input=False)
+    head = gmm(channels=dec.out_channels, upsample_before_norm=True)
+    with torch.no_grad():
+        head.logit_norm.weight.uniform_(0.5, 3.0)
+        head.logit_norm.bias.normal_()
+    seg = Segmentor(bb, dec, head).eval()  # type: ignore[arg-type]
+    images = torch.randn(1, 3, 16, 20)
+
+    def up(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+    with torch.no_grad():
+        total = torch.zeros(1, 3, 16, 20)
+        for scale in (1.0, 0.75):
+            size = (round(16 * scale), round(20 * scale))
+            x = images if scale == 1.0 else up(images, size)
+            for flipped in (False, True):
+                xi = x.flip(-1) if flipped else x
+                s = up(seg(xi).class_log_prob, size)  # type: ignore[union-attr]
+                s = s.flip(-1) if flipped else s
+                total += up(s, (16, 20))
+    pred = seg.predict(images, scales=(1.0, 0.75), flip=True)
+    expected = plain_layer_norm(total / 4, head.logit_norm)
+    torch.testing.assert_close(pred.logits, expected, rtol=1e-4, atol=2e-4)
+    # sliding windows: the average of each crop's upsampled s, normalised once
+    slide = seg.predict(images, mode="slide", crop_size=(16, 12), stride=(16, 8))
+    with torch.no_grad():
+        s_sum = torch.zeros(1, 3, 16, 20)
+        count = torch.zeros(1, 1, 16, 20)
+        for x1 in (0, 8):
+            crop = images[:, :, :, x1 : x1 + 12]
+            s_sum[..., x1 : x1 + 12] += up(seg(crop).class_log_prob, (16, 12))  # type: ignore[union-attr]
+            count[..., x1 : x1 + 12] += 1
+    expected = plain_layer_norm(s_sum / count, head.logit_norm)
+    torch.testing.assert_close(slide.logits, expected, rtol=1e-4, atol=2e-4)
+
+
 def test_slide_counts_overlaps() -> None:
     """Sliding windows average overlapping crops: a plain loop over crops as reference."""
     torch.manual_seed(0)

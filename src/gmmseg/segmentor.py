@@ -144,18 +144,22 @@ class Segmentor(nn.Module):
         log-likelihoods first and taking the maximum afterwards would, between two regions,
         interpolate each class's log-density from its high value on one side to its steeply
         lower value on the other: every class boundary would look anomalous. The GMM logits
-        are resized by :meth:`~gmmseg.heads.GMMClassifier.resized_logits`, as in its loss.
+        are z, or with ``upsample_before_norm`` the class scores s (normalised by `predict`).
         """
         out = self.forward(images)
-        size = (images.shape[-2], images.shape[-1])
-        if isinstance(out, GMMOutput) and isinstance(self.classifier, GMMClassifier):
+        maps = out.logits.float()
+        if isinstance(out, GMMOutput):
+            if self._scores_before_norm():
+                maps = out.class_log_prob.float()
             best = out.class_log_prob.float().amax(dim=1, keepdim=True)
-            best = F.interpolate(best, size=size, mode="bilinear", align_corners=self.align_corners)
-            logits = self.classifier.resized_logits(out, size, self.align_corners)
-            return torch.cat([logits, best], dim=1)
+            maps = torch.cat([maps, best], dim=1)
         return F.interpolate(
-            out.logits.float(), size=size, mode="bilinear", align_corners=self.align_corners
+            maps, size=images.shape[-2:], mode="bilinear", align_corners=self.align_corners
         )
+
+    def _scores_before_norm(self) -> bool:
+        """Whether inference averages GMM class scores and applies the LayerNorm at the end."""
+        return isinstance(self.classifier, GMMClassifier) and self.classifier.upsample_before_norm
 
     def _slide(self, images: Tensor, crop_size: tuple[int, int], stride: tuple[int, int]) -> Tensor:
         b, _, h, w = images.shape
@@ -192,6 +196,8 @@ class Segmentor(nn.Module):
         Sliding-window inference sums the upsampled logits of overlapping crops and divides by
         the number of crops covering each pixel (mmsegmentation's ``slide`` mode); multi-scale and
         flip average the results over every scale (and its mirror), resized back to the input.
+        A GMM classifier with ``upsample_before_norm`` averages its class scores s instead of its
+        logits, and its logit LayerNorm is applied once, to that average.
 
         Args:
             images: (B, 3, H, W) float.
@@ -242,6 +248,9 @@ class Segmentor(nn.Module):
         acc = acc / n
         c = self.num_classes
         logits = acc[:, :c]
+        if self._scores_before_norm():
+            assert isinstance(self.classifier, GMMClassifier)
+            logits = self.classifier.normalize_scores(logits)
         if isinstance(self.classifier, GMMClassifier):
             anomaly = -acc[:, c]
         else:

@@ -121,6 +121,10 @@ class GMMClassifier(nn.Module):
             bounds each pixel's logit margins, so interpolating z between two confident pixels
             leaves the network little to place a boundary between them with; interpolated s keeps
             the likelihoods' range. The anomaly score and the memory update do not change.
+            In :meth:`~gmmseg.segmentor.Segmentor.predict` the class scores are what sliding
+            windows, scales and flips average, and the LayerNorm is applied once to the average
+            at the input resolution. (Evaluation that resizes predictions from a resized test
+            image to the label size resizes the normalised logits, for every classifier.)
         ignore_index: label value of void pixels.
         memory: ``"ring"`` (the paper's ring bank, :class:`~gmmseg.em.memory.ComponentMemory`)
             or ``"stats"`` (decayed sufficient statistics,
@@ -330,7 +334,18 @@ class GMMClassifier(nn.Module):
         s = output.class_log_prob.float()
         if tuple(s.shape[-2:]) != tuple(size):
             s = F.interpolate(s, size=size, mode="bilinear", align_corners=corners)
-        z: Tensor = self.logit_norm(s.movedim(1, -1)).movedim(-1, 1)
+        return self.normalize_scores(s)
+
+    def normalize_scores(self, scores: Tensor) -> Tensor:
+        """The logit LayerNorm(C) of class scores at any resolution.
+
+        Args:
+            scores: (B, C, H, W) class scores s (or an average of resized ones).
+
+        Returns:
+            (B, C, H, W) logits, float32.
+        """
+        z: Tensor = self.logit_norm(scores.float().movedim(1, -1)).movedim(-1, 1)
         return z
 
     # ------------------------------------------------------------------ E-step and losses

@@ -117,27 +117,39 @@ def test_resize_region_equals_resize_image(
     size=st.tuples(st.integers(1, 50), st.integers(1, 50)),
     rows_per_block=st.integers(1, 7),
     floating=st.booleans(),
+    data=st.data(),
 )
 def test_resize_region_blocks_change_no_bit(
     src: tuple[int, int],
     size: tuple[int, int],
     rows_per_block: int,
     floating: bool,
+    data: st.DataObject,
 ) -> None:
-    """Row blocks of any height give the single-block result; float agrees with F.interpolate."""
+    """Row blocks of any height give the single-block result, for whole images and windows of
+    a source region at an offset; float agrees with F.interpolate."""
     g = torch.Generator().manual_seed(src[0] * 100 + src[1])
     image = torch.randint(0, 256, (3, *src), generator=g, dtype=torch.uint8)
     if floating:
         image = image.float()
+    top = data.draw(st.integers(0, size[0] - 1))
+    left = data.draw(st.integers(0, size[1] - 1))
+    window = (top, left, data.draw(st.integers(1, size[0] - top)), size[1] - left)
+    r0, c0, rh, rw = T.source_window(src, size, window)
+    region = image.permute(1, 2, 0)[r0 : r0 + rh, c0 : c0 + rw]
     default = T._RESIZE_BLOCK_BYTES
     try:
         T._RESIZE_BLOCK_BYTES = 1 << 40
         whole = T.resize_image(image, size)
+        part = T.resize_region(region, src, (r0, c0), size, window)
+        T._RESIZE_BLOCK_BYTES = 4 * 3 * window[3] * rows_per_block
+        blocked_part = T.resize_region(region, src, (r0, c0), size, window)
         T._RESIZE_BLOCK_BYTES = 4 * 3 * size[1] * rows_per_block
         blocked = T.resize_image(image, size)
     finally:
         T._RESIZE_BLOCK_BYTES = default
     assert torch.equal(blocked, whole)
+    assert torch.equal(blocked_part, part)
     if floating:
         ref = torch.nn.functional.interpolate(
             image[None], size=size, mode="bilinear", align_corners=False

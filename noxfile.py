@@ -46,9 +46,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def tests_vision(session: nox.Session) -> None:
-    """Tests marked ``vision`` (timm, torchvision, torch-fidelity) on the torch/torchvision pair."""
+    """Tests marked ``vision`` (timm, torchvision, torch-fidelity; TensorBoard) on that pair."""
     session.install(*VISION_TORCH)
-    session.install("-e", ".[test,timm,fidelity]")
+    session.install("-e", ".[test,timm,fidelity,tensorboard]")
     session.run("pytest", "-m", "vision", *(session.posargs or ["-q"]))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -260,16 +261,28 @@ def test_channels_last_and_compile_train(tmp_path: Path) -> None:
     assert np.isfinite(result["train"]["loss"])
 
 
-def test_tensorboard_option(tmp_path: Path) -> None:
+def test_tensorboard_missing_gives_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from gmmseg.engine import MetricLogger
 
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="pip install tensorboard"):
-            MetricLogger(tmp_path, tensorboard=True, progress=False)
-        return
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(ImportError, match="pip install tensorboard"):
+        MetricLogger(tmp_path, tensorboard=True, progress=False)
+
+
+@pytest.mark.vision  # the vision session installs tensorboard
+def test_tensorboard_writes_the_numeric_metrics(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gmmseg.engine import MetricLogger
+
     logger = MetricLogger(tmp_path, tensorboard=True, progress=False)
-    logger.log({"iter": 1, "loss": 0.5}, step=1)
+    logger.log({"iter": 1, "loss": 0.5, "mIoU": 0.25, "note": "text"}, step=1)
+    logger.log({"iter": 2, "loss": 0.125}, step=2)
     logger.close()
-    assert any((tmp_path / "tensorboard").iterdir())
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["loss", "mIoU"]  # not iter, time or text
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 0.5), (2, 0.125)]
+    assert [(e.step, e.value) for e in events.Scalars("mIoU")] == [(1, 0.25)]

@@ -73,7 +73,7 @@ class MetricLogger:
         if enabled and tensorboard and work_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:  # pragma: no cover - depends on the environment
+            except ImportError as e:
                 raise ImportError(
                     "tensorboard=True needs the 'tensorboard' package: pip install tensorboard"
                 ) from e

@@ -313,7 +313,11 @@ class GMMClassifier(nn.Module):
     def resized_logits(
         self, output: GMMOutput, size: tuple[int, int], align_corners: bool | None = None
     ) -> Tensor:
-        """The logits bilinearly resized to ``size``, as the loss and inference use them.
+        """The logits bilinearly resized to ``size``, as the loss uses them.
+
+        (:meth:`~gmmseg.segmentor.Segmentor.predict` averages resized class scores over windows,
+        scales and flips first when ``upsample_before_norm`` is on, then calls
+        :meth:`normalize_scores`.)
 
         Args:
             output: the result of :meth:`forward`.

@@ -295,7 +295,10 @@ _FUSED_ROWS = 8192
 
 
 def _fused_diag_pass(
-    data: _Data, params: _Params, covariance_type: CovarianceType
+    data: _Data,
+    params: _Params,
+    covariance_type: CovarianceType,
+    out: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """E-step and the M-step's moment GEMM of one diag/spherical mixture in one pass over X.
 
@@ -305,6 +308,10 @@ def _fused_diag_pass(
     features are read once per iteration instead of three times. The rows were shifted to their
     weighted mean by :func:`_prepare_data`, which is what keeps the expanded quadratic accurate
     (the shift :func:`gmmseg.distributions.log_prob_from_precision_cholesky` applies per call).
+
+    ``out`` = ``(log_prob_norm (R,), rw_t (K, R))`` buffers to write into, so that an EM loop
+    reuses one pair instead of allocating (and, with glibc's allocator, page-faulting) megabytes
+    per iteration.
 
     Returns:
         ``(log_prob_norm (R,), rw (R, K) = w·resp, moments (1, K, 2D))``.
@@ -324,8 +331,7 @@ def _fused_diag_pass(
     # contiguous rows.
     weight_t = torch.cat([-0.5 * prec, means * prec], dim=1)  # (K, 2D)
     bias = bias.unsqueeze(1)
-    log_prob_norm = feats.new_empty(n)
-    rw_t = feats.new_empty((k, n))
+    log_prob_norm, rw_t = (feats.new_empty(n), feats.new_empty((k, n))) if out is None else out
     moments = feats.new_zeros((k, 2 * d))
     floor = _log_floor(feats.dtype)
     for start in range(0, n, _FUSED_ROWS):
@@ -1076,9 +1082,15 @@ class GaussianMixture:
         n_iter = torch.zeros(g, dtype=torch.int64, device=device)
         history: list[float] = []
         fuse = g == 1 and data.feats is not None
+        buffers = None
+        if fuse:
+            n, k = data.x.shape[0], params.means.shape[1]
+            buffers = (data.x.new_empty(n), data.x.new_empty((k, n)))
         for it in range(1, self.max_iter + 1):
             if fuse:
-                log_prob_norm, rw, moments = _fused_diag_pass(data, params, self.covariance_type)
+                log_prob_norm, rw, moments = _fused_diag_pass(
+                    data, params, self.covariance_type, buffers
+                )
                 params = self._m_step(data, None, params, active, fused=(rw, moments))
             else:
                 log_prob_norm, log_resp = _e_step(data, params, self.covariance_type)

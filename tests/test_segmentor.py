@@ -132,17 +132,23 @@ def plain_layer_norm(s: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
     return (s - mean) / torch.sqrt(var + norm.eps) * w + b
 
 
-@pytest.mark.parametrize("upsample_before_norm", [False, True])
-def test_gmm_logits_follow_upsample_before_norm(upsample_before_norm: bool) -> None:
-    """Predicted logits: up(LayerNorm(s)) by default, LayerNorm(up(s)) with the option."""
+def gmm_segmentor(upsample_before_norm: bool) -> tuple[Segmentor, GMMClassifier]:
+    """A stride-2 GMM segmentor whose logit LayerNorm has a non-trivial affine (so its place
+    matters)."""
     torch.manual_seed(0)
     bb = TinyBackbone()
     dec = FCNDecoder(bb.out_channels, bb.strides, channels=8, num_convs=0, concat_input=False)
     head = gmm(channels=dec.out_channels, upsample_before_norm=upsample_before_norm)
-    with torch.no_grad():  # a learned affine, so that its place matters
+    with torch.no_grad():
         head.logit_norm.weight.uniform_(0.5, 3.0)
         head.logit_norm.bias.normal_()
-    seg = Segmentor(bb, dec, head).eval()  # type: ignore[arg-type]
+    return Segmentor(bb, dec, head).eval(), head  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("upsample_before_norm", [False, True])
+def test_gmm_logits_follow_upsample_before_norm(upsample_before_norm: bool) -> None:
+    """Predicted logits: up(LayerNorm(s)) by default, LayerNorm(up(s)) with the option."""
+    seg, head = gmm_segmentor(upsample_before_norm)
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         out = seg(images)
@@ -163,14 +169,7 @@ def test_gmm_logits_follow_upsample_before_norm(upsample_before_norm: bool) -> N
 
 def test_gmm_upsample_before_norm_averages_scores_then_normalises() -> None:
     """Scales, flips and sliding windows average s; the LayerNorm comes once, at the end."""
-    torch.manual_seed(0)
-    bb = TinyBackbone()
-    dec = FCNDecoder(bb.out_channels, bb.strides, channels=8, num_convs=0, concat_input=False)
-    head = gmm(channels=dec.out_channels, upsample_before_norm=True)
-    with torch.no_grad():
-        head.logit_norm.weight.uniform_(0.5, 3.0)
-        head.logit_norm.bias.normal_()
-    seg = Segmentor(bb, dec, head).eval()  # type: ignore[arg-type]
+    seg, head = gmm_segmentor(upsample_before_norm=True)
     images = torch.randn(1, 3, 16, 20)
 
     def up(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

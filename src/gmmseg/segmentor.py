@@ -149,10 +149,9 @@ class Segmentor(nn.Module):
         out = self.forward(images)
         maps = out.logits.float()
         if isinstance(out, GMMOutput):
-            if self._scores_before_norm():
-                maps = out.class_log_prob.float()
-            best = out.class_log_prob.float().amax(dim=1, keepdim=True)
-            maps = torch.cat([maps, best], dim=1)
+            scores = out.class_log_prob.float()
+            maps = scores if self._scores_before_norm() else maps
+            maps = torch.cat([maps, scores.amax(dim=1, keepdim=True)], dim=1)
         return F.interpolate(
             maps, size=images.shape[-2:], mode="bilinear", align_corners=self.align_corners
         )
@@ -248,10 +247,9 @@ class Segmentor(nn.Module):
         acc = acc / n
         c = self.num_classes
         logits = acc[:, :c]
-        if self._scores_before_norm():
-            assert isinstance(self.classifier, GMMClassifier)
-            logits = self.classifier.normalize_scores(logits)
         if isinstance(self.classifier, GMMClassifier):
+            if self.classifier.upsample_before_norm:
+                logits = self.classifier.normalize_scores(logits)
             anomaly = -acc[:, c]
         else:
             anomaly = logit_anomaly_score(logits, self.logit_anomaly)

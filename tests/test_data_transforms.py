@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import colorsys
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
+from torch import Tensor
 
 from gmmseg.data import Sample
 from gmmseg.data import transforms as T
@@ -192,48 +196,89 @@ def test_photometric_reference_steps() -> None:
         pm(T.Normalize()(sample))
 
 
-def test_hsv_roundtrip() -> None:
-    rgb = torch.randint(0, 256, (3, 16, 16), generator=torch.Generator().manual_seed(2)).float()
-    h, s, v = T._rgb_to_hsv(rgb)
-    torch.testing.assert_close(T._hsv_to_rgb(h, s, v), rgb, atol=1e-3, rtol=0)
-    import colorsys
+def hsv_reference(rgb: Tensor, alpha: float | None, degrees: float) -> Tensor:
+    """Per-pixel HSV round trip with :mod:`colorsys` (float64): scale S, rotate H, back to RGB.
 
-    r, g, b = (float(x) / 255 for x in rgb[:, 3, 5])
-    hh, ss, _ = colorsys.rgb_to_hsv(r, g, b)
-    assert abs(float(h[3, 5]) - hh * 360) < 1e-3 and abs(float(s[3, 5]) - ss) < 1e-5
+    The scaled saturation is put on the 8-bit grid as OpenCV's uint8 S: ⌊clamp(255·α·s)⌋ / 255,
+    with s = c / v rounded to float32 first so that the floor sees the same value as the code
+    under test (a float64 s can land on the other side of an integer).
+    """
+    out = torch.empty(rgb.shape, dtype=torch.float64)
+    for i in range(rgb.shape[1]):
+        for j in range(rgb.shape[2]):
+            px = [float(x) for x in rgb[:, i, j]]
+            h, s, v = colorsys.rgb_to_hsv(*(x / 255.0 for x in px))
+            if alpha is not None:
+                c32, v32 = np.float32(max(px) - min(px)), np.float32(max(max(px), 1e-12))
+                s32 = c32 / v32
+                s = float(np.floor(np.clip(s32 * np.float32(255.0 * alpha), 0, 255))) / 255.0
+            rgb_new = colorsys.hsv_to_rgb((h + degrees / 360.0) % 1.0, s, v)
+            out[:, i, j] = torch.tensor(rgb_new, dtype=torch.float64) * 255.0
+    return out
+
+
+def colour_image(seed: int) -> Tensor:
+    """(3, 16, 16) integer-valued float RGB with a grey pixel, pure red and two-way ties."""
+    rgb = torch.randint(0, 256, (3, 16, 16), generator=torch.Generator().manual_seed(seed))
+    rgb[:, 0, 0] = 77  # grey: no hue, no saturation
+    rgb[:, 0, 1] = torch.tensor([255, 0, 0])  # pure red: hue 0, full saturation
+    rgb[:, 0, 2] = torch.tensor([200, 200, 10])  # red and green tie for the maximum
+    rgb[:, 0, 3] = torch.tensor([30, 180, 180])  # green and blue tie
+    rgb[:, 0, 4] = torch.tensor([255, 255, 255])
+    rgb[:, 0, 5] = torch.tensor([0, 0, 0])
+    return rgb.float()
 
 
 def test_saturation_in_rgb_equals_hsv_round_trip() -> None:
-    rgb = torch.randint(0, 256, (3, 16, 16), generator=torch.Generator().manual_seed(3)).float()
-    rgb[:, 0, 0] = 77.0  # a grey pixel (no saturation)
+    rgb = colour_image(3)
     for alpha in (0.5, 0.9, 1.3, 3.0):
-        h, s, v = T._rgb_to_hsv(rgb)
-        s_new = (s * (255.0 * alpha)).clamp(0, 255).floor() / 255
-        ref = T._hsv_to_rgb(h, s_new, v)
-        torch.testing.assert_close(T._scale_saturation(rgb, alpha), ref, atol=1e-3, rtol=0)
+        ref = hsv_reference(rgb, alpha, 0.0)
+        got = T._scale_saturation(rgb, alpha)
+        torch.testing.assert_close(got.double(), ref, atol=1e-3, rtol=0)
 
 
 def test_hue_shift_equals_hsv_round_trip() -> None:
-    rgb = torch.randint(0, 256, (3, 16, 16), generator=torch.Generator().manual_seed(4)).float()
-    rgb[:, 0, 0] = 50.0  # grey
-    for degrees in (-36.0, 0.0, 2.0, 36.0, 350.0):
-        h, s, v = T._rgb_to_hsv(rgb)
-        ref = T._hsv_to_rgb((h + degrees) % 360.0, s, v)
-        torch.testing.assert_close(T._shift_hue(rgb, degrees), ref, atol=1e-3, rtol=0)
+    rgb = colour_image(4)
+    for degrees in (-36.0, 0.0, 2.0, 36.0, 120.0, 180.0, 350.0, 720.0 + 10.0, -400.0):
+        ref = hsv_reference(rgb, None, degrees)
+        got = T._shift_hue(rgb, degrees)
+        torch.testing.assert_close(got.double(), ref, atol=1e-3, rtol=0)
 
 
 def test_saturation_then_hue_fused_equals_hsv_round_trip() -> None:
-    rgb = torch.randint(0, 256, (3, 16, 16), generator=torch.Generator().manual_seed(5)).float()
-    rgb[:, 0, 0] = 120.0  # grey
-    rgb[:, 0, 1] = torch.tensor([255.0, 0.0, 0.0])  # pure red: hue 0, full saturation
-    for alpha, degrees in ((0.5, -36.0), (1.3, 2.0), (3.0, 36.0), (0.9, 0.0)):
-        h, s, v = T._rgb_to_hsv(rgb)
-        s_new = (s * (255.0 * alpha)).clamp(0, 255).floor() / 255
-        ref = T._hsv_to_rgb((h + degrees) % 360.0, s_new, v)
+    rgb = colour_image(5)
+    for alpha, degrees in ((0.5, -36.0), (1.3, 2.0), (3.0, 36.0), (0.9, 0.0), (1.1, 300.0)):
+        ref = hsv_reference(rgb, alpha, degrees)
         got = T._saturate_and_shift_hue(rgb, alpha, degrees)
-        torch.testing.assert_close(got, ref, atol=1e-3, rtol=0)
+        torch.testing.assert_close(got.double(), ref, atol=1e-3, rtol=0)
         sequential = T._shift_hue(T._scale_saturation(rgb, alpha), degrees)
         torch.testing.assert_close(got, sequential, atol=1e-3, rtol=0)
+
+
+@given(
+    rgb=st.lists(st.integers(0, 255), min_size=3, max_size=3),
+    degrees=st.floats(-720.0, 720.0, allow_nan=False),
+    alpha=st.one_of(st.none(), st.floats(0.0, 4.0, allow_nan=False)),
+)
+def test_hsv_steps_match_colorsys_on_any_colour(
+    rgb: list[int], degrees: float, alpha: float | None
+) -> None:
+    """One pixel at a time, any colour (ties, greys, black, saturated) and any hue shift."""
+    pixel = torch.tensor(rgb, dtype=torch.float32).reshape(3, 1, 1)
+    ref = hsv_reference(pixel, alpha, degrees)
+    got = (
+        T._shift_hue(pixel, degrees)
+        if alpha is None
+        else T._saturate_and_shift_hue(pixel, alpha, degrees)
+    )
+    torch.testing.assert_close(got.double(), ref, atol=2e-3, rtol=0)
+    if alpha is not None:
+        torch.testing.assert_close(
+            T._scale_saturation(pixel, alpha).double(),
+            hsv_reference(pixel, alpha, 0.0),
+            atol=2e-3,
+            rtol=0,
+        )
 
 
 def test_cat_max_ratio_honoured() -> None:

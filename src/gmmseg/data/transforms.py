@@ -596,74 +596,72 @@ class RandomFlip(JointTransform):
         return _replace(sample, image.flip(-1), None if label is None else label.flip(-1))
 
 
+# The colour steps below run on (3, H, W) float planes of a whole crop, so they avoid the
+# element-wise operations that are slow on CPU: boolean masks and ``torch.where`` (a comparison
+# writes its 0/1 result into a float tensor instead, and ``lerp`` with 0/1 weights selects
+# exactly), ``remainder`` (the hue is reduced modulo 6 with one ``floor``) and fresh temporaries.
+
+
 def _value_chroma(rgb: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Planes r, g, b of (3, H, W) float RGB, its value v = max and chroma c = max − min."""
     r, g, b = rgb.unbind(0)
-    v = torch.maximum(torch.maximum(r, g), b)
-    return r, g, b, v, v - torch.minimum(torch.minimum(r, g), b)
-
-
-def _rgb_to_hsv(rgb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(3, H, W) float in [0, 255] → hue in degrees [0, 360), saturation [0, 1], value [0, 255]."""
-    r, g, b, v, c = _value_chroma(rgb)
-    s = c / v.clamp(min=1e-12)
-    safe = c.clamp(min=1e-12)
-    h = torch.where(
-        v == r,
-        ((g - b) / safe).remainder_(6.0),
-        torch.where(v == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0),
-    )
-    h = h.mul_(60.0).masked_fill_(c <= 0, 0.0)
-    return h, s, v
-
-
-def _hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
-    """Inverse of `_rgb_to_hsv`: (3, H, W) float in [0, 255]."""
-    h6 = h / 60.0
-    vs = v * s
-    out = []
-    for n in (5.0, 3.0, 1.0):
-        k = (h6 + n).remainder_(6.0)
-        f = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-        out.append(v - vs * f)
-    return torch.stack(out)
+    v = torch.maximum(r, g)
+    torch.maximum(v, b, out=v)
+    c = torch.minimum(r, g)
+    torch.minimum(c, b, out=c)
+    return r, g, b, v, torch.sub(v, c, out=c)
 
 
 def _hue6(r: Tensor, g: Tensor, b: Tensor, v: Tensor, c: Tensor) -> Tensor:
-    """HSV hue / 60° in [0, 6) of the planes r, g, b with value v = max and chroma c = max − min."""
-    inv = 1.0 / c.clamp(min=1e-12)
-    return torch.where(
-        v == r,
-        ((g - b) * inv).remainder_(6.0),
-        torch.where(v == g, (b - r).mul_(inv).add_(2.0), (r - g).mul_(inv).add_(4.0)),
-    )
+    """HSV hue / 60° of the planes r, g, b with value v = max and chroma c = max − min.
+
+    Not reduced modulo 6: the result lies in [−1, 5] (red sector: (g − b)/c in [−1, 1]; green:
+    2 + (b − r)/c; blue: 4 + (r − g)/c; on ties red wins, then green). Grey pixels (c = 0)
+    get an arbitrary hue, which their zero chroma makes irrelevant.
+    """
+    inv = c.clamp(min=1e-12).reciprocal_()
+    h = torch.sub(r, g).mul_(inv).add_(4.0)
+    other = torch.sub(b, r).mul_(inv).add_(2.0)
+    pick = torch.eq(v, g, out=torch.empty_like(v))  # 1.0 where green is the maximum
+    torch.lerp(h, other, pick, out=h)  # lerp with weight 0 or 1 selects exactly
+    torch.sub(g, b, out=other).mul_(inv)
+    torch.eq(v, r, out=pick)
+    return torch.lerp(h, other, pick, out=h)
 
 
-def _from_hue6(h6: Tensor, v: Tensor, c: Tensor, like: Tensor) -> Tensor:
-    """(3, H, W) RGB of hue h6 (in 60° units, any real), value v and chroma c.
+def _from_hue6(h6: Tensor, shift: float, v: Tensor, c: Tensor, like: Tensor) -> Tensor:
+    """(3, H, W) RGB of hue ``h6 + shift`` (60° units, h6 ≥ −1, any shift), value v, chroma c.
 
-    Each channel is v − c · clamp(min(k, 4 − k), 0, 1), k = (h6 + n) mod 6, n = 5, 3, 1.
+    Each channel is v − c · clamp(min(k, 4 − k), 0, 1) with k = (h6 + shift + n) mod 6,
+    n = 5, 3, 1. The modulo is k − 6⌊k/6⌋; where rounding puts k a hair outside [0, 6) the
+    (continuous, 6-periodic) channel function gives the same value.
     """
     out = torch.empty_like(like)
+    k, f = torch.empty_like(v), torch.empty_like(v)
+    offset = shift % 6.0  # in [0, 6): k ≥ 0 below
     for i, n in enumerate((5.0, 3.0, 1.0)):
-        k = (h6 + n).remainder_(6.0)
-        f = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-        torch.sub(v, f.mul_(c), out=out[i])
+        torch.add(h6, n + offset, out=k)
+        torch.mul(k, 1.0 / 6.0, out=f).floor_()
+        k.sub_(f, alpha=6.0)
+        torch.sub(k, 4.0, out=f).neg_()
+        torch.minimum(k, f, out=f).clamp_(0.0, 1.0).mul_(c)
+        torch.sub(v, f, out=out[i])
     return out
 
 
 def _shift_hue(rgb: Tensor, degrees: float) -> Tensor:
-    """Rotate the HSV hue of (3, H, W) float RGB by ``degrees``, keeping saturation and value.
-
-    Equal to ``_hsv_to_rgb((h + degrees) % 360, s, v)`` with fewer passes.
-    """
+    """Rotate the HSV hue of (3, H, W) float RGB by ``degrees``, keeping saturation and value."""
     r, g, b, v, c = _value_chroma(rgb)
-    return _from_hue6(_hue6(r, g, b, v, c).add_(degrees / 60.0), v, c, rgb)
+    return _from_hue6(_hue6(r, g, b, v, c), degrees / 60.0, v, c, rgb)
 
 
-def _scaled_saturation(s: Tensor, alpha: float) -> Tensor:
-    """Saturation ``s`` in [0, 1] scaled by ``alpha`` on the 8-bit grid: ⌊clamp(255·α·s)⌋ / 255."""
-    return (s * (255.0 * alpha)).clamp_(0, 255).floor_().div_(255.0)
+def _scaled_saturation(c: Tensor, v: Tensor, alpha: float) -> Tensor:
+    """HSV saturation s = c / v scaled by ``alpha`` on the 8-bit grid: ⌊clamp(255·α·s)⌋ / 255.
+
+    Overwrites nothing; returns a new plane.
+    """
+    s = torch.div(c, v.clamp(min=1e-12))
+    return s.mul_(255.0 * alpha).clamp_(0, 255).floor_().div_(255.0)
 
 
 def _saturate_and_shift_hue(rgb: Tensor, alpha: float, degrees: float) -> Tensor:
@@ -674,8 +672,8 @@ def _saturate_and_shift_hue(rgb: Tensor, alpha: float, degrees: float) -> Tensor
     Equal to the two steps in sequence up to float rounding.
     """
     r, g, b, v, c = _value_chroma(rgb)
-    s_new = _scaled_saturation(c / v.clamp(min=1e-12), alpha)
-    return _from_hue6(_hue6(r, g, b, v, c).add_(degrees / 60.0), v, s_new.mul_(v), rgb)
+    h6 = _hue6(r, g, b, v, c)
+    return _from_hue6(h6, degrees / 60.0, v, _scaled_saturation(c, v, alpha).mul_(v), rgb)
 
 
 def _lookup(table: Tensor, image: Tensor) -> Tensor:
@@ -688,13 +686,12 @@ def _lookup(table: Tensor, image: Tensor) -> Tensor:
 def _scale_saturation(rgb: Tensor, alpha: float) -> Tensor:
     """Multiply the HSV saturation by ``alpha`` (quantised to 1/255 as OpenCV's uint8 S).
 
-    Hue and value are kept: rgb' = v − (v − rgb) · s'/s, which is the HSV round trip in RGB.
+    Hue and value are kept: rgb' = v − (v − rgb) · s'/s, which is the HSV round trip in RGB
+    (s'/s = s'·v / c; grey pixels have s' = 0 and stay grey).
     """
     *_, v, c = _value_chroma(rgb)
-    s = c / v.clamp(min=1e-12)
-    s_new = _scaled_saturation(s, alpha)
-    ratio = s_new.div_(s.clamp_(min=1e-12)).masked_fill_(c <= 0, 0.0)
-    return v - (v - rgb).mul_(ratio)
+    ratio = _scaled_saturation(c, v, alpha).mul_(v.clamp(min=1e-12)).div_(c.clamp_(min=1e-12))
+    return torch.sub(v, rgb).mul_(ratio).neg_().add_(v)
 
 
 class PhotoMetricDistortion(JointTransform):
@@ -800,7 +797,8 @@ class Normalize(JointTransform):
         image, label = _check_sample(sample, "Normalize", False)
         mean = torch.tensor(self.mean, device=image.device)[:, None, None]
         std = torch.tensor(self.std, device=image.device)[:, None, None]
-        return _replace(sample, (image.float() - mean) / std, label)
+        # one float copy, normalised in place (the input is never modified)
+        return _replace(sample, image.to(torch.float32, copy=True).sub_(mean).div_(std), label)
 
 
 class Pad(JointTransform):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from gmmseg.data import Cityscapes, write_fixture
+from gmmseg.data import Cityscapes, Sample, base, write_fixture
 from gmmseg.data import transforms as T
 from gmmseg.data._io import read_image, read_image_region
+from gmmseg.engine.stream import AugmentedView, draw_seed
 
 H, W = 150, 330  # noise RGB: ~150 kB of PNG data, several IDAT chunks
 
@@ -189,7 +191,7 @@ def test_crop_first_loader_equals_decode_then_transform(
     pipe = T.train_pipeline((192, 96), (48, 80), ratio)
     fused = Cityscapes(cityscapes, "train", transform=pipe)
     plain = Cityscapes(cityscapes, "train")
-    assert fused._crops_first() and not plain._crops_first()
+    assert fused._crops_first(pipe) and not plain._crops_first(None)
     for seed in range(16):
         i = seed % len(plain)
         torch.manual_seed(seed)
@@ -211,13 +213,76 @@ def test_crop_first_loader_equals_decode_then_transform(
 
 def test_other_pipelines_are_not_crop_first(cityscapes: Path) -> None:
     steps = T.train_pipeline((192, 96), (48, 80)).transforms
-    assert not Cityscapes(cityscapes, "train", transform=T.Compose(steps[1:]))._crops_first()
-    assert not Cityscapes(cityscapes, "train", transform=T.eval_pipeline((192, 96)))._crops_first()
+    ds = Cityscapes(cityscapes, "train")
+    assert not ds._crops_first(T.Compose(steps[1:]))
+    assert not ds._crops_first(T.eval_pipeline((192, 96)))
 
     class MyCompose(T.Compose):
         pass
 
-    assert not Cityscapes(cityscapes, "train", transform=MyCompose(steps))._crops_first()
+    assert not ds._crops_first(MyCompose(steps))
+
+
+def _assert_same_sample(got: Sample, want: Sample, context: object) -> None:
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        other = got[key]  # type: ignore[literal-required]
+        if isinstance(value, torch.Tensor):
+            assert isinstance(other, torch.Tensor) and other.dtype == value.dtype
+            assert torch.equal(other, value), (context, key)
+        else:
+            assert other == value, (context, key)
+
+
+@pytest.mark.parametrize("ratio", [(0.5, 2.0), (1.5, 3.0)])
+def test_load_transformed_equals_transform_of_the_full_sample(
+    cityscapes: Path, ratio: tuple[float, float]
+) -> None:
+    """Explicit generator, the crop-first path: same sample and same draws as the plain path."""
+    pipe = T.train_pipeline((192, 96), (48, 80), ratio)
+    plain = Cityscapes(cityscapes, "train")
+    for seed in range(12):
+        i = seed % len(plain)
+        g_got, g_want = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        got = plain.load_transformed(i, pipe, g_got)
+        want = pipe(plain[i], g_want)
+        _assert_same_sample(got, want, seed)
+        assert torch.equal(torch.rand(3, generator=g_got), torch.rand(3, generator=g_want))
+    # Another pipeline takes the plain path; the dataset's own transform is not applied.
+    flip = T.Compose([T.RandomFlip(1.0)])
+    own = Cityscapes(cityscapes, "train", transform=T.Normalize())
+    got = own.load_transformed(1, flip, torch.Generator().manual_seed(0))
+    _assert_same_sample(got, flip(plain[1]), "flip")
+    with pytest.raises(IndexError, match="index 4 out of range"):
+        plain.load_transformed(4, flip)
+
+
+def test_augmented_view_decodes_only_the_crop(
+    cityscapes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The training stream's samples are unchanged by the crop-first path, which it now takes."""
+    pipe = T.train_pipeline((192, 96), (48, 80))
+    plain = Cityscapes(cityscapes, "train")
+    regions: list[str] = []
+
+    def counting(path: Path, region_of: Any) -> Any:
+        regions.append(path.name)
+        return read_image_region(path, region_of)
+
+    monkeypatch.setattr(base, "read_image_region", counting)
+    view = AugmentedView(plain, pipe, seed=3)
+    for draw in range(8):
+        key = (draw, draw % len(plain))
+        want = pipe(plain[key[1]], torch.Generator().manual_seed(draw_seed(3, draw)))
+        _assert_same_sample(view[key], want, draw)
+    assert regions == [plain.frames[d % len(plain)].image_path.name for d in range(8)]
+    # A dataset with a transform of its own keeps the old path: transform(dataset[i], g).
+    own = Cityscapes(cityscapes, "train", transform=T.Compose([T.RandomFlip(1.0)]))
+    regions.clear()
+    got = AugmentedView(own, pipe, seed=3)[(0, 0)]
+    want = pipe(own[0], torch.Generator().manual_seed(draw_seed(3, 0)))
+    _assert_same_sample(got, want, "own transform")
+    assert regions == []
 
 
 def _truncate(path: Path, keep: float) -> None:

@@ -6,7 +6,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, TypedDict
+from typing import TYPE_CHECKING, ClassVar, TypedDict
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from gmmseg.data._io import (
     read_label,
 )
 from gmmseg.data.meta import IGNORE_INDEX
+
+if TYPE_CHECKING:  # transforms imports this module
+    from gmmseg.data.transforms import JointTransform
 
 __all__ = ["Frame", "Sample", "SegmentationDataset", "Transform"]
 
@@ -187,13 +190,50 @@ class SegmentationDataset(Dataset[Sample]):
         if not 0 <= index < len(self.frames):
             raise IndexError(f"index {index} out of range for {len(self.frames)} frames")
         frame = self.frames[index]
-        if self._crops_first() and frame.label_path is not None:
-            return self._load_cropped(index, frame)
+        if self._crops_first(self.transform) and frame.label_path is not None:
+            return self._load_cropped(index, frame, self.transform, None)
+        sample = self._load(index, frame)
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample
+
+    def load_transformed(
+        self, index: int, transform: JointTransform, generator: torch.Generator | None = None
+    ) -> Sample:
+        """``transform(sample, generator)`` of frame ``index``'s untransformed sample.
+
+        The dataset's own `transform` is not applied. When ``transform`` is a `Compose` whose
+        first step is a `RandomRescaleCrop` (the training pipeline), only the source pixels of
+        the drawn crop are decoded, as in ``self[index]``; the result is identical to decoding
+        everything and calling ``transform(sample, generator)``, with the same draws from
+        ``generator``. Used by per-draw seeded augmentation
+        (:class:`~gmmseg.engine.stream.AugmentedView`).
+
+        Args:
+            index: Frame index.
+            transform: Joint transform, called with ``generator``.
+            generator: Source of the transform's randomness (None: torch's default generator).
+
+        Returns:
+            The transformed sample.
+
+        Raises:
+            IndexError: ``index`` out of range.
+        """
+        if not 0 <= index < len(self.frames):
+            raise IndexError(f"index {index} out of range for {len(self.frames)} frames")
+        frame = self.frames[index]
+        if self._crops_first(transform) and frame.label_path is not None:
+            return self._load_cropped(index, frame, transform, generator)
+        return transform(self._load(index, frame), generator)
+
+    def _load(self, index: int, frame: Frame) -> Sample:
+        """The untransformed sample of frame ``index``."""
         image = self.load_image(index)
         label = self.load_label(index)
         if label is not None and frame.label_path is not None:
             check_same_size(image, label, frame.image_path, frame.label_path)
-        sample: Sample = {
+        return {
             "image": torch.from_numpy(image).permute(2, 0, 1),
             "label": None if label is None else torch.from_numpy(label.astype(np.int64)),
             "name": frame.name,
@@ -201,19 +241,15 @@ class SegmentationDataset(Dataset[Sample]):
             "label_path": "" if frame.label_path is None else str(frame.label_path),
             "ori_size": (int(image.shape[0]), int(image.shape[1])),
         }
-        if self.transform is not None:
-            sample = self.transform(sample)
-        return sample
 
-    def _crops_first(self) -> bool:
-        """Whether the transform starts with a rescale-crop that `_load_cropped` can run.
+    def _crops_first(self, t: object) -> bool:
+        """Whether transform ``t`` starts with a rescale-crop that `_load_cropped` can run.
 
         Exactly a `Compose` whose first step is exactly a `RandomRescaleCrop` (subclasses may
         change what the steps do), on a dataset that decodes its images with `read_image`.
         """
         from gmmseg.data import transforms as T  # lazily: transforms imports base
 
-        t = self.transform
         return (
             type(t) is T.Compose
             and bool(t.transforms)
@@ -221,8 +257,14 @@ class SegmentationDataset(Dataset[Sample]):
             and type(self).load_image is SegmentationDataset.load_image
         )
 
-    def _load_cropped(self, index: int, frame: Frame) -> Sample:
-        """``self[index]`` for a transform `Compose([RandomRescaleCrop(...), ...])`, decoding less.
+    def _load_cropped(
+        self,
+        index: int,
+        frame: Frame,
+        compose: object,
+        generator: torch.Generator | None,
+    ) -> Sample:
+        """``compose(sample, generator)`` for a `Compose([RandomRescaleCrop(...), ...])`.
 
         The label is decoded first; the crop is drawn from it (same random numbers, same order as
         the transform would draw them); then only the source pixels the crop reads are decoded
@@ -231,14 +273,13 @@ class SegmentationDataset(Dataset[Sample]):
         """
         from gmmseg.data import transforms as T  # lazily: transforms imports base
 
-        compose = self.transform
         assert isinstance(compose, T.Compose) and frame.label_path is not None
         first = compose.transforms[0]
         assert isinstance(first, T.RandomRescaleCrop)
         label = self.load_label(index)
         assert label is not None
         label_path = frame.label_path
-        generator = compose.resolve_generator(None)
+        generator = compose.resolve_generator(generator)
         Box = tuple[int, int, int, int]
         plan: list[tuple[tuple[int, int], Box, Tensor, Box]] = []
 

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from gmmseg.data import ClassBalancedSampler, Sample
+from gmmseg.data import ClassBalancedSampler, Sample, SegmentationDataset
 from gmmseg.data.transforms import JointTransform
 
 __all__ = ["AugmentedView", "TrainStream", "draw_seed"]
@@ -34,7 +34,9 @@ class AugmentedView(Dataset[Sample]):
     """``dataset[index]`` transformed with a generator seeded from ``(seed, draw)``.
 
     Indexed by ``(draw, index)`` keys as yielded by :class:`TrainStream`. ``dataset`` must not
-    apply random transforms itself.
+    apply random transforms itself. For a gmmseg dataset without a transform of its own, the
+    sample comes from :meth:`~gmmseg.data.SegmentationDataset.load_transformed`: identical, but
+    with the training pipeline only the pixels of the drawn crop are decoded.
 
     Args:
         dataset: the un-augmented dataset.
@@ -53,6 +55,9 @@ class AugmentedView(Dataset[Sample]):
     def __getitem__(self, key: tuple[int, int]) -> Sample:
         draw, index = key
         g = torch.Generator().manual_seed(draw_seed(self.seed, draw))
+        if isinstance(self.dataset, SegmentationDataset) and self.dataset.transform is None:
+            # the same sample, decoding only the pixels a leading RandomRescaleCrop keeps
+            return self.dataset.load_transformed(index, self.transform, g)
         return self.transform(self.dataset[index], g)
 
 

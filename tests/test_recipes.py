@@ -194,3 +194,30 @@ def test_recipe_tables_in_the_docs_are_current(doc: str) -> None:
 
     root = Path(__file__).resolve().parents[1]
     assert _generated_table(root / doc) == recipes_markdown()
+
+
+def test_train_loader_batches_do_not_depend_on_workers(tmp_path: Path) -> None:
+    """The stream with 2 workers (compact transfer) gives the batches of the in-process one."""
+    from gmmseg.data import FinishingDataLoader
+    from gmmseg.engine import TrainStream
+    from gmmseg.recipes import dry_run_recipe
+    from gmmseg.recipes.run import _train_loader
+
+    recipe = dry_run_recipe(get_recipe("segformer_b5_ade20k_gmm"), tmp_path)
+    train_set, transform = build_train_data(recipe.data)
+
+    def batches(workers: int) -> list[dict[str, object]]:
+        stream = TrainStream(train_set, seed=5, order="shuffle", num_classes=150)
+        loader = _train_loader(train_set, transform, stream, 2, workers, False, seed=5)
+        assert (type(loader) is FinishingDataLoader) == (workers > 0)
+        it = iter(loader)
+        return [next(it) for _ in range(3)]
+
+    for got, want in zip(batches(2), batches(0), strict=True):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            if isinstance(value, torch.Tensor):
+                assert isinstance(got[key], torch.Tensor) and got[key].dtype == value.dtype
+                assert torch.equal(got[key], value), key  # type: ignore[arg-type]
+            else:
+                assert got[key] == value, key

@@ -13,6 +13,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from gmmseg.data import Sample
 from gmmseg.data.samplers import collate_samples, seed_worker
+from gmmseg.data.transfer import CompactTransfer, FinishingDataLoader
+from gmmseg.data.transforms import JointTransform
 from gmmseg.engine import (
     AugmentedView,
     InferenceSettings,
@@ -102,6 +104,44 @@ def _eval_loader(
         num_workers=0,
         collate_fn=collate_samples,
     )
+
+
+def _train_loader(
+    train_set: Dataset[Sample],
+    transform: JointTransform,
+    stream: TrainStream,
+    batch_size: int,
+    num_workers: int,
+    pin_memory: bool,
+    seed: int,
+) -> DataLoader[Sample]:
+    """The training loader over ``stream``: batches depend on the seed, not on the workers.
+
+    With workers and a pipeline ending in ``Normalize`` (+ ``Pad``), the workers send uint8
+    crops and the normalisation and padding run here (`CompactTransfer`; identical batches).
+    """
+    kwargs: dict[str, Any] = {
+        "batch_size": batch_size,
+        "sampler": stream,
+        "num_workers": num_workers,
+        "pin_memory": pin_memory,
+        "worker_init_fn": seed_worker,
+        "persistent_workers": num_workers > 0,
+        # Its own generator: creating the iterator must not draw from the global RNG
+        # (that would shift dropout after a resume, which restores the global state).
+        "generator": torch.Generator().manual_seed(seed),
+    }
+    split = CompactTransfer.split(transform)
+    if num_workers > 0 and split is not None:
+        head, transfer = split
+        return FinishingDataLoader(
+            AugmentedView(train_set, head, seed),
+            collate_fn=transfer.collate,
+            finish=transfer.finish,
+            **kwargs,
+        )
+    view = AugmentedView(train_set, transform, seed)
+    return DataLoader(view, collate_fn=collate_samples, **kwargs)
 
 
 def _eval_batch(recipe: Recipe) -> int:
@@ -214,18 +254,14 @@ def train_recipe(
             num_classes=num_classes,
             cache_dir=cache,
         )
-        return DataLoader(
-            AugmentedView(train_set, transform, recipe.train.seed),
-            batch_size=per_rank,
-            sampler=stream,
-            num_workers=data.num_workers,
-            collate_fn=collate_samples,
+        return _train_loader(
+            train_set,
+            transform,
+            stream,
+            per_rank,
+            data.num_workers,
             pin_memory=dist.device.type == "cuda",
-            worker_init_fn=seed_worker,
-            persistent_workers=data.num_workers > 0,
-            # Its own generator: creating the iterator must not draw from the global RNG
-            # (that would shift dropout after a resume, which restores the global state).
-            generator=torch.Generator().manual_seed(recipe.train.seed),
+            seed=recipe.train.seed,
         )
 
     settings = inference_settings(recipe)

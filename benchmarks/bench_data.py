@@ -26,10 +26,12 @@ alternately (ours, reference, ours, …) so that load changes on a shared machin
 each number is the median over the repeats.
 
 With workers, every sample also crosses processes: the worker stacks it into fresh shared memory
-and the main process maps it. For one 512×1024 sample (6 MB float32 image, 4 MB int64 label) that
-costs about 7 ms per sample with 2 workers and 10 ms with 1 on the 2-core VM (measured with a
-dataset that returns ready tensors: 1.5 ms without workers), the same for both pipelines, so the
-2-worker ratio sits below the 0-worker one.
+and the main process maps it. For one 512×1024 sample as float32 image (6 MB) and int64 label
+(4 MB), creating and filling that memory costs about 7 ms per sample with 2 workers on the 2-core
+VM (measured with a dataset that returns ready tensors: 1.5 ms without workers). The reference
+pays that. gmmseg's `build_dataloader` sends uint8 crops and labels instead (2 MB) and normalises
+and pads in the main process (`gmmseg.data.transfer.CompactTransfer`, identical batches); that
+main-process work is inside gmmseg's timing.
 
 Goal: ≥ 2× the images/s of the PIL-only pipeline. Run: ``cd benchmarks && python bench_data.py``.
 """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -118,13 +117,16 @@ def test_labels_outside_uint8_stay_int64_and_unlabelled_batches() -> None:
 
 
 def test_collate_errors_name_the_problem() -> None:
-    transfer = CompactTransfer(T.Normalize(), T.Pad((4, 4)))
+    norm, pad = T.Normalize(), T.Pad((4, 4))
+    transfer = CompactTransfer(norm, pad)
     with pytest.raises(ValueError, match=r"larger than size \(4, 4\)"):
         transfer.collate([make_sample(0, 5, 3)])
-    floaty = make_sample(0, 3, 3)
+    floaty = make_sample(0, 3, 3)  # a float head is finished in the worker, as a whole pipeline
     floaty["image"] = floaty["image"].float()
-    with pytest.raises(ValueError, match=re.escape("uint8 images, got torch.float32 for 's0'")):
-        transfer.collate([floaty])
+    packed = transfer.collate([floaty])
+    assert packed["valid_size"] is None and packed["image"].dtype == torch.float32
+    whole = collate_samples([pad(norm(floaty))])
+    assert_same_batch(transfer.finish(packed), whole)
     unlabelled = make_sample(1, 3, 3)
     unlabelled["label"] = None
     with pytest.raises(ValueError, match="mixes labelled and unlabelled"):
@@ -165,3 +167,70 @@ def test_build_dataloader_with_workers_gives_identical_batches(cityscapes: Path)
     assert padded > 0  # the ratio range forces padding, which the test must cover
     # No workers: nothing crosses processes, the plain loader is used.
     assert type(build_dataloader(dataset, 2, num_workers=0)) is DataLoader
+
+
+def test_one_label_dtype_per_batch() -> None:
+    """A label that does not fit uint8 keeps the whole batch int64 (no silent wrap-around)."""
+    norm, pad = T.Normalize(), T.Pad((6, 7), label_pad_value=-1)
+    transfer = CompactTransfer(norm, pad)
+    fits, big = make_sample(0, 6, 7), make_sample(1, 6, 7, max_label=300)
+    big["label"][0, 0] = 300
+    for order in ([fits, big], [big, fits]):
+        packed = transfer.collate(order)
+        assert packed["label"].dtype == torch.int64 and not packed["label_widened"]
+        assert_same_batch(transfer.finish(packed), collate_samples([pad(norm(s)) for s in order]))
+    # The pad value -1 makes a padded crop int64; a full-size crop alone would fit uint8.
+    small = make_sample(2, 4, 7)
+    packed = transfer.collate([fits, small])
+    assert packed["label"].dtype == torch.int64
+    assert_same_batch(
+        transfer.finish(packed), collate_samples([pad(norm(s)) for s in [fits, small]])
+    )
+
+
+class _ToFloat(T.JointTransform):
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        return {**sample, "image": sample["image"].float()}
+
+
+class _InMemory(torch.utils.data.Dataset[Sample]):
+    def __init__(self, samples: list[Sample], transform: T.JointTransform) -> None:
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.transform(self.samples[i])
+
+
+def test_workers_agree_on_mixed_labels_float_heads_and_pinning() -> None:
+    """Through real workers: mixed label ranges, a head giving floats, pin_memory on a CPU."""
+    # the second sample of the second batch holds 300: the batch's first label fits uint8
+    samples = [make_sample(i, 6, 7, max_label=300 if i == 4 else 18) for i in range(6)]
+    samples[4]["label"][0, 0] = 300
+    pipes = {
+        "uint8 head": T.Compose([T.RandomFlip(0.5), T.Normalize(), T.Pad((6, 8))]),
+        "float head": T.Compose([_ToFloat(), T.Normalize(), T.Pad((6, 8))]),
+    }
+    for name, pipe in pipes.items():
+        ds = _InMemory(samples, pipe)
+        got, want = (
+            list(
+                build_dataloader(
+                    ds, 3, num_workers=2, seed=1, pin_memory=pin, compact_transfer=compact
+                )
+            )
+            for compact, pin in ((True, True), (False, False))
+        )
+        assert len(got) == len(want) == 2
+        for g, w in zip(got, want, strict=True):
+            assert_same_batch(g, w)
+        assert (got[1]["label"] == 300).any(), name  # not wrapped around to 44
+
+
+def test_check_pair_refuses_non_finite_ranges() -> None:
+    with pytest.raises(ValueError, match="saturation_range must be a pair of finite positive"):
+        T.PhotoMetricDistortion(saturation_range=(0.5, float("inf")))
+    with pytest.raises(ValueError, match="ratio_range"):
+        T.RandomRescale((64, 32), ratio_range=(float("nan"), 2.0))

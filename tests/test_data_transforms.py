@@ -368,3 +368,12 @@ def test_label_none_and_validation() -> None:
     with pytest.raises(ValueError, match="std"):
         T.Normalize(std=(1.0, 0.0, 1.0))
     assert "RandomFlip(prob=0.5)" in repr(T.RandomFlip())
+
+
+def test_saturation_factor_one_keeps_integer_colours() -> None:
+    """α = 1 changes no 8-bit colour once quantised (the saturation grid is coarser than RGB)."""
+    levels = torch.arange(0, 256, 3, dtype=torch.float32)
+    r, g, b = torch.meshgrid(levels, levels, levels, indexing="ij")
+    rgb = torch.stack([r, g, b]).reshape(3, -1, 1)
+    out = T._scale_saturation(rgb, 1.0).clamp_(0, 255).floor_()
+    assert torch.equal(out, rgb)

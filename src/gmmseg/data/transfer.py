@@ -82,49 +82,67 @@ class CompactTransfer:
     def collate(self, batch: Sequence[Sample]) -> dict[str, Any]:
         """Worker side: stack uint8 images and compact labels, padded to ``pad.size``.
 
+        A batch whose images are not all uint8 (a head that already gives floats) is
+        normalised and padded here instead, as the whole pipeline would.
+
         Args:
-            batch: Samples from the pipeline's head: (3, h, w) uint8 images, (h, w) integer
-                labels or None.
+            batch: Samples from the pipeline's head: (3, h, w) images, (h, w) integer labels
+                or None.
 
         Returns:
             The keys of `~gmmseg.data.samplers.collate_samples`, with ``image`` (B, 3, H, W)
-            uint8, ``label`` (B, H, W) uint8 (or int64 when a value lies outside 0–255, or
-            None) and ``valid_size`` (B, 2) int64, the (h, w) of each image before padding.
+            uint8 and ``label`` (B, H, W) uint8 when every label is int64 with values in
+            0–255 (else the labels as they are, or None), plus ``valid_size`` (B, 2) int64,
+            the (h, w) of each image before padding (None when the batch was finished here),
+            and ``label_widened`` (whether `finish` turns the labels back into int64).
 
         Raises:
-            ValueError: a non-uint8 image, an image larger than ``pad.size`` (as ``Pad``), a
-                batch mixing labelled and unlabelled samples, or unequal sizes without a
-                ``Pad``.
+            ValueError: an image larger than ``pad.size`` (as ``Pad``), a batch mixing
+                labelled and unlabelled samples, or unequal sizes without a ``Pad``.
         """
         labels = [s["label"] for s in batch]
         if any(lab is None for lab in labels) and not all(lab is None for lab in labels):
             raise ValueError("a batch mixes labelled and unlabelled samples")
-        for s in batch:
-            if s["image"].dtype != torch.uint8:
-                raise ValueError(
-                    f"CompactTransfer expects the pipeline head to give uint8 images, got "
-                    f"{s['image'].dtype} for {s['name']!r}"
-                )
+        if any(s["image"].dtype != torch.uint8 for s in batch):
+            done = [self.normalize(s) for s in batch]
+            if self.pad is not None:
+                done = [self.pad(s) for s in done]
+            return self._stack(done, [s["label"] for s in done], None, False)
         sizes = [(int(s["image"].shape[1]), int(s["image"].shape[2])) for s in batch]
         images = [s["image"] for s in batch]
-        stacked = [lab for lab in labels if lab is not None]
+        present = [lab for lab in labels if lab is not None]
         if self.pad is not None:
             images = [self._pad(img, 0, self.pad.size) for img in images]
-            stacked = [self._pad(lab, self.pad.label_pad_value, self.pad.size) for lab in stacked]
+            present = [self._pad(lab, self.pad.label_pad_value, self.pad.size) for lab in present]
         elif len(set(sizes)) > 1:
             raise ValueError(
                 f"cannot stack images of different sizes {sorted(set(sizes))}: crop/pad them in "
                 "the transform or use batch_size=1"
             )
+        # One decision for the whole batch: a worker stacks into a buffer of the first
+        # label's dtype, so mixed dtypes would be cast (and wrap around) silently.
+        widen = bool(present) and all(_fits_uint8(lab) for lab in present)
+        if widen:
+            present = [lab.to(torch.uint8) for lab in present]
+        packed = [{**s, "image": img} for s, img in zip(batch, images, strict=True)]
+        valid = torch.tensor(sizes, dtype=torch.int64).reshape(len(batch), 2)
+        return self._stack(packed, present, valid, widen)
+
+    @staticmethod
+    def _stack(
+        batch: Sequence[Any], labels: Sequence[Tensor | None], valid: Tensor | None, widen: bool
+    ) -> dict[str, Any]:
+        present = [lab for lab in labels if lab is not None]
         # default_collate stacks straight into shared memory inside a worker process.
         return {
-            "image": default_collate(images),
-            "label": default_collate([_compact(lab) for lab in stacked]) if stacked else None,
+            "image": default_collate([s["image"] for s in batch]),
+            "label": default_collate(present) if present else None,
             "name": [s["name"] for s in batch],
             "image_path": [s["image_path"] for s in batch],
             "label_path": [s["label_path"] for s in batch],
             "ori_size": [s["ori_size"] for s in batch],
-            "valid_size": torch.tensor(sizes, dtype=torch.int64).reshape(len(batch), 2),
+            "valid_size": valid,
+            "label_widened": widen,
         }
 
     @staticmethod
@@ -141,24 +159,28 @@ class CompactTransfer:
     # ------------------------------------------------------------------ main side
 
     def finish(self, batch: dict[str, Any], pin_memory: bool = False) -> dict[str, Any]:
-        """Main side: normalise, fill the padding, widen the labels; drop ``valid_size``.
+        """Main side: normalise, fill the padding, widen the labels; drop the transfer keys.
 
         Args:
             batch: A batch from `collate`.
-            pin_memory: Allocate the float images in pinned memory (as a loader with
-                ``pin_memory=True`` would give them).
+            pin_memory: Give the new tensors pinned memory when the incoming batch is pinned
+                (a loader with ``pin_memory=True`` on a machine with an accelerator).
 
         Returns:
             The batch `~gmmseg.data.samplers.collate_samples` gives for the whole pipeline:
-            ``image`` (B, 3, H, W) float32, ``label`` (B, H, W) int64 or None, and the lists.
+            ``image`` (B, 3, H, W) float32, ``label`` (B, H, W) or None, and the lists.
         """
         out = dict(batch)
         valid = out.pop("valid_size")
+        widen = out.pop("label_widened")
+        if valid is None:  # normalised and padded in the worker
+            return out
         raw: Tensor = out["image"]
+        pin = pin_memory and raw.is_pinned()
         norm = self.normalize
         mean = torch.tensor(norm.mean)[:, None, None]
         std = torch.tensor(norm.std)[:, None, None]
-        image = torch.empty(raw.shape, dtype=torch.float32, pin_memory=pin_memory)
+        image = torch.empty(raw.shape, dtype=torch.float32, pin_memory=pin)
         torch.sub(raw, mean, out=image).div_(std)  # = Normalize: uint8 → float32, − mean, / std
         if self.pad is not None:
             fill = self.pad.pad_value
@@ -166,24 +188,29 @@ class CompactTransfer:
                 image[i, :, h:, :] = fill
                 image[i, :, :h, w:] = fill
         out["image"] = image
-        if out["label"] is not None:
-            out["label"] = out["label"].to(torch.int64)
+        if widen:
+            label: Tensor = out["label"]
+            out["label"] = torch.empty(label.shape, dtype=torch.int64, pin_memory=pin).copy_(label)
         return out
 
 
-def _compact(label: Tensor) -> Tensor:
-    """``label`` as uint8 when every value lies in 0–255 (exact), else unchanged."""
-    if label.dtype == torch.uint8 or label.numel() == 0:
-        return label.to(torch.uint8)
+def _fits_uint8(label: Tensor) -> bool:
+    """Whether ``label`` is int64 with every value in 0–255 (so uint8 holds it exactly)."""
+    if label.dtype != torch.int64:
+        return False
+    if label.numel() == 0:
+        return True
     lo, hi = torch.aminmax(label)
-    return label.to(torch.uint8) if int(lo) >= 0 and int(hi) <= 255 else label
+    return int(lo) >= 0 and int(hi) <= 255
 
 
 class FinishingDataLoader(DataLoader[Any]):
     """A `DataLoader` whose batches pass through ``finish`` in the main process.
 
     Everything else is `DataLoader`'s: ``finish`` receives each collated batch (after pinning,
-    when ``pin_memory=True``) and its result is what iteration yields.
+    when ``pin_memory=True``) and its result is what iteration yields. ``iter(loader)`` is a
+    generator over those results (not DataLoader's iterator object); the workers start at its
+    first ``next``.
 
     Args:
         *args: `DataLoader` arguments.

@@ -338,8 +338,13 @@ def _balanced(label: Tensor, cat_max_ratio: float, ignore_index: int) -> bool:
 
 
 def _check_pair(name: str, value: Sequence[float], positive: bool = True) -> None:
-    if len(value) != 2 or (positive and min(value) <= 0):
-        raise ValueError(f"{name} must be a pair of positive numbers, got {value}")
+    if (
+        len(value) != 2
+        or not all(math.isfinite(float(v)) for v in value)
+        or (positive and min(value) <= 0)
+    ):
+        kind = "finite positive" if positive else "finite"
+        raise ValueError(f"{name} must be a pair of {kind} numbers, got {value}")
 
 
 # --------------------------------------------------------------------------- transforms
@@ -638,7 +643,7 @@ def _from_hue6(h6: Tensor, shift: float, v: Tensor, c: Tensor, like: Tensor) -> 
     """
     out = torch.empty_like(like)
     k, f = torch.empty_like(v), torch.empty_like(v)
-    offset = shift % 6.0  # in [0, 6): k ≥ 0 below
+    offset = shift % 6.0  # in [0, 6] (Python may round a tiny negative up to 6.0): k ≥ 0 below
     for i, n in enumerate((5.0, 3.0, 1.0)):
         torch.add(h6, n + offset, out=k)
         torch.mul(k, 1.0 / 6.0, out=f).floor_()
@@ -655,13 +660,14 @@ def _shift_hue(rgb: Tensor, degrees: float) -> Tensor:
     return _from_hue6(_hue6(r, g, b, v, c), degrees / 60.0, v, c, rgb)
 
 
-def _scaled_saturation(c: Tensor, v: Tensor, alpha: float) -> Tensor:
-    """HSV saturation s = c / v scaled by ``alpha`` on the 8-bit grid: ⌊clamp(255·α·s)⌋ / 255.
-
-    Overwrites nothing; returns a new plane.
-    """
-    s = torch.div(c, v.clamp(min=1e-12))
+def _quantised_saturation(s: Tensor, alpha: float) -> Tensor:
+    """Saturation ``s`` scaled by ``alpha`` on the 8-bit grid, in place: ⌊clamp(255·α·s)⌋ / 255."""
     return s.mul_(255.0 * alpha).clamp_(0, 255).floor_().div_(255.0)
+
+
+def _scaled_saturation(c: Tensor, v: Tensor, alpha: float) -> Tensor:
+    """HSV saturation s = c / v scaled by ``alpha`` on the 8-bit grid (a new plane)."""
+    return _quantised_saturation(torch.div(c, v.clamp(min=1e-12)), alpha)
 
 
 def _saturate_and_shift_hue(rgb: Tensor, alpha: float, degrees: float) -> Tensor:
@@ -686,11 +692,13 @@ def _lookup(table: Tensor, image: Tensor) -> Tensor:
 def _scale_saturation(rgb: Tensor, alpha: float) -> Tensor:
     """Multiply the HSV saturation by ``alpha`` (quantised to 1/255 as OpenCV's uint8 S).
 
-    Hue and value are kept: rgb' = v − (v − rgb) · s'/s, which is the HSV round trip in RGB
-    (s'/s = s'·v / c; grey pixels have s' = 0 and stay grey).
+    Hue and value are kept: rgb' = v − (v − rgb) · s'/s, which is the HSV round trip in RGB.
+    Where s' = s (e.g. α = 1 and 255·s an integer) the ratio is exactly 1 and the pixel is
+    unchanged; grey pixels have s = s' = 0, ratio 0, and stay grey.
     """
     *_, v, c = _value_chroma(rgb)
-    ratio = _scaled_saturation(c, v, alpha).mul_(v.clamp(min=1e-12)).div_(c.clamp_(min=1e-12))
+    s = torch.div(c, v.clamp(min=1e-12))
+    ratio = _quantised_saturation(s.clone(), alpha).div_(s.clamp_(min=1e-12))
     return torch.sub(v, rgb).mul_(ratio).neg_().add_(v)
 
 

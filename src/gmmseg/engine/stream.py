@@ -34,9 +34,10 @@ class AugmentedView(Dataset[Sample]):
     """``dataset[index]`` transformed with a generator seeded from ``(seed, draw)``.
 
     Indexed by ``(draw, index)`` keys as yielded by :class:`TrainStream`. ``dataset`` must not
-    apply random transforms itself. For a gmmseg dataset without a transform of its own, the
-    sample comes from :meth:`~gmmseg.data.SegmentationDataset.load_transformed`: identical, but
-    with the training pipeline only the pixels of the drawn crop are decoded.
+    apply random transforms itself. For a gmmseg dataset without a transform of its own (and
+    whose class keeps the base ``__getitem__``), the sample comes from
+    :meth:`~gmmseg.data.SegmentationDataset.load_transformed`: identical, but with the
+    training pipeline only the pixels of the drawn crop are decoded.
 
     Args:
         dataset: the un-augmented dataset.
@@ -55,9 +56,14 @@ class AugmentedView(Dataset[Sample]):
     def __getitem__(self, key: tuple[int, int]) -> Sample:
         draw, index = key
         g = torch.Generator().manual_seed(draw_seed(self.seed, draw))
-        if isinstance(self.dataset, SegmentationDataset) and self.dataset.transform is None:
+        ds = self.dataset
+        if (
+            isinstance(ds, SegmentationDataset)
+            and ds.transform is None
+            and type(ds).__getitem__ is SegmentationDataset.__getitem__
+        ):
             # the same sample, decoding only the pixels a leading RandomRescaleCrop keeps
-            return self.dataset.load_transformed(index, self.transform, g)
+            return ds.load_transformed(index, self.transform, g)
         return self.transform(self.dataset[index], g)
 
 

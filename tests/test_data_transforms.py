@@ -377,3 +377,26 @@ def test_saturation_factor_one_keeps_integer_colours() -> None:
     rgb = torch.stack([r, g, b]).reshape(3, -1, 1)
     out = T._scale_saturation(rgb, 1.0).clamp_(0, 255).floor_()
     assert torch.equal(out, rgb)
+
+
+def test_photometric_hsv_step_rounds_instead_of_darkening() -> None:
+    """Hue shift 0 and saturation factor 1: no colour may darken (truncation did, by 1 level).
+
+    The float HSV round trip lands within 1e-4 of the integers; rounding gives them back. The
+    saturation quantisation (OpenCV's uint8 S) may lower S, which can only lighten a channel.
+    """
+    levels = torch.arange(0, 256, 5, dtype=torch.uint8)
+    r, g, b = torch.meshgrid(levels, levels, levels, indexing="ij")
+    image = torch.stack([r, g, b]).reshape(3, 1, -1)
+    sample = make_sample(torch.zeros(1, image.shape[2], dtype=torch.long))
+    sample["image"] = image
+    pm = T.PhotoMetricDistortion(0, (1.0, 1.0), (1.0, 1.0), 0)
+    fired = 0
+    for seed in range(12):
+        out = pm(sample, torch.Generator().manual_seed(seed))["image"]
+        diff = out.int() - image.int()
+        assert diff.min() >= 0 and diff.max() <= 1, seed
+        fired += int(diff.any())
+    assert fired > 0  # the saturation step ran and moved some colours up
+    shifted = T._shift_hue(image.float(), 0.0)
+    assert torch.equal((shifted + 0.5).floor(), image.float())

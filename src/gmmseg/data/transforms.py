@@ -708,9 +708,12 @@ class PhotoMetricDistortion(JointTransform):
     Each step happens with probability 1/2: brightness (add U(−δ_b, δ_b)); contrast (multiply by
     U(contrast_range)), either first or last (probability 1/2 each); saturation (multiply S of HSV
     by U(saturation_range)); hue (shift H by an integer in [−δ_h, δ_h] in OpenCV's 0–180 unit,
-    i.e. 2° steps). Values are clipped to [0, 255] and truncated to integers after every step
-    (brightness and contrast run as 256-entry lookup tables). Unlike mmsegmentation, there is no
-    uint8 rounding between the saturation and hue steps. The label is unchanged.
+    i.e. 2° steps). Values are clipped to [0, 255] and truncated to integers after brightness
+    and contrast (which run as 256-entry lookup tables), and rounded to the nearest integer
+    after the saturation/hue step, as OpenCV's HSV → BGR conversion does in mmsegmentation
+    (truncating there would darken by half a level on average: the float round trip lands a
+    hair below the integers it should give back). Unlike mmsegmentation, there is no uint8
+    rounding between the saturation and hue steps. The label is unchanged.
     The transform is pixel-wise: equal input colours give equal outputs.
 
     Args:
@@ -776,7 +779,7 @@ class PhotoMetricDistortion(JointTransform):
             img = _scale_saturation(img, sat)
         elif hue is not None:
             img = _shift_hue(img, 2.0 * hue)
-        img = self._quantise(img)
+        img = self._quantise(img.add_(0.5))  # round to nearest (ties up)
         if alpha_last is not None:
             img = self._quantise(img * alpha_last)
         return _replace(sample, img.to(torch.uint8), label)

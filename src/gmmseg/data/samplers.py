@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from gmmseg.data.base import Sample
 from gmmseg.data.meta import IGNORE_INDEX
-from gmmseg.data.transfer import CompactTransfer, FinishingDataLoader
 
 __all__ = [
     "ClassBalancedSampler",
@@ -378,6 +377,8 @@ def build_dataloader(
             num_workers > 0 if persistent_workers is None else persistent_workers
         ),
     }
+    from gmmseg.data.transfer import CompactTransfer, FinishingDataLoader  # imports this module
+
     split = CompactTransfer.split(getattr(dataset, "transform", None))
     if compact_transfer and num_workers > 0 and split is not None:
         head, transfer = split

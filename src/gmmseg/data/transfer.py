@@ -30,10 +30,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 
 from gmmseg.data.base import Sample
-from gmmseg.data.transforms import Compose, Normalize, Pad
+from gmmseg.data.samplers import collate_samples
+from gmmseg.data.transforms import Compose, Normalize, Pad, _fits_uint8, _pad_to
 
 __all__ = ["CompactTransfer", "FinishingDataLoader"]
 
@@ -100,60 +101,30 @@ class CompactTransfer:
             ValueError: an image larger than ``pad.size`` (as ``Pad``), a batch mixing
                 labelled and unlabelled samples, or unequal sizes without a ``Pad``.
         """
-        labels = [s["label"] for s in batch]
-        if any(lab is None for lab in labels) and not all(lab is None for lab in labels):
-            raise ValueError("a batch mixes labelled and unlabelled samples")
         if any(s["image"].dtype != torch.uint8 for s in batch):
             done = [self.normalize(s) for s in batch]
             if self.pad is not None:
                 done = [self.pad(s) for s in done]
-            return self._stack(done, [s["label"] for s in done], None, False)
+            return {**collate_samples(done), "valid_size": None, "label_widened": False}
         sizes = [(int(s["image"].shape[1]), int(s["image"].shape[2])) for s in batch]
-        images = [s["image"] for s in batch]
-        present = [lab for lab in labels if lab is not None]
+        packed = [s.copy() for s in batch]
         if self.pad is not None:
-            images = [self._pad(img, 0, self.pad.size) for img in images]
-            present = [self._pad(lab, self.pad.label_pad_value, self.pad.size) for lab in present]
-        elif len(set(sizes)) > 1:
-            raise ValueError(
-                f"cannot stack images of different sizes {sorted(set(sizes))}: crop/pad them in "
-                "the transform or use batch_size=1"
-            )
+            size, fill = self.pad.size, self.pad.label_pad_value
+            for p in packed:
+                p["image"] = _pad_to(p["image"], size, 0)
+                p["label"] = None if p["label"] is None else _pad_to(p["label"], size, fill)
         # One decision for the whole batch: a worker stacks into a buffer of the first
         # label's dtype, so mixed dtypes would be cast (and wrap around) silently.
-        widen = bool(present) and all(_fits_uint8(lab) for lab in present)
-        if widen:
-            present = [lab.to(torch.uint8) for lab in present]
-        packed = [{**s, "image": img} for s, img in zip(batch, images, strict=True)]
-        valid = torch.tensor(sizes, dtype=torch.int64).reshape(len(batch), 2)
-        return self._stack(packed, present, valid, widen)
-
-    @staticmethod
-    def _stack(
-        batch: Sequence[Any], labels: Sequence[Tensor | None], valid: Tensor | None, widen: bool
-    ) -> dict[str, Any]:
-        present = [lab for lab in labels if lab is not None]
-        # default_collate stacks straight into shared memory inside a worker process.
-        return {
-            "image": default_collate([s["image"] for s in batch]),
-            "label": default_collate(present) if present else None,
-            "name": [s["name"] for s in batch],
-            "image_path": [s["image_path"] for s in batch],
-            "label_path": [s["label_path"] for s in batch],
-            "ori_size": [s["ori_size"] for s in batch],
-            "valid_size": valid,
-            "label_widened": widen,
-        }
-
-    @staticmethod
-    def _pad(x: Tensor, value: float, size: tuple[int, int]) -> Tensor:
-        h, w = x.shape[-2:]
-        if h > size[0] or w > size[1]:
-            raise ValueError(f"Pad: image (H, W) = {(h, w)} is larger than size {size}")
-        if (h, w) == size:
-            return x
-        out = x.new_full((*x.shape[:-2], *size), value)
-        out[..., :h, :w] = x
+        present = [p["label"] for p in packed if p["label"] is not None]
+        widen = bool(present) and all(
+            lab.dtype == torch.int64 and _fits_uint8(lab) for lab in present
+        )
+        for p in packed:
+            if widen and p["label"] is not None:
+                p["label"] = p["label"].to(torch.uint8)
+        out = collate_samples(packed)
+        out["valid_size"] = torch.tensor(sizes, dtype=torch.int64).reshape(len(batch), 2)
+        out["label_widened"] = widen
         return out
 
     # ------------------------------------------------------------------ main side
@@ -192,16 +163,6 @@ class CompactTransfer:
             label: Tensor = out["label"]
             out["label"] = torch.empty(label.shape, dtype=torch.int64, pin_memory=pin).copy_(label)
         return out
-
-
-def _fits_uint8(label: Tensor) -> bool:
-    """Whether ``label`` is int64 with every value in 0–255 (so uint8 holds it exactly)."""
-    if label.dtype != torch.int64:
-        return False
-    if label.numel() == 0:
-        return True
-    lo, hi = torch.aminmax(label)
-    return int(lo) >= 0 and int(hi) <= 255
 
 
 class FinishingDataLoader(DataLoader[Any]):

@@ -316,12 +316,35 @@ def _crop_box(
     return top, left, min(crop[0], h), min(crop[1], w)
 
 
+def _fits_uint8(label: Tensor) -> bool:
+    """Whether every value of the integer tensor ``label`` lies in 0–255."""
+    if label.dtype == torch.uint8 or label.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(label)
+    return int(lo) >= 0 and int(hi) <= 255
+
+
 def _compact(label: Tensor) -> Tensor:
     """A uint8 copy of ``label`` when its values fit (cheaper gathers and counts), else itself."""
     if label.dtype == torch.uint8:
         return label
-    lo, hi = torch.aminmax(label)
-    return label.to(torch.uint8) if int(lo) >= 0 and int(hi) <= 255 else label
+    return label.to(torch.uint8) if _fits_uint8(label) else label
+
+
+def _pad_to(x: Tensor, size: tuple[int, int], value: float) -> Tensor:
+    """``x`` (…, h, w) padded at the bottom and right to ``size`` with ``value`` (x if equal).
+
+    Raises:
+        ValueError: ``x`` is larger than ``size``.
+    """
+    h, w = x.shape[-2:]
+    if h > size[0] or w > size[1]:
+        raise ValueError(f"Pad: image (H, W) = {(h, w)} is larger than size {size}")
+    if (h, w) == size:
+        return x
+    out = x.new_full((*x.shape[:-2], *size), value)
+    out[..., :h, :w] = x
+    return out
 
 
 def _balanced(label: Tensor, cat_max_ratio: float, ignore_index: int) -> bool:
@@ -832,17 +855,10 @@ class Pad(JointTransform):
     def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
         """Pad image and label."""
         image, label = _check_sample(sample, "Pad")
-        h, w = image.shape[1:]
-        if h > self.size[0] or w > self.size[1]:
-            raise ValueError(f"Pad: image (H, W) = {(h, w)} is larger than size {self.size}")
-        if (h, w) == self.size:
+        out = _pad_to(image, self.size, self.pad_value)
+        if out is image:
             return sample
-        out = image.new_full((3, *self.size), self.pad_value)
-        out[:, :h, :w] = image
-        new_label = None
-        if label is not None:
-            new_label = label.new_full(self.size, self.label_pad_value)
-            new_label[:h, :w] = label
+        new_label = None if label is None else _pad_to(label, self.size, self.label_pad_value)
         return _replace(sample, out, new_label)
 
 

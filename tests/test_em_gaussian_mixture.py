@@ -722,3 +722,46 @@ def test_bad_grouped_inputs() -> None:
     res = gm.fit_grouped(x, gid, ngroups)
     with pytest.raises(ValueError, match="group must be an int"):
         res.mixture(ngroups)
+
+
+def test_large_diag_fit_on_huge_page_buffer_matches_sklearn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fit whose feature buffer is large enough for the huge-page mapping (> 32 MB here).
+
+    Its result equals the same fit on a ``torch.empty`` buffer and scikit-learn's, up to
+    rounding: the expanded quadratic amplifies the GEMM's summation order (threads, alignment),
+    which changes the lower bound by ~1e-10 relative between runs.
+    """
+    rng = np.random.default_rng(4)
+    n, d, k = 70_000, 64, 3
+    x = rng.normal(size=(n, d)) + rng.integers(0, 3, n)[:, None] * 2.0
+    kw: dict[str, Any] = {
+        "covariance_type": "diag",
+        "max_iter": 3,
+        "tol": 0.0,
+        "means_init": x[:k],
+        "weights_init": np.full(k, 1 / k),
+    }
+    assert 2 * d * n * 8 >= gmm_module._HUGE_PAGE_BYTES
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = GaussianMixture(k, **kw).fit(x)
+        monkeypatch.setattr(gmm_module, "_HUGE_PAGE_BYTES", 1 << 62)
+        plain = GaussianMixture(k, **kw).fit(x)
+        ref = SkGaussianMixture(k, **kw).fit(x)
+    for attr in ("weights_", "means_", "covariances_"):
+        np.testing.assert_allclose(getattr(ours, attr), getattr(plain, attr), rtol=1e-9)
+        np.testing.assert_allclose(getattr(ours, attr), getattr(ref, attr), rtol=1e-6)
+    assert ours.lower_bound_ == pytest.approx(plain.lower_bound_, rel=1e-8)
+    assert ours.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-6)
+
+
+def test_large_empty_is_a_writable_buffer_of_the_shape() -> None:
+    big = gmm_module._large_empty((8, 1 << 20), torch.float32, torch.device("cpu"))  # 32 MB
+    small = gmm_module._large_empty((2, 3), torch.float64, torch.device("cpu"))
+    assert big.shape == (8, 1 << 20) and big.dtype == torch.float32 and big.is_contiguous()
+    assert small.shape == (2, 3) and small.dtype == torch.float64
+    big.fill_(2.5)
+    big[7, -1] = -1.0
+    assert int((big == 2.5).sum()) == (8 << 20) - 1 and float(big[7, -1]) == -1.0

@@ -34,6 +34,7 @@ Sample weights. ``fit(X, sample_weight=w)`` runs weighted EM: responsibilities a
 from __future__ import annotations
 
 import math
+import mmap
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -165,11 +166,20 @@ def _prepare_data(
         # Several groups keep it row-major, since their block products reshape it.
         r = xr.shape[0]
         if layout.num_groups == 1:
-            feats = torch.empty((2 * d, r), dtype=x.dtype, device=x.device).T
+            feats_t = _large_empty((2 * d, r), x.dtype, x.device)
+            # Built in row blocks: each block is centred in cache and transposed into place
+            # (writing the whole (R, D) through the transposed view at once is 3x slower).
+            for start in range(0, r, _FUSED_ROWS):
+                stop = min(start + _FUSED_ROWS, r)
+                block = feats_t[d:, start:stop]
+                block.copy_((xr[start:stop] - centre[0]).T)
+                torch.mul(block, block, out=feats_t[:d, start:stop])
+            feats = feats_t.T
+            xc = feats[:, d:]
         else:
             feats = torch.empty((r, 2 * d), dtype=x.dtype, device=x.device)
-        xc = torch.sub(xr, layout.expand_groups(centre), out=feats[:, d:])
-        torch.mul(xc, xc, out=feats[:, :d])
+            xc = torch.sub(xr, layout.expand_groups(centre), out=feats[:, d:])
+            torch.mul(xc, xc, out=feats[:, :d])
     else:
         xc = xr - layout.expand_groups(centre)
     return _Data(layout, xc, wr, total, centre, feats, chunk_size)
@@ -292,6 +302,26 @@ def _e_step(data: _Data, params: _Params, covariance_type: CovarianceType) -> tu
 
 #: Rows per chunk of the fused diagonal EM pass (temporaries stay in cache).
 _FUSED_ROWS = 8192
+
+#: CPU buffers at least this large are mapped with transparent huge pages where Linux allows.
+_HUGE_PAGE_BYTES = 32 << 20
+
+
+def _large_empty(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``torch.empty(shape)``; on Linux CPUs, large ones in memory advised for huge pages.
+
+    A fresh buffer of 100 MB costs about 25 000 page faults on first touch with 4 KB pages, as
+    long as filling it (30 vs 6 ms measured); with 2 MB pages, 50. Memory comes from an anonymous
+    ``mmap`` released when the tensor is freed. Elsewhere (other devices or systems, small
+    buffers) this is ``torch.empty``.
+    """
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    advise = getattr(mmap, "MADV_HUGEPAGE", None)
+    if device.type != "cpu" or advise is None or nbytes < _HUGE_PAGE_BYTES:
+        return torch.empty(shape, dtype=dtype, device=device)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf.madvise(advise)
+    return torch.frombuffer(buf, dtype=dtype).view(shape)  # the tensor keeps buf alive
 
 
 def _fused_diag_pass(

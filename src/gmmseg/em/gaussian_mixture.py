@@ -33,6 +33,7 @@ Sample weights. ``fit(X, sample_weight=w)`` runs weighted EM: responsibilities a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import warnings
@@ -165,7 +166,7 @@ def _prepare_data(
         # each feature as a contiguous row: fits 13-17 % faster than row-major in A/B runs.
         # Several groups keep it row-major, since their block products reshape it.
         r = xr.shape[0]
-        if layout.num_groups == 1:
+        if layout.num_groups == 1 and x.device.type == "cpu":
             feats_t = _large_empty((2 * d, r), x.dtype, x.device)
             # Built in row blocks: each block is centred in cache and transposed into place
             # (writing the whole (R, D) through the transposed view at once is 3x slower).
@@ -177,7 +178,11 @@ def _prepare_data(
             feats = feats_t.T
             xc = feats[:, d:]
         else:
-            feats = torch.empty((r, 2 * d), dtype=x.dtype, device=x.device)
+            # several groups, or an accelerator (whole-array kernels, no row blocks)
+            if layout.num_groups == 1:
+                feats = torch.empty((2 * d, r), dtype=x.dtype, device=x.device).T
+            else:
+                feats = torch.empty((r, 2 * d), dtype=x.dtype, device=x.device)
             xc = torch.sub(xr, layout.expand_groups(centre), out=feats[:, d:])
             torch.mul(xc, xc, out=feats[:, :d])
     else:
@@ -312,16 +317,23 @@ def _large_empty(shape: tuple[int, int], dtype: torch.dtype, device: torch.devic
 
     A fresh buffer of 100 MB costs about 25 000 page faults on first touch with 4 KB pages, as
     long as filling it (30 vs 6 ms measured); with 2 MB pages, 50. Memory comes from an anonymous
-    ``mmap`` released when the tensor is freed. Elsewhere (other devices or systems, small
-    buffers) this is ``torch.empty``.
+    ``mmap`` released when the last tensor viewing it is freed. Elsewhere (other devices or
+    systems, small buffers, a kernel or sandbox that refuses the mapping) this is
+    ``torch.empty``.
     """
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     advise = getattr(mmap, "MADV_HUGEPAGE", None)
-    if device.type != "cpu" or advise is None or nbytes < _HUGE_PAGE_BYTES:
+    if device.type != "cpu" or advise is None or nbytes < max(_HUGE_PAGE_BYTES, 1):
         return torch.empty(shape, dtype=dtype, device=device)
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    buf.madvise(advise)
-    return torch.frombuffer(buf, dtype=dtype).view(shape)  # the tensor keeps buf alive
+    try:
+        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError:
+        return torch.empty(shape, dtype=dtype, device=device)
+    with contextlib.suppress(OSError):  # a hint: kernels without huge pages refuse it
+        buf.madvise(advise)
+    # The tensor holds a reference to buf, which must never be closed while it lives (closing
+    # unmaps the memory under the tensor); it is unmapped when garbage-collected.
+    return torch.frombuffer(buf, dtype=dtype).view(shape)
 
 
 def _fused_diag_pass(

@@ -377,14 +377,15 @@ def build_dataloader(
             num_workers > 0 if persistent_workers is None else persistent_workers
         ),
     }
-    from gmmseg.data.transfer import CompactTransfer, FinishingDataLoader  # imports this module
+    from gmmseg.data.transfer import transfer_loader  # imports this module
 
-    split = CompactTransfer.split(getattr(dataset, "transform", None))
-    if compact_transfer and num_workers > 0 and split is not None:
-        head, transfer = split
+    transform = getattr(dataset, "transform", None)
+
+    def with_transform(t: object) -> Dataset[Sample]:
+        if t is transform:
+            return dataset
         worker_dataset = copy.copy(dataset)
-        worker_dataset.transform = head  # type: ignore[attr-defined]
-        return FinishingDataLoader(
-            worker_dataset, collate_fn=transfer.collate, finish=transfer.finish, **kwargs
-        )
-    return DataLoader(dataset, collate_fn=collate_samples, **kwargs)
+        worker_dataset.transform = t  # type: ignore[attr-defined]
+        return worker_dataset
+
+    return transfer_loader(with_transform, transform, compact=compact_transfer, **kwargs)

@@ -30,13 +30,13 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from gmmseg.data.base import Sample
 from gmmseg.data.samplers import collate_samples
 from gmmseg.data.transforms import Compose, Normalize, Pad, _fits_uint8, _pad_to
 
-__all__ = ["CompactTransfer", "FinishingDataLoader"]
+__all__ = ["CompactTransfer", "FinishingDataLoader", "transfer_loader"]
 
 
 @dataclass(frozen=True)
@@ -189,3 +189,35 @@ class FinishingDataLoader(DataLoader[Any]):
         """Iterate over finished batches."""
         for batch in super().__iter__():
             yield self.finish(batch, self.pin_memory)
+
+
+def transfer_loader(
+    make_dataset: Callable[[Any], Dataset[Sample]],
+    transform: object,
+    *,
+    compact: bool = True,
+    **kwargs: Any,
+) -> DataLoader[Any]:
+    """A loader over ``make_dataset(t)``, with the compact transfer when it applies.
+
+    With ``num_workers > 0``, ``compact`` and a ``transform`` that `CompactTransfer.split`
+    accepts, ``t`` is the pipeline's head, the workers collate with `CompactTransfer.collate`
+    and the main process finishes each batch (a `FinishingDataLoader`). Otherwise ``t`` is
+    ``transform`` and batches are collated with `~gmmseg.data.samplers.collate_samples`.
+
+    Args:
+        make_dataset: Builds the dataset that applies a given transform.
+        transform: The whole pipeline.
+        compact: Allow the compact transfer.
+        **kwargs: `DataLoader` arguments other than ``collate_fn``.
+
+    Returns:
+        The loader; its batches are the same either way.
+    """
+    split = CompactTransfer.split(transform)
+    if compact and kwargs.get("num_workers", 0) > 0 and split is not None:
+        head, transfer = split
+        return FinishingDataLoader(
+            make_dataset(head), collate_fn=transfer.collate, finish=transfer.finish, **kwargs
+        )
+    return DataLoader(make_dataset(transform), collate_fn=collate_samples, **kwargs)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from gmmseg.data import Sample
 from gmmseg.data.samplers import collate_samples, seed_worker
-from gmmseg.data.transfer import CompactTransfer, FinishingDataLoader
+from gmmseg.data.transfer import transfer_loader
 from gmmseg.data.transforms import JointTransform
 from gmmseg.engine import (
     AugmentedView,
@@ -131,17 +131,7 @@ def _train_loader(
         # (that would shift dropout after a resume, which restores the global state).
         "generator": torch.Generator().manual_seed(seed),
     }
-    split = CompactTransfer.split(transform)
-    if num_workers > 0 and split is not None:
-        head, transfer = split
-        return FinishingDataLoader(
-            AugmentedView(train_set, head, seed),
-            collate_fn=transfer.collate,
-            finish=transfer.finish,
-            **kwargs,
-        )
-    view = AugmentedView(train_set, transform, seed)
-    return DataLoader(view, collate_fn=collate_samples, **kwargs)
+    return transfer_loader(lambda t: AugmentedView(train_set, t, seed), transform, **kwargs)
 
 
 def _eval_batch(recipe: Recipe) -> int:

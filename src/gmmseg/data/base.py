@@ -186,10 +186,13 @@ class SegmentationDataset(Dataset[Sample]):
             return stored  # read_label returns a private, writable array
         return np.take(self._lut, stored)  # = self._lut[stored], faster
 
-    def __getitem__(self, index: int) -> Sample:
+    def _frame(self, index: int) -> Frame:
         if not 0 <= index < len(self.frames):
             raise IndexError(f"index {index} out of range for {len(self.frames)} frames")
-        frame = self.frames[index]
+        return self.frames[index]
+
+    def __getitem__(self, index: int) -> Sample:
+        frame = self._frame(index)
         if self._crops_first(self.transform) and frame.label_path is not None:
             return self._load_cropped(index, frame, self.transform, None)
         sample = self._load(index, frame)
@@ -220,9 +223,7 @@ class SegmentationDataset(Dataset[Sample]):
         Raises:
             IndexError: ``index`` out of range.
         """
-        if not 0 <= index < len(self.frames):
-            raise IndexError(f"index {index} out of range for {len(self.frames)} frames")
-        frame = self.frames[index]
+        frame = self._frame(index)
         if self._crops_first(transform) and frame.label_path is not None:
             return self._load_cropped(index, frame, transform, generator)
         return transform(self._load(index, frame), generator)

@@ -13,12 +13,14 @@ recorded) and uint8 labels (when every value fits); the main process then normal
 the padding and widens the labels to int64. The batches are identical, bit for bit, to the
 ones the whole pipeline gives with `~gmmseg.data.samplers.collate_samples`.
 
+`~gmmseg.data.samplers.build_dataloader` does this by default; `transfer_loader` does it for a
+dataset built around a given transform.
+
 Examples:
     >>> pipeline = transforms.train_pipeline((2048, 1024), (512, 1024))
-    >>> head, transfer = CompactTransfer.split(pipeline)  # doctest: +SKIP
-    >>> loader = FinishingDataLoader(  # doctest: +SKIP
-    ...     dataset_with(head), batch_size=8, num_workers=4,
-    ...     collate_fn=transfer.collate, finish=transfer.finish,
+    >>> loader = transfer_loader(  # doctest: +SKIP
+    ...     lambda t: Cityscapes(root, "train", transform=t), pipeline,
+    ...     batch_size=8, num_workers=4,
     ... )
 """
 

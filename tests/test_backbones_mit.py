@@ -293,3 +293,61 @@ def test_parameter_counts_match_the_paper(name: str, published_millions: float) 
         ours = MixVisionTransformer(MIT_CONFIGS[name])
     count = sum(p.numel() for p in ours.parameters())
     assert abs(count / 1e6 - published_millions) < 0.1
+
+
+# --- LayerNorm epsilon conventions. The reference is transformers' SegformerModel with the eps of
+# --- its LayerNorms set, by module name, to each project's convention (transformers itself uses
+# --- 1e-5 everywhere): "embed" norms are the patch embeddings' and the key/value reduction's.
+
+CONVENTIONS = {"nvlabs": (1e-6, 1e-5), "mmseg": (1e-6, 1e-6), "hf": (1e-5, 1e-5)}
+
+
+def hf_with_eps(model: nn.Module, norm_eps: float, embed_norm_eps: float) -> nn.Module:
+    seen = {"embed": 0, "other": 0}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.LayerNorm):
+            is_embed = "patch_embeddings" in name or "sequence_reduction" in name
+            m.eps = embed_norm_eps if is_embed else norm_eps
+            seen["embed" if is_embed else "other"] += 1
+    # B0: 4 patch-embedding norms + 3 reduction norms (sr_ratio 1 in the last stage: none);
+    # 8 blocks x 2 norms + 4 stage norms
+    assert seen == {"embed": 4 + 3 * 2, "other": 8 * 2 + 4}, seen
+    return model
+
+
+def test_norm_eps_conventions_table() -> None:
+    from gmmseg.backbones.mit import MIT_NORM_EPS
+
+    assert CONVENTIONS == MIT_NORM_EPS
+    net = mit_b0()
+    assert (net.norm_eps, net.embed_norm_eps) == MIT_NORM_EPS["nvlabs"]
+    embed = [m.eps for n, m in net.named_modules() if n.endswith(("patch_embed.norm", "sr_norm"))]
+    assert len(embed) == 4 + 3 * 2 and set(embed) == {1e-5}
+    other = mit_b0(norm_eps=1e-6, embed_norm_eps=1e-6)
+    assert {m.eps for m in other.modules() if isinstance(m, nn.LayerNorm)} == {1e-6}
+
+
+@pytest.mark.parametrize("reference", list(CONVENTIONS))
+def test_norm_eps_conventions_float64(hf_b0: nn.Module, reference: str) -> None:
+    """Right eps agrees with the reference to float64 rounding; either wrong eps is visible."""
+    import copy
+
+    ref = hf_with_eps(copy.deepcopy(hf_b0).double(), *CONVENTIONS[reference])
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = hf_features(ref, x)
+    for name, (norm_eps, embed_norm_eps) in CONVENTIONS.items():
+        ours = mit_b0(norm_eps=norm_eps, embed_norm_eps=embed_norm_eps)
+        load_pretrained(ours, hf_b0.state_dict(), source="hf")
+        got = ours_features(ours.double(), x)
+        err = max(float((a - b).abs().max()) for a, b in zip(got, expected, strict=True))
+        if name == reference:
+            assert err <= 1e-12, (name, err)
+        else:
+            assert err > 1e-8, (name, err)  # 4 orders of magnitude above the agreement
+
+
+def test_norm_eps_validation() -> None:
+    with pytest.raises(ValueError, match=r"embed_norm_eps must be a finite float > 0, got 0"):
+        mit_b0(embed_norm_eps=0)
+    with pytest.raises(ValueError, match=r"norm_eps must be a finite float > 0, got -1e-06"):
+        MixVisionTransformer(MIT_CONFIGS["mit_b0"], norm_eps=-1e-6)

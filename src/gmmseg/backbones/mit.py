@@ -5,9 +5,22 @@ transformer blocks whose self-attention reduces the key/value sequence spatially
 (efficient self-attention) and whose feed-forward is a Mix-FFN (Linear → 3×3 depthwise conv → GELU
 → Linear), and a final LayerNorm. The four stage outputs have strides 4, 8, 16, 32.
 
-Normalisation epsilons follow the official release: 1e-6 in the blocks and after each stage
-(``norm_eps``), PyTorch's default 1e-5 in the patch embeddings and the key/value reduction.
-Hugging Face ``SegformerModel`` uses 1e-5 everywhere (build with ``norm_eps=1e-5`` to match it).
+LayerNorm epsilons are two options, because the projects that publish MiT weights differ, and a
+model must use the convention of the file it loads (:data:`MIT_NORM_EPS`):
+
+* ``norm_eps``: the norms of the blocks and after each stage;
+* ``embed_norm_eps``: the norms of the patch embeddings and of the attention's key/value
+  reduction.
+
+| convention | ``norm_eps`` | ``embed_norm_eps`` |
+|---|---|---|
+| NVlabs SegFormer (the default) | 1e-6 | 1e-5 |
+| mmsegmentation, the GMMSeg release | 1e-6 | 1e-6 |
+| Hugging Face ``SegformerModel`` | 1e-5 | 1e-5 |
+
+The difference is small but real: with a wrong convention the features of a randomly initialised
+MiT-B0 differ by 1e-5 to 2e-5, well above float32 rounding (the right one agrees with
+transformers to 4e-6 in float32 and 1e-14 in float64).
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from torch import Tensor, nn
 from gmmseg.backbones._common import Backbone, DropPath, check_image, drop_path_rates
 
 __all__ = [
+    "MIT_NORM_EPS",
     "MiTConfig",
     "MixVisionTransformer",
     "mit_b0",
@@ -56,6 +70,13 @@ class MiTConfig:
     mlp_ratio: int = 4
 
 
+#: ``(norm_eps, embed_norm_eps)`` of each published MiT convention (see the module docstring).
+MIT_NORM_EPS: dict[str, tuple[float, float]] = {
+    "nvlabs": (1e-6, 1e-5),
+    "mmseg": (1e-6, 1e-6),
+    "hf": (1e-5, 1e-5),
+}
+
 MIT_CONFIGS: dict[str, MiTConfig] = {
     "mit_b0": MiTConfig(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2)),
     "mit_b1": MiTConfig(embed_dims=(64, 128, 320, 512), depths=(2, 2, 2, 2)),
@@ -69,10 +90,10 @@ MIT_CONFIGS: dict[str, MiTConfig] = {
 class OverlapPatchEmbed(nn.Module):
     """Strided convolution with padding ``kernel // 2`` followed by LayerNorm over channels."""
 
-    def __init__(self, in_channels: int, dim: int, kernel: int, stride: int) -> None:
+    def __init__(self, in_channels: int, dim: int, kernel: int, stride: int, eps: float) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_channels, dim, kernel, stride=stride, padding=kernel // 2)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
         """(B, C_in, H, W) → ((B, h·w, dim) tokens, h, w)."""
@@ -85,7 +106,7 @@ class OverlapPatchEmbed(nn.Module):
 class EfficientSelfAttention(nn.Module):
     """Multi-head self-attention whose keys and values come from a spatially reduced sequence."""
 
-    def __init__(self, dim: int, num_heads: int, sr_ratio: int) -> None:
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int, sr_eps: float) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim must be divisible by num_heads, got {dim} and {num_heads}")
@@ -96,7 +117,7 @@ class EfficientSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio)
-            self.sr_norm = nn.LayerNorm(dim)
+            self.sr_norm = nn.LayerNorm(dim, eps=sr_eps)
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         """(B, h·w, dim) → (B, h·w, dim)."""
@@ -133,11 +154,18 @@ class MiTBlock(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + ffn(norm2(x))."""
 
     def __init__(
-        self, dim: int, num_heads: int, sr_ratio: int, mlp_ratio: int, drop_path: float, eps: float
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int,
+        mlp_ratio: int,
+        drop_path: float,
+        eps: float,
+        sr_eps: float,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio)
+        self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio, sr_eps)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = MixFFN(dim, dim * mlp_ratio)
         self.drop_path = DropPath(drop_path)
@@ -164,11 +192,13 @@ class MiTStage(nn.Module):
         mlp_ratio: int,
         drop_paths: list[float],
         eps: float,
+        embed_eps: float,
     ) -> None:
         super().__init__()
-        self.patch_embed = OverlapPatchEmbed(in_channels, dim, patch_size, patch_stride)
+        self.patch_embed = OverlapPatchEmbed(in_channels, dim, patch_size, patch_stride, embed_eps)
         self.blocks = nn.ModuleList(
-            MiTBlock(dim, num_heads, sr_ratio, mlp_ratio, drop_paths[j], eps) for j in range(depth)
+            MiTBlock(dim, num_heads, sr_ratio, mlp_ratio, drop_paths[j], eps, embed_eps)
+            for j in range(depth)
         )
         self.norm = nn.LayerNorm(dim, eps=eps)
 
@@ -188,12 +218,20 @@ class MixVisionTransformer(Backbone):
         config: architecture (see :data:`MIT_CONFIGS` for B0–B5).
         drop_path_rate: stochastic-depth rate of the last block, increasing linearly from 0
             (0.1 in SegFormer's configurations).
-        norm_eps: LayerNorm epsilon in the blocks and after each stage (1e-6 officially).
+        norm_eps: LayerNorm epsilon in the blocks and after each stage (1e-6 in the NVlabs and
+            mmsegmentation releases, 1e-5 in Hugging Face's).
         in_channels: channels of the input image.
+        embed_norm_eps: LayerNorm epsilon of the patch embeddings and of the attention's
+            key/value reduction (1e-5 in the NVlabs and Hugging Face releases, 1e-6 in
+            mmsegmentation's and the GMMSeg release's). :data:`MIT_NORM_EPS` lists both values
+            of each convention.
 
     Attributes:
         out_channels: ``config.embed_dims``.
         strides: (4, 8, 16, 32) for the standard patch strides.
+
+    Raises:
+        ValueError: on per-stage settings of unequal lengths or an epsilon that is not > 0.
 
     Example:
         ```python
@@ -209,8 +247,12 @@ class MixVisionTransformer(Backbone):
         drop_path_rate: float = 0.1,
         norm_eps: float = 1e-6,
         in_channels: int = 3,
+        embed_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
+        for arg, eps in (("norm_eps", norm_eps), ("embed_norm_eps", embed_norm_eps)):
+            if not (isinstance(eps, (int, float)) and 0 < eps < float("inf")):
+                raise ValueError(f"{arg} must be a finite float > 0, got {eps!r}")
         n = len(config.embed_dims)
         for field in ("depths", "num_heads", "sr_ratios", "patch_sizes", "patch_strides"):
             if len(getattr(config, field)) != n:
@@ -220,6 +262,8 @@ class MixVisionTransformer(Backbone):
                 )
         self.config = config
         self.in_channels = in_channels
+        self.norm_eps = float(norm_eps)
+        self.embed_norm_eps = float(embed_norm_eps)
         rates = drop_path_rates(drop_path_rate, config.depths)
         chans = (in_channels, *config.embed_dims)
         self.stages = nn.ModuleList(
@@ -234,6 +278,7 @@ class MixVisionTransformer(Backbone):
                 config.mlp_ratio,
                 rates[i],
                 norm_eps,
+                embed_norm_eps,
             )
             for i in range(n)
         )
@@ -283,48 +328,86 @@ def _init_weights(m: nn.Module) -> None:
 
 
 def _mit(
-    name: str, drop_path_rate: float, norm_eps: float, in_channels: int
+    name: str, drop_path_rate: float, norm_eps: float, in_channels: int, embed_norm_eps: float
 ) -> MixVisionTransformer:
-    return MixVisionTransformer(MIT_CONFIGS[name], drop_path_rate, norm_eps, in_channels)
+    return MixVisionTransformer(
+        MIT_CONFIGS[name], drop_path_rate, norm_eps, in_channels, embed_norm_eps
+    )
 
 
 def mit_b0(
-    drop_path_rate: float = 0.1, norm_eps: float = 1e-6, in_channels: int = 3
+    drop_path_rate: float = 0.1,
+    norm_eps: float = 1e-6,
+    in_channels: int = 3,
+    embed_norm_eps: float = 1e-5,
 ) -> MixVisionTransformer:
-    """MiT-B0: widths (32, 64, 160, 256), depths (2, 2, 2, 2); 3.3M parameters."""
-    return _mit("mit_b0", drop_path_rate, norm_eps, in_channels)
+    """MiT-B0: widths (32, 64, 160, 256), depths (2, 2, 2, 2); 3.3M parameters.
+
+    Arguments as :class:`MixVisionTransformer`'s.
+    """
+    return _mit("mit_b0", drop_path_rate, norm_eps, in_channels, embed_norm_eps)
 
 
 def mit_b1(
-    drop_path_rate: float = 0.1, norm_eps: float = 1e-6, in_channels: int = 3
+    drop_path_rate: float = 0.1,
+    norm_eps: float = 1e-6,
+    in_channels: int = 3,
+    embed_norm_eps: float = 1e-5,
 ) -> MixVisionTransformer:
-    """MiT-B1: widths (64, 128, 320, 512), depths (2, 2, 2, 2); 13.2M parameters."""
-    return _mit("mit_b1", drop_path_rate, norm_eps, in_channels)
+    """MiT-B1: widths (64, 128, 320, 512), depths (2, 2, 2, 2); 13.2M parameters.
+
+    Arguments as :class:`MixVisionTransformer`'s.
+    """
+    return _mit("mit_b1", drop_path_rate, norm_eps, in_channels, embed_norm_eps)
 
 
 def mit_b2(
-    drop_path_rate: float = 0.1, norm_eps: float = 1e-6, in_channels: int = 3
+    drop_path_rate: float = 0.1,
+    norm_eps: float = 1e-6,
+    in_channels: int = 3,
+    embed_norm_eps: float = 1e-5,
 ) -> MixVisionTransformer:
-    """MiT-B2: widths (64, 128, 320, 512), depths (3, 4, 6, 3); 24.2M parameters."""
-    return _mit("mit_b2", drop_path_rate, norm_eps, in_channels)
+    """MiT-B2: widths (64, 128, 320, 512), depths (3, 4, 6, 3); 24.2M parameters.
+
+    Arguments as :class:`MixVisionTransformer`'s.
+    """
+    return _mit("mit_b2", drop_path_rate, norm_eps, in_channels, embed_norm_eps)
 
 
 def mit_b3(
-    drop_path_rate: float = 0.1, norm_eps: float = 1e-6, in_channels: int = 3
+    drop_path_rate: float = 0.1,
+    norm_eps: float = 1e-6,
+    in_channels: int = 3,
+    embed_norm_eps: float = 1e-5,
 ) -> MixVisionTransformer:
-    """MiT-B3: widths (64, 128, 320, 512), depths (3, 4, 18, 3); 44.1M parameters."""
-    return _mit("mit_b3", drop_path_rate, norm_eps, in_channels)
+    """MiT-B3: widths (64, 128, 320, 512), depths (3, 4, 18, 3); 44.1M parameters.
+
+    Arguments as :class:`MixVisionTransformer`'s.
+    """
+    return _mit("mit_b3", drop_path_rate, norm_eps, in_channels, embed_norm_eps)
 
 
 def mit_b4(
-    drop_path_rate: float = 0.1, norm_eps: float = 1e-6, in_channels: int = 3
+    drop_path_rate: float = 0.1,
+    norm_eps: float = 1e-6,
+    in_channels: int = 3,
+    embed_norm_eps: float = 1e-5,
 ) -> MixVisionTransformer:
-    """MiT-B4: widths (64, 128, 320, 512), depths (3, 8, 27, 3); 60.8M parameters."""
-    return _mit("mit_b4", drop_path_rate, norm_eps, in_channels)
+    """MiT-B4: widths (64, 128, 320, 512), depths (3, 8, 27, 3); 60.8M parameters.
+
+    Arguments as :class:`MixVisionTransformer`'s.
+    """
+    return _mit("mit_b4", drop_path_rate, norm_eps, in_channels, embed_norm_eps)
 
 
 def mit_b5(
-    drop_path_rate: float = 0.1, norm_eps: float = 1e-6, in_channels: int = 3
+    drop_path_rate: float = 0.1,
+    norm_eps: float = 1e-6,
+    in_channels: int = 3,
+    embed_norm_eps: float = 1e-5,
 ) -> MixVisionTransformer:
-    """MiT-B5: widths (64, 128, 320, 512), depths (3, 6, 40, 3); 81.4M parameters."""
-    return _mit("mit_b5", drop_path_rate, norm_eps, in_channels)
+    """MiT-B5: widths (64, 128, 320, 512), depths (3, 6, 40, 3); 81.4M parameters.
+
+    Arguments as :class:`MixVisionTransformer`'s.
+    """
+    return _mit("mit_b5", drop_path_rate, norm_eps, in_channels, embed_norm_eps)

@@ -6,12 +6,19 @@ level) for DeepLabV3+, SegFormer and UPerNet, the stride of the chosen level for
 ResNet). Configurations follow mmsegmentation's standard ones. Convolutions are followed by
 BatchNorm and ReLU; in distributed runs convert them with
 ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``. Dropout before the classifier belongs to the
-classifier (:class:`~gmmseg.heads.LinearClassifier` has ``dropout=0.1``).
+classifier (:class:`~gmmseg.heads.LinearClassifier` has ``dropout=0.1``,
+:class:`~gmmseg.heads.GMMClassifier` a ``dropout`` option).
+
+Every decoder takes ``align_corners`` (default False) for its internal bilinear resizes, as
+mmsegmentation's decode heads use their ``align_corners`` setting; models trained with
+``align_corners=True`` need it set here as well as in the classifier and the
+:class:`~gmmseg.segmentor.Segmentor`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +27,7 @@ from torch import Tensor, nn
 __all__ = [
     "DeepLabV3PlusDecoder",
     "FCNDecoder",
+    "LinearProjection",
     "SegFormerDecoder",
     "UPerNetDecoder",
 ]
@@ -61,6 +69,27 @@ class SeparableConv(nn.Sequential):
         )
 
 
+class LinearProjection(nn.Module):
+    """A ``Linear`` applied to the channels of every pixel (no norm, no activation).
+
+    The per-stage projection of the Hugging Face and NVlabs SegFormer decoders, named ``proj``
+    as there.
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_channels, out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C_in, H, W) → (B, C_out, H, W)."""
+        out: Tensor = self.proj(x.movedim(1, -1)).movedim(-1, 1)
+        return out
+
+
 def _resize(x: Tensor, size: Sequence[int], align_corners: bool) -> Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
@@ -68,19 +97,28 @@ def _resize(x: Tensor, size: Sequence[int], align_corners: bool) -> Tensor:
 
 
 class _Decoder(nn.Module):
-    """Shared validation of the feature list."""
+    """Shared validation of the feature list and of ``align_corners``."""
 
-    def __init__(self, in_channels: Sequence[int], in_strides: Sequence[int]) -> None:
+    def __init__(
+        self, in_channels: Sequence[int], in_strides: Sequence[int], align_corners: bool
+    ) -> None:
         super().__init__()
         if len(in_channels) != len(in_strides) or not in_channels:
             raise ValueError(
                 f"in_channels and in_strides must be non-empty and of equal length, got "
                 f"{list(in_channels)} and {list(in_strides)}"
             )
+        if not isinstance(align_corners, bool):
+            raise ValueError(f"align_corners must be a bool, got {align_corners!r}")
         self.in_channels = list(in_channels)
         self.in_strides = list(in_strides)
+        self.align_corners = align_corners
         self.out_channels = 0
         self.stride = 0
+
+    def _resize(self, x: Tensor, size: Sequence[int]) -> Tensor:
+        """Bilinear resize of (B, C, h, w) to ``size`` with the decoder's ``align_corners``."""
+        return _resize(x, size, self.align_corners)
 
     def _check(self, features: Sequence[Tensor]) -> None:
         if len(features) != len(self.in_channels):
@@ -103,6 +141,7 @@ class FCNDecoder(_Decoder):
         num_convs: 3×3 convolutions (2).
         concat_input: concatenate the input with the conv output, then fuse by a 3×3 conv.
         dilation: of the 3×3 convolutions.
+        align_corners: kept for a uniform interface: FCN resizes nothing internally.
     """
 
     def __init__(
@@ -115,8 +154,9 @@ class FCNDecoder(_Decoder):
         num_convs: int = 2,
         concat_input: bool = True,
         dilation: int = 1,
+        align_corners: bool = False,
     ) -> None:
-        super().__init__(in_channels, in_strides)
+        super().__init__(in_channels, in_strides, align_corners)
         self.in_index = in_index % len(self.in_channels)
         c_in = self.in_channels[self.in_index]
         layers = [
@@ -165,6 +205,8 @@ class DeepLabV3PlusDecoder(_Decoder):
         channels: width (512).
         low_level_channels: width of the skip projection (48).
         dilations: ASPP dilations (1, 12, 24, 36) for output stride 8; use (1, 6, 12, 18) at 16.
+        align_corners: of the resizes of the image pooling and of the ASPP output to the
+            low-level features.
     """
 
     def __init__(
@@ -177,8 +219,9 @@ class DeepLabV3PlusDecoder(_Decoder):
         channels: int = 512,
         low_level_channels: int = 48,
         dilations: Sequence[int] = (1, 12, 24, 36),
+        align_corners: bool = False,
     ) -> None:
-        super().__init__(in_channels, in_strides)
+        super().__init__(in_channels, in_strides, align_corners)
         self.in_index = in_index % len(self.in_channels)
         self.low_level_index = low_level_index % len(self.in_channels)
         c_in = self.in_channels[self.in_index]
@@ -207,32 +250,72 @@ class DeepLabV3PlusDecoder(_Decoder):
         """
         self._check(features)
         x = features[self.in_index]
-        pooled = _resize(self.image_pool(x), x.shape[-2:], align_corners=False)
+        pooled = self._resize(self.image_pool(x), x.shape[-2:])
         aspp = torch.cat([pooled, *(branch(x) for branch in self.aspp)], dim=1)
         deep: Tensor = self.bottleneck(aspp)
         low: Tensor = self.skip(features[self.low_level_index])
-        deep = _resize(deep, low.shape[-2:], align_corners=False)
+        deep = self._resize(deep, low.shape[-2:])
         out: Tensor = self.fuse(torch.cat([deep, low], dim=1))
         return out
 
 
 class SegFormerDecoder(_Decoder):
-    """SegFormer's all-MLP decoder (mmsegmentation ``SegformerHead``).
+    """SegFormer's all-MLP decoder, in mmsegmentation's or Hugging Face's / NVlabs' form.
 
-    A 1×1 projection of every level to ``channels``, upsampling to the first level, concatenation
-    and a 1×1 fusion.
+    Every level is projected to ``channels``, upsampled to the first level, the levels are
+    concatenated and fused by a 1×1 convolution + BatchNorm + ReLU. The two published forms
+    differ in the projection and in the concatenation order:
+
+    * ``projection="conv"`` (mmsegmentation ``SegformerHead``, the GMMSeg release): a 1×1 conv
+      + BatchNorm + ReLU per level, concatenated first level first (c1, c2, c3, c4).
+    * ``projection="linear"`` (Hugging Face ``SegformerDecodeHead``, NVlabs SegFormer): a
+      ``Linear`` with bias per level, no norm or activation, concatenated deepest level first
+      (c4, c3, c2, c1).
+
+    Module names, for renaming a state dict (i is the level, 0 = stride 4):
+
+    | gmmseg | mmsegmentation | Hugging Face | NVlabs |
+    |---|---|---|---|
+    | ``projections.{i}.0`` (conv), ``.1`` (BN) | ``convs.{i}.conv``, ``.bn`` | – | – |
+    | ``projections.{i}.proj`` (Linear) | – | ``linear_c.{i}.proj`` | ``linear_c{i+1}.proj`` |
+    | ``fuse.0`` (conv, no bias) | ``fusion_conv.conv`` | ``linear_fuse`` | ``linear_fuse.conv`` |
+    | ``fuse.1`` (BatchNorm) | ``fusion_conv.bn`` | ``batch_norm`` | ``linear_fuse.bn`` |
+
+    The fusion weight is used as published in both forms (its input channels follow the
+    form's concatenation order).
 
     Args:
         in_channels: channels of every backbone level.
         in_strides: stride of every backbone level.
         channels: width (256 in mmsegmentation's configs; 768 in the paper's B5 configs).
+        projection: ``"conv"`` or ``"linear"`` (see above).
+        align_corners: of the upsampling of every level to the first.
+
+    Raises:
+        ValueError: an unknown ``projection``.
     """
 
+    projections: nn.ModuleList
+
     def __init__(
-        self, in_channels: Sequence[int], in_strides: Sequence[int], *, channels: int = 256
+        self,
+        in_channels: Sequence[int],
+        in_strides: Sequence[int],
+        *,
+        channels: int = 256,
+        projection: Literal["conv", "linear"] = "conv",
+        align_corners: bool = False,
     ) -> None:
-        super().__init__(in_channels, in_strides)
-        self.projections = nn.ModuleList(ConvNormAct(c, channels, 1) for c in self.in_channels)
+        super().__init__(in_channels, in_strides, align_corners)
+        if projection == "conv":
+            self.projections = nn.ModuleList(ConvNormAct(c, channels, 1) for c in self.in_channels)
+        elif projection == "linear":
+            self.projections = nn.ModuleList(
+                LinearProjection(c, channels) for c in self.in_channels
+            )
+        else:
+            raise ValueError(f"projection must be 'conv' or 'linear', got {projection!r}")
+        self.projection: Literal["conv", "linear"] = projection
         self.fuse = ConvNormAct(len(self.in_channels) * channels, channels, 1)
         self.out_channels = channels
         self.stride = self.in_strides[0]
@@ -249,9 +332,10 @@ class SegFormerDecoder(_Decoder):
         self._check(features)
         size = features[0].shape[-2:]
         outs = [
-            _resize(proj(f), size, align_corners=False)
-            for proj, f in zip(self.projections, features, strict=True)
+            self._resize(proj(f), size) for proj, f in zip(self.projections, features, strict=True)
         ]
+        if self.projection == "linear":
+            outs = outs[::-1]
         fused: Tensor = self.fuse(torch.cat(outs, dim=1))
         return fused
 
@@ -264,6 +348,7 @@ class UPerNetDecoder(_Decoder):
         in_strides: stride of every backbone level.
         channels: width (512).
         pool_scales: pyramid pooling bins (1, 2, 3, 6).
+        align_corners: of the pyramid-pooling, top-down and final resizes.
     """
 
     def __init__(
@@ -273,8 +358,9 @@ class UPerNetDecoder(_Decoder):
         *,
         channels: int = 512,
         pool_scales: Sequence[int] = (1, 2, 3, 6),
+        align_corners: bool = False,
     ) -> None:
-        super().__init__(in_channels, in_strides)
+        super().__init__(in_channels, in_strides, align_corners)
         c_last = self.in_channels[-1]
         self.ppm = nn.ModuleList(
             nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvNormAct(c_last, channels, 1))
@@ -300,20 +386,18 @@ class UPerNetDecoder(_Decoder):
         """
         self._check(features)
         x = features[-1]
-        pyramid = [x] + [_resize(p(x), x.shape[-2:], align_corners=False) for p in self.ppm]
+        pyramid = [x] + [self._resize(p(x), x.shape[-2:]) for p in self.ppm]
         top: Tensor = self.ppm_bottleneck(torch.cat(pyramid, dim=1))
         laterals: list[Tensor] = [lat(f) for lat, f in zip(self.laterals, features, strict=False)]
         laterals.append(top)
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + _resize(
-                laterals[i], laterals[i - 1].shape[-2:], align_corners=False
+            laterals[i - 1] = laterals[i - 1] + self._resize(
+                laterals[i], laterals[i - 1].shape[-2:]
             )
         outs: list[Tensor] = [
             conv(lat) for conv, lat in zip(self.fpn_convs, laterals, strict=False)
         ]
         outs.append(laterals[-1])
         size = outs[0].shape[-2:]
-        fused: Tensor = self.fpn_bottleneck(
-            torch.cat([_resize(o, size, align_corners=False) for o in outs], dim=1)
-        )
+        fused: Tensor = self.fpn_bottleneck(torch.cat([self._resize(o, size) for o in outs], dim=1))
         return fused

@@ -1,7 +1,8 @@
 """The ``gmmseg`` command line: demo, train, eval, anomaly, predict, recipes, convert.
 
-User mistakes (unknown recipe or key, missing file, bad value) print one line naming the
-problem and exit with status 2, without a traceback; set ``GMMSEG_DEBUG=1`` to see it.
+User mistakes and expected failures (unknown recipe or key, bad value, missing, unreadable or
+corrupt file, unwritable output, a diverged run) print one line naming the problem and exit with
+status 2, without a traceback; pass ``--debug`` (or set ``GMMSEG_DEBUG=1``) to see it.
 """
 
 from __future__ import annotations
@@ -62,9 +63,11 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from gmmseg.recipes import dry_run_recipe, evaluate_recipe_anomaly, train_recipe
+    from gmmseg.recipes import check_recipe, dry_run_recipe, evaluate_recipe_anomaly, train_recipe
 
     recipe = _recipe(args.recipe, args.set)
+    # The real configuration first: a dry run shrinks the data and iterations, not the checks.
+    check_recipe(recipe, training=True)
     work_dir = Path(args.work_dir) if args.work_dir else Path("work_dirs") / recipe.name
     if args.dry_run:
         fixtures = Path(tempfile.mkdtemp(prefix="gmmseg-dry-run-"))
@@ -77,6 +80,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tiny=args.dry_run,
         progress=not args.no_progress,
         tensorboard=args.tensorboard,
+        allow_changed_settings=args.allow_changed_settings,
     )
     summary: dict[str, Any] = {"recipe": recipe.name, "work_dir": str(work_dir), **result}
     if args.dry_run and recipe.anomaly is not None:
@@ -110,6 +114,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from gmmseg.data import DemoScenes
+    from gmmseg.data._io import read_image
     from gmmseg.data.meta import CITYSCAPES_PALETTE
     from gmmseg.data.transforms import Normalize, Resize
     from gmmseg.engine import anomaly_score_maps
@@ -126,16 +131,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     else:
         palette = np.random.default_rng(0).integers(0, 256, (256, 3)).tolist()
     out = Path(args.out)
+    images = [Path(p) for p in args.images]
+    outputs = _prediction_outputs(images, out, overwrite=args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     settings = inference_settings(recipe)
     normalize = Normalize()
-    for path in map(Path, args.images):
-        if not path.is_file():
-            raise UserError(f"image {str(path)!r} does not exist")
-        try:
-            rgb = np.asarray(Image.open(path).convert("RGB"))
-        except OSError as e:
-            raise UserError(f"cannot read image {str(path)!r}: {e}") from e
+    for path, (seg_path, heat_path) in zip(images, outputs, strict=True):
+        rgb = read_image(path)
         sample: Any = {
             "image": torch.from_numpy(rgb.copy()).permute(2, 0, 1),
             "label": None,
@@ -155,10 +157,41 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         size = (rgb.shape[1], rgb.shape[0])
         seg_img = Image.fromarray(colorize(seg, palette)).resize(size, Image.Resampling.NEAREST)
         heat = Image.fromarray(heatmap(score)).resize(size, Image.Resampling.BILINEAR)
-        Image.fromarray(overlay(rgb, np.asarray(seg_img), 0.5)).save(out / f"{path.stem}_seg.png")
-        heat.save(out / f"{path.stem}_anomaly.png")
-        print(f"{path} -> {out / (path.stem + '_seg.png')}, {out / (path.stem + '_anomaly.png')}")
+        Image.fromarray(overlay(rgb, np.asarray(seg_img), 0.5)).save(seg_path)
+        heat.save(heat_path)
+        print(f"{path} -> {seg_path}, {heat_path}")
     return 0
+
+
+def _prediction_outputs(
+    images: Sequence[Path], out: Path, *, overwrite: bool
+) -> list[tuple[Path, Path]]:
+    """``(NAME_seg.png, NAME_anomaly.png)`` per input; refuses collisions before any work.
+
+    Two inputs with one file stem would write the same outputs: refused, naming both. An output
+    that already exists is refused unless ``overwrite`` (it may be a file gmmseg did not write).
+    """
+    seen: dict[Path, Path] = {}
+    outputs = []
+    for path in images:
+        if not path.is_file():
+            raise UserError(f"image {str(path)!r} does not exist")
+        pair = (out / f"{path.stem}_seg.png", out / f"{path.stem}_anomaly.png")
+        if pair[0] in seen:
+            raise UserError(
+                f"images {str(seen[pair[0]])!r} and {str(path)!r} share the name "
+                f"{path.stem!r} and would write the same outputs: predict them into separate "
+                "--out folders"
+            )
+        seen[pair[0]] = path
+        for target in pair:
+            if target.exists() and not overwrite:
+                raise UserError(
+                    f"output {str(target)!r} already exists: pass --overwrite to replace it, or "
+                    "choose another --out folder"
+                )
+        outputs.append(pair)
+    return outputs
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -195,6 +228,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="gmmseg",
         description="GMMSeg: semantic segmentation with a generative Gaussian-mixture classifier.",
     )
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", help="train GMMSeg and its softmax twin on the demo scenes")
@@ -225,6 +259,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--dry-run-iters", type=int, default=2)
     t.add_argument("--tensorboard", action="store_true")
+    t.add_argument(
+        "--allow-changed-settings",
+        action="store_true",
+        help="resume although the recipe differs from the checkpoint's (recorded in the history)",
+    )
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_cmd_train)
 
@@ -243,6 +282,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("images", nargs="+")
     pr.add_argument("--out", default="predictions")
+    pr.add_argument("--overwrite", action="store_true", help="replace existing output files")
     pr.set_defaults(func=_cmd_predict)
 
     r = sub.add_parser("recipes", help="list the recipes")
@@ -267,11 +307,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args)
         return result
-    except (UserError, ValueError, FileNotFoundError, ImportError) as e:
-        if os.environ.get("GMMSEG_DEBUG"):
+    except _EXPECTED as e:
+        if args.debug or os.environ.get("GMMSEG_DEBUG"):
             raise
-        print(f"gmmseg {args.command}: error: {e}", file=sys.stderr)
+        print(f"gmmseg {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from PIL import Image
+
+    # OSError covers missing, unreadable and unwritable files and a full disk;
+    # FloatingPointError a diverged run; DecompressionBombError an image over Pillow's limit.
+    return (
+        UserError,
+        ValueError,
+        OSError,
+        ImportError,
+        FloatingPointError,
+        Image.DecompressionBombError,
+    )
+
+
+_EXPECTED = _expected_errors()
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
+    return text or type(e).__name__
 
 
 if __name__ == "__main__":

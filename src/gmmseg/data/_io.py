@@ -37,22 +37,52 @@ def _decode_error(kind: str, path: Path, err: Exception) -> OSError:
     return OSError(f"cannot decode {kind} file {path}: {err} (is the file truncated or corrupt?)")
 
 
-def _to_rgb(img: Image.Image) -> NDArray[np.uint8]:
-    """The pixels of an opened image as RGB: alpha dropped, other modes converted."""
+# Modes Pillow converts to 8-bit RGB without losing range: 1-bit, 8-bit grey, palette, colour.
+_EIGHT_BIT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _to_rgb(img: Image.Image, path: Path | None = None) -> NDArray[np.uint8]:
+    """The pixels of an opened image as RGB: alpha dropped, other modes converted.
+
+    16-bit greyscale images are rescaled to 8 bits (``round(v · 255 / 65535)``, PNG's rule for
+    changing sample depth), not clipped; modes whose range is not defined by the file (32-bit
+    integer or float) are refused.
+    """
     if img.mode == "RGB":
         rgb: NDArray[np.uint8] = np.array(img, dtype=np.uint8)  # one writable copy
         return rgb
     if img.mode in ("RGBA", "LA", "P", "PA"):
         arr = np.asarray(img.convert("RGBA"))[..., :3]  # drop alpha
-    else:
+    elif img.mode in _SIXTEEN_BIT_MODES or (img.mode == "I" and img.format == "PNG"):
+        # Pillow's own conversion clips 16-bit values to 0..255 instead of rescaling them.
+        wide = np.asarray(img, dtype=np.int64)
+        if wide.min(initial=0) < 0 or wide.max(initial=0) > 65535:
+            raise ValueError(f"image {path}: mode {img.mode!r} values outside 0..65535")
+        grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        arr = np.repeat(grey[..., None], 3, axis=2)
+    elif img.mode in _EIGHT_BIT_MODES:
         arr = np.asarray(img.convert("RGB"))
+    else:
+        raise ValueError(
+            f"image {path} has mode {img.mode!r} (32-bit integer or float pixels): gmmseg reads "
+            "8- and 16-bit images; convert it to an 8-bit RGB image first"
+        )
     return np.array(arr, dtype=np.uint8, order="C")  # writable, contiguous
+
+
+def _bomb(path: Path, err: Exception) -> ValueError:
+    return ValueError(
+        f"image {path} is larger than Pillow's decompression-bomb limit ({err}); if you trust "
+        "the file, raise PIL.Image.MAX_IMAGE_PIXELS"
+    )
 
 
 def read_image(path: Path) -> NDArray[np.uint8]:
     """Decode an image file as RGB uint8, exactly as stored (G7: no gamma or profile correction).
 
-    An alpha channel is dropped; greyscale, palette and CMYK images are converted to RGB.
+    An alpha channel is dropped; greyscale, palette and CMYK images are converted to RGB;
+    16-bit greyscale is rescaled to 8 bits (``round(v · 255 / 65535)``), never clipped.
 
     Args:
         path: Image file (PNG, JPEG or WebP).
@@ -64,13 +94,17 @@ def read_image(path: Path) -> NDArray[np.uint8]:
         FileNotFoundError: ``path`` does not exist.
         ImportError: a WebP file and Pillow was built without WebP support.
         OSError: the file cannot be decoded (truncated or corrupt), naming it.
+        ValueError: 32-bit integer or float pixels, or more pixels than Pillow's
+            decompression-bomb limit, naming the file.
     """
     _check_image_path(path)
     try:
         with Image.open(path) as img:
-            return _to_rgb(img)
+            return _to_rgb(img, path)
     except FileNotFoundError:
         raise
+    except Image.DecompressionBombError as err:
+        raise _bomb(path, err) from err
     except OSError as err:
         raise _decode_error("image", path, err) from err
 
@@ -161,12 +195,14 @@ def read_image_region(
                     f"the image {path} of (H, W) = {(h, w)}"
                 )
             if img.mode != "RGB":
-                return _to_rgb(img)[top : top + rh, left : left + rw], (h, w)
+                return _to_rgb(img, path)[top : top + rh, left : left + rw], (h, w)
             partial = _png_rows_only(img, top + rh)
             img.load()
             region: NDArray[np.uint8] = np.asarray(img.crop((left, top, left + rw, top + rh)))
     except FileNotFoundError:
         raise
+    except Image.DecompressionBombError as err:
+        raise _bomb(path, err) from err
     except OSError as err:
         raise _decode_error("image", path, err) from err
     if partial:
@@ -204,6 +240,8 @@ def read_label(path: Path) -> NDArray[np.uint8]:
             arr = np.array(img, dtype=np.uint8)  # a writable copy of the stored indices
     except FileNotFoundError:
         raise
+    except Image.DecompressionBombError as err:
+        raise _bomb(path, err) from err
     except OSError as err:
         raise _decode_error("label", path, err) from err
     return arr

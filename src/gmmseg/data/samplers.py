@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import random
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,7 @@ __all__ = [
     "seed_worker",
 ]
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the key includes file sizes and times
 
 
 class LabelledDataset(Protocol):
@@ -85,11 +87,38 @@ def _labels_as_tensor(label: Any, index: int) -> Tensor:
 
 
 def _cache_key(files: Sequence[str], num_classes: int, ignore_index: int) -> str:
+    """Hash of the file list, each file's size and modification time, C and the ignore index.
+
+    ``files`` entries may join several paths with ``|`` (image and label): each is stat-ed, so
+    a label rewritten in place gives a new key (and a fresh index) instead of a stale one.
+    """
     h = hashlib.sha256(f"v{_CACHE_VERSION}|{num_classes}|{ignore_index}\n".encode())
     for f in files:
         h.update(f.encode())
+        for part in f.split("|"):
+            try:
+                st = os.stat(part)
+            except OSError:
+                h.update(b"|-")
+                continue
+            h.update(f"|{st.st_size}|{st.st_mtime_ns}".encode())
         h.update(b"\n")
     return h.hexdigest()[:24]
+
+
+def _read_cache(path: Path, num_classes: int, num_images: int) -> ClassImageIndex | None:
+    """The cached index, or None when the file is damaged (it is then rebuilt and rewritten)."""
+    try:
+        with np.load(path) as data:
+            offsets = torch.from_numpy(data["offsets"].astype(np.int64))
+            images = torch.from_numpy(data["images"].astype(np.int64))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    if offsets.shape != (num_classes + 1,) or int(offsets[-1]) != images.numel():
+        return None
+    if images.numel() and not 0 <= int(images.min()) <= int(images.max()) < num_images:
+        return None
+    return ClassImageIndex(num_classes, offsets, images)
 
 
 def class_image_index(
@@ -123,12 +152,9 @@ def class_image_index(
         key = _cache_key(file_list(), num_classes, ignore_index)
         path = Path(cache_dir) / f"class_index_{key}.npz"
         if path.is_file():
-            with np.load(path) as data:
-                return ClassImageIndex(
-                    num_classes,
-                    torch.from_numpy(data["offsets"].astype(np.int64)),
-                    torch.from_numpy(data["images"].astype(np.int64)),
-                )
+            cached = _read_cache(path, num_classes, len(dataset))
+            if cached is not None:
+                return cached
     presence = torch.zeros(len(dataset), num_classes, dtype=torch.bool)
     for i in range(len(dataset)):
         flat = _labels_as_tensor(dataset.load_label(i), i)

@@ -15,11 +15,13 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from gmmseg.engine.checkpoint import (
+    CheckpointManifest,
     checkpoint_path,
     get_rng_state,
     latest_checkpoint,
     load_checkpoint,
     load_model_state,
+    remove_stale_temporaries,
     save_checkpoint,
     set_rng_state,
 )
@@ -42,7 +44,8 @@ class TrainSettings:
         log_interval: steps between log records.
         eval_interval: steps between evaluations (0: only at the end).
         checkpoint_interval: steps between checkpoints (0: only at the end).
-        keep_checkpoints: most recent checkpoints kept on disk (0: keep all).
+        keep_checkpoints: most recent checkpoints kept on disk (0: keep all). Only checkpoints
+            this trainer wrote (listed in ``work_dir/checkpoints.json``) are ever deleted.
         amp: ``"none"``, ``"bf16"`` (autocast) or ``"fp16"`` (autocast + gradient scaler).
         grad_clip: max global gradient norm (None: no clipping).
         channels_last: convert the model and images to channels-last memory format.
@@ -77,8 +80,14 @@ class Trainer:
     One step: forward (through DDP when distributed), the classifier's losses and state update
     (GMM E-step, memory, M-step: identical on every rank because the update gathers from all
     ranks), backward, optional gradient clipping, optimiser step, learning-rate schedule. The
-    trainer logs on rank 0 only, evaluates every ``eval_interval`` steps, and writes atomic
-    checkpoints (model, every buffer, optimiser, scaler, iteration, RNG states and ``extra``).
+    trainer logs on rank 0 only, evaluates every ``eval_interval`` steps, and writes atomic,
+    hashed checkpoints (the model's ``state_dict``, optimiser, scaler, iteration, RNG states,
+    history and ``extra``). At an iteration that has both, the checkpoint is written before the
+    evaluation runs, so a failing evaluation loses no training; a resumed run evaluates an
+    iteration whose evaluation did not finish before it trains on.
+
+    Buffers a module keeps out of its ``state_dict`` are not saved (a GMM memory bank built with
+    ``persist_memory=False`` starts afresh on resume; Swin's index tables are recomputed).
 
     Args:
         model: the segmentor, already on ``dist.device``.
@@ -150,12 +159,8 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the run exactly."""
-        persistent = set(self.model.state_dict())
         return {
             "model": self.model.state_dict(),
-            "buffers": {
-                k: v for k, v in self.model.named_buffers() if k not in persistent
-            },  # non-persistent buffers (e.g. a GMM memory bank kept out of state_dict)
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "iteration": self.iteration,
@@ -173,14 +178,24 @@ class Trainer:
         self.history = list(state.get("history", []))
         set_rng_state(state["rng"])
 
-    def resume(self, checkpoint: Path | str | Literal["auto"]) -> bool:
+    def resume(
+        self,
+        checkpoint: Path | str | Literal["auto"],
+        check: Callable[[dict[str, Any]], None] | None = None,
+    ) -> bool:
         """Load a checkpoint; ``"auto"`` takes the latest one in ``work_dir`` if any.
+
+        Args:
+            checkpoint: a path, or ``"auto"``.
+            check: called with the checkpoint's ``extra`` before anything is restored (e.g.
+                to refuse a run whose settings changed); raise to refuse.
 
         Returns:
             True if a checkpoint was loaded.
 
         Raises:
             FileNotFoundError: an explicit checkpoint path that does not exist.
+            ValueError: an unreadable or corrupt checkpoint, or one that does not fit the model.
         """
         if checkpoint == "auto":
             if self.work_dir is None:
@@ -189,19 +204,35 @@ class Trainer:
             if found is None:
                 return False
             checkpoint = found
-        self.load_state_dict(load_checkpoint(checkpoint, map_location=self.dist.device))
+        state = load_checkpoint(checkpoint, map_location=self.dist.device)
+        if check is not None:
+            check(dict(state.get("extra", {})))
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(
+                f"checkpoint {str(checkpoint)!r} does not fit this run's model or optimiser "
+                f"(was it written by another recipe?): {first}"
+            ) from e
+        if self.work_dir is not None:
+            record = CheckpointManifest(self.work_dir).eval_of(self.iteration)
+            if record is not None and not self._evaluated(self.iteration):
+                self.history.append({"iter": self.iteration, "mode": "eval", **record})
         return True
 
     def save(self) -> Path | None:
-        """Write ``work_dir/iter_{iteration:08d}.pt`` on rank 0 and prune old ones."""
+        """Write ``work_dir/iter_{iteration:08d}.pt`` on rank 0 and prune old ones.
+
+        The file is listed in ``work_dir/checkpoints.json``; pruning keeps the
+        ``keep_checkpoints`` most recent listed files and deletes nothing else.
+        """
         if self.work_dir is None or not self.dist.is_main:
             return None
+        manifest = CheckpointManifest(self.work_dir)
         path = save_checkpoint(checkpoint_path(self.work_dir, self.iteration), self.state_dict())
-        keep = self.settings.keep_checkpoints
-        if keep:
-            old = sorted(self.work_dir.glob("iter_*.pt"))[:-keep]
-            for p in old:
-                p.unlink()
+        manifest.add(path, self.iteration)
+        manifest.prune(self.settings.keep_checkpoints)
         return path
 
     # ------------------------------------------------------------------ loop
@@ -216,20 +247,31 @@ class Trainer:
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One optimisation step on ``batch``; returns the losses and the learning rate."""
         device = self.dist.device
+        if batch["image"].shape[0] == 0:
+            # A mean over no pixels is NaN: refuse instead of training on it.
+            raise ValueError(
+                f"training step {self.iteration + 1}: the batch holds no images (B = 0); "
+                "check the data loader and data.batch_size"
+            )
         images: Tensor = batch["image"].to(device, non_blocking=True)
         labels: Tensor = batch["label"].to(device, non_blocking=True)
         if self.settings.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         factor = self.schedule.apply(self.optimizer, self.iteration)
         self.model.train()
-        with self._autocast():
-            out = self.forward(images)
-            losses = self.model.losses_and_update(out, labels)
+        try:
+            with self._autocast():
+                out = self.forward(images)
+                losses = self.model.losses_and_update(out, labels)
+        except ValueError as e:
+            # e.g. "features must be finite": the run diverged; say where.
+            raise ValueError(f"training step {self.iteration + 1}: {e}") from e
         loss = sum(losses.values(), torch.zeros((), device=device))
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"non-finite loss {loss.item()} at iteration {self.iteration}: "
-                f"{ {k: v.item() for k, v in losses.items()} }"
+                f"training step {self.iteration + 1}: non-finite loss {loss.item()} "
+                f"{ {k: v.item() for k, v in losses.items()} } (the run diverged: lower the "
+                "learning rate, enable gradient clipping, or resume from an earlier checkpoint)"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
@@ -245,6 +287,21 @@ class Trainer:
         record["lr_factor"] = factor
         return record
 
+    def _evaluated(self, iteration: int) -> bool:
+        return any(r.get("mode") == "eval" and r.get("iter") == iteration for r in self.history)
+
+    def _eval_due(self, iteration: int) -> bool:
+        s = self.settings
+        return iteration > 0 and (
+            (s.eval_interval > 0 and iteration % s.eval_interval == 0) or iteration == s.max_iters
+        )
+
+    def _checkpoint_due(self, iteration: int) -> bool:
+        s = self.settings
+        return (s.checkpoint_interval > 0 and iteration % s.checkpoint_interval == 0) or (
+            iteration == s.max_iters
+        )
+
     def _run_eval(self, logger: MetricLogger) -> dict[str, Any]:
         if self.evaluate is None:
             return {}
@@ -252,16 +309,31 @@ class Trainer:
         record = {"iter": self.iteration, "mode": "eval", **result}
         logger.log(record, step=self.iteration)
         self.history.append(record)
+        if self.work_dir is not None and self.dist.is_main:
+            CheckpointManifest(self.work_dir).record_eval(self.iteration, json_safe(result))
         return result
+
+    def _last(self, mode: str) -> dict[str, Any]:
+        for r in reversed(self.history):
+            if r.get("mode") == mode:
+                return {k: v for k, v in r.items() if k not in ("iter", "mode")}
+        return {}
 
     def fit(self) -> dict[str, Any]:
         """Train from the current iteration to ``max_iters``.
+
+        At an iteration due for both, the checkpoint is written first, then the evaluation
+        runs. A resumed run first completes an evaluation that was due at its iteration and is
+        not recorded (e.g. one that failed). Resuming a finished run trains nothing and reports
+        the recorded results.
 
         Returns:
             ``{"iteration", "seconds", "train": last logged losses, "eval": last evaluation}``,
             also written to ``work_dir/metrics.json`` on rank 0.
         """
         s = self.settings
+        if self.work_dir is not None and self.dist.is_main:
+            remove_stale_temporaries(self.work_dir)
         logger = MetricLogger(
             self.work_dir,
             enabled=self.dist.is_main,
@@ -273,13 +345,15 @@ class Trainer:
             position=self.progress_position,
         )
         start = time.perf_counter()
-        batches: Iterator[dict[str, Any]] = iter(self.loader_factory(self.iteration))
-        last: dict[str, float] = {}
-        evaluation: dict[str, Any] = {}
         sums: dict[str, float] = {}
         count = 0
         try:
+            if self._eval_due(self.iteration) and not self._evaluated(self.iteration):
+                self._run_eval(logger)
+            batches: Iterator[dict[str, Any]] | None = None
             while self.iteration < s.max_iters:
+                if batches is None:
+                    batches = iter(self.loader_factory(self.iteration))
                 for hook in self.hooks:
                     hook(self)
                 record = self.step(next(batches))
@@ -287,24 +361,26 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
                 logger.advance(1, {"loss": record["loss"]})
-                if s.log_interval and self.iteration % s.log_interval == 0:
-                    last = {k: v / count for k, v in sums.items()}
-                    logger.log({"iter": self.iteration, "mode": "train", **last}, self.iteration)
+                if count and (
+                    (s.log_interval and self.iteration % s.log_interval == 0)
+                    or self.iteration == s.max_iters
+                ):
+                    averages = {k: v / count for k, v in sums.items()}
+                    train_record = {"iter": self.iteration, "mode": "train", **averages}
+                    logger.log(train_record, self.iteration)
+                    self.history.append(train_record)
                     sums, count = {}, 0
-                final = self.iteration == s.max_iters
-                if (s.eval_interval and self.iteration % s.eval_interval == 0) or final:
-                    evaluation = self._run_eval(logger)
-                if (s.checkpoint_interval and self.iteration % s.checkpoint_interval == 0) or final:
+                if self._checkpoint_due(self.iteration):
                     self.save()
+                if self._eval_due(self.iteration):
+                    self._run_eval(logger)
         finally:
             logger.close()
-        if count:
-            last = {k: v / count for k, v in sums.items()}
         result = {
             "iteration": self.iteration,
             "seconds": time.perf_counter() - start,
-            "train": last,
-            "eval": evaluation,
+            "train": self._last("train"),
+            "eval": self._last("eval"),
         }
         if self.work_dir is not None and self.dist.is_main:
             (self.work_dir / "metrics.json").write_text(

@@ -24,6 +24,7 @@ from gmmseg.recipes.schema import (
     Recipe,
     TrainConfig,
 )
+from gmmseg.recipes.validate import check_recipe
 
 __all__ = [
     "RECIPES",
@@ -38,6 +39,7 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "build_model",
+    "check_recipe",
     "dry_run_recipe",
     "evaluate_recipe",
     "evaluate_recipe_anomaly",

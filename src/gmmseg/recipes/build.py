@@ -173,6 +173,7 @@ def build_model(
             upsample_before_norm=g.upsample_before_norm,
             memory=g.memory,
             faithful=g.faithful,
+            persist_memory=g.persist_memory,
             align_corners=cfg.align_corners,
             generator=generator,
         )

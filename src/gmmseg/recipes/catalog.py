@@ -129,6 +129,8 @@ _DEMO_GMM = GMMConfig(
     mean_momentum=0.99,
     upsample_before_norm=True,
     faithful=False,
+    # The demo's bank is small (a few MB): keep it in checkpoints so that resume is exact.
+    persist_memory=True,
 )
 DEMO = Recipe(
     name="demo",

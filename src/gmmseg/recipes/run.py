@@ -41,6 +41,7 @@ from gmmseg.recipes.build import (
 )
 from gmmseg.recipes.overrides import from_dict
 from gmmseg.recipes.schema import Recipe
+from gmmseg.recipes.validate import check_recipe
 from gmmseg.segmentor import Segmentor
 
 __all__ = [
@@ -186,11 +187,19 @@ def train_recipe(
     tensorboard: bool = False,
     progress_label: str = "",
     progress_position: int = 0,
+    allow_changed_settings: bool = False,
 ) -> tuple[Segmentor, dict[str, Any]]:
     """Train a recipe (single process, or one rank of a ``torchrun`` launch).
 
-    Writes ``recipe.json`` (the resolved recipe), ``log.jsonl``, checkpoints and
-    ``metrics.json`` into ``work_dir`` on rank 0.
+    Writes ``recipe.json`` (the resolved recipe), ``log.jsonl``, checkpoints (listed in
+    ``checkpoints.json``) and ``metrics.json`` into ``work_dir`` on rank 0. The recipe is checked
+    whole first (:func:`~gmmseg.recipes.validate.check_recipe`).
+
+    A resumed run must have the settings it was trained with: a different seed, learning rate,
+    batch size, model or dataset is refused unless ``allow_changed_settings``; then the change is
+    recorded in the run's history (``{"mode": "resume", "changed": {...}}``) and ``recipe.json``
+    holds the new values. Settings that do not change what is trained (intervals, workers,
+    device, data and anomaly folders, evaluation and anomaly settings) may always change.
 
     Args:
         recipe: the (overridden) recipe.
@@ -201,13 +210,16 @@ def train_recipe(
         tensorboard: TensorBoard logging.
         progress_label: the bar's description.
         progress_position: the bar's line.
+        allow_changed_settings: resume even if the checkpoint's recipe differs.
 
     Returns:
         The trained model and the final metrics.
 
     Raises:
-        ValueError: a global batch size not divisible by the number of processes.
+        ValueError: an invalid recipe, a global batch size not divisible by the number of
+            processes, or a resume whose settings changed.
     """
+    check_recipe(recipe, training=True)
     dist = init_distributed(recipe.train.device)
     _seed_everything(recipe)
     data = recipe.data
@@ -291,12 +303,75 @@ def train_recipe(
         tensorboard=tensorboard,
         hooks=hooks,
     )
+    changed: dict[str, list[Any]] = {}
+
+    def check(extra: dict[str, Any]) -> None:
+        changed.update(_changed_settings(extra, recipe, tiny, allow_changed_settings))
+
+    if resume is not None and trainer.resume(resume, check=check) and changed:
+        trainer.history.append({"iter": trainer.iteration, "mode": "resume", "changed": changed})
     if out is not None and dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
-    if resume is not None:
-        trainer.resume(resume)
     return model, trainer.fit()
+
+
+# Recipe fields that may differ on resume: they do not change what is trained.
+_RESUMABLE = (
+    "description",
+    "paper_result",
+    "twin",
+    "data.root",
+    "data.num_workers",
+    "train.log_interval",
+    "train.eval_interval",
+    "train.checkpoint_interval",
+    "train.device",
+    "eval.",
+    "anomaly.",
+)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: list(d) if isinstance(d, tuple) else d}
+
+
+def _changed_settings(
+    extra: dict[str, Any], recipe: Recipe, tiny: bool, allow: bool
+) -> dict[str, list[Any]]:
+    """``{field: [checkpoint's value, this run's value]}`` of the fields a resume changes.
+
+    Raises:
+        ValueError: a field outside ``_RESUMABLE`` differs and ``allow`` is False.
+    """
+    if "recipe" not in extra:
+        return {}
+    before, now = _flatten(extra["recipe"]), _flatten(recipe.to_dict())
+    if bool(extra.get("tiny", False)) != tiny:
+        before["(dry-run model)"], now["(dry-run model)"] = bool(extra.get("tiny")), tiny
+    changed = {
+        k: [before.get(k), now.get(k)]
+        for k in sorted(set(before) | set(now))
+        if before.get(k) != now.get(k)
+    }
+    refused = [k for k in changed if not k.startswith(_RESUMABLE)]
+    if refused and not allow:
+        listed = ", ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused[:6])
+        more = f" (and {len(refused) - 6} more)" if len(refused) > 6 else ""
+        raise ValueError(
+            f"resume: the checkpoint was trained with other settings ({listed}{more}); resume "
+            "with the same --set values, or pass --allow-changed-settings to continue with the "
+            "new ones (the change is recorded in the run's history)"
+        )
+    return changed
+
+
+_LOG = logging.getLogger("gmmseg")
 
 
 def load_trained(

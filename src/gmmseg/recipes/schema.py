@@ -40,6 +40,9 @@ class GMMConfig:
             ``init_batches`` training batches (see the demo's measured effect in the docs).
         init_iter: iteration of the data-driven initialisation.
         init_batches: batches whose embeddings the initialisation fits.
+        persist_memory: keep the memory bank in ``state_dict`` and therefore in checkpoints
+            (None: the classifier's default, ``faithful``). Without it a resumed run restarts
+            from a fresh memory and is not bit-identical to an uninterrupted one.
     """
 
     embed_dim: int = 64
@@ -59,6 +62,7 @@ class GMMConfig:
     init_means: Literal["random", "kmeans"] = "random"
     init_iter: int = 0
     init_batches: int = 4
+    persist_memory: bool | None = None
 
 
 @dataclass(frozen=True)

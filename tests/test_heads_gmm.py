@@ -42,7 +42,7 @@ class NaiveGMMHead:
                     - 0.5 * (diff**2).sum(-1)
                 )
         s = ell.max(dim=-1).values
-        z = h.logit_norm(s.float())
+        z = h.logit_norm(s.to(h.logit_norm.weight.dtype))
         return {"x": x, "ell": ell, "s": s, "z": z, "shape": torch.tensor([b, hh, ww])}
 
     def e_step(self, ell: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -112,25 +112,35 @@ def make_head(**kw: object) -> GMMClassifier:
     return GMMClassifier(4, 12, **defaults)  # type: ignore[arg-type]
 
 
-def test_training_steps_equal_plain_loop() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_training_steps_equal_plain_loop(dtype: torch.dtype) -> None:
+    """float32 within its rounding; a ``.double()`` head (buffers and memory converted) runs the
+    forward, E-step, losses, memory write and M-step in float64 and agrees to ~1e-12."""
     torch.manual_seed(0)
     head = make_head(mean_momentum=0.9)  # a larger step makes the M-step visible
     head.eval()  # BatchNorm in eval so both implementations see the same projection
+    head.to(dtype)
+    tight = dtype == torch.float64
+    tol = {"atol": 1e-12, "rtol": 1e-12} if tight else {"atol": 1e-6, "rtol": 1e-5}
     ref = NaiveGMMHead(head)
     for step in range(6):
-        feats = torch.randn(2, 12, 5, 6)
+        feats = torch.randn(2, 12, 5, 6, dtype=dtype)
         target = torch.randint(0, 4, (2, 10, 12))
         target[:, :2, :3] = 255
         out = head(feats)
         r = ref.forward(feats)
+        assert out.component_log_prob.dtype == out.logits.dtype == dtype
         torch.testing.assert_close(
             out.component_log_prob.permute(0, 3, 4, 1, 2).reshape(-1, 4, 3).double(),
             r["ell"],
-            rtol=1e-5,
-            atol=2e-4,
+            rtol=1e-12 if tight else 1e-5,
+            atol=1e-11 if tight else 2e-4,
         )
         torch.testing.assert_close(
-            out.logits.permute(0, 2, 3, 1).reshape(-1, 4), r["z"], atol=2e-4, rtol=1e-4
+            out.logits.permute(0, 2, 3, 1).reshape(-1, 4),
+            r["z"],
+            atol=1e-11 if tight else 2e-4,
+            rtol=1e-11 if tight else 1e-4,
         )
         gt = F.interpolate(target[:, None].float(), size=(5, 6), mode="nearest").long().reshape(-1)
         assign = head.e_step(out, target)
@@ -149,14 +159,114 @@ def test_training_steps_equal_plain_loop() -> None:
         tgt = gt[valid] * 3 + ref_assign[valid]
         exp_comp = -comp_logp[valid][torch.arange(int(valid.sum())), tgt].mean() * 0.01
         torch.testing.assert_close(
-            losses["loss_component"].double(), exp_comp, rtol=1e-4, atol=1e-6
+            losses["loss_component"].double(),
+            exp_comp,
+            rtol=1e-12 if tight else 1e-4,
+            atol=1e-12 if tight else 1e-6,
         )
+        assert all(v.dtype == dtype for v in losses.values())
         head.update(out, target, assign)
         ref.update(r["x"], r["z"], gt, ref_assign)
-        torch.testing.assert_close(head.memory.bank.double(), ref.bank, atol=1e-6, rtol=1e-6)  # type: ignore[union-attr]
-        torch.testing.assert_close(head.means.double(), ref.means, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(head.scales.double(), ref.scales, atol=1e-6, rtol=1e-5)
+        assert head.memory.bank.dtype == head.means.dtype == head.scales.dtype == dtype  # type: ignore[union-attr]
+        torch.testing.assert_close(head.memory.bank.double(), ref.bank, **tol)  # type: ignore[union-attr]
+        torch.testing.assert_close(head.means.double(), ref.means, **tol)
+        torch.testing.assert_close(head.scales.double(), ref.scales, **tol)
     assert int(head.step) == 6
+
+
+def test_float64_log_densities_equal_scipy() -> None:
+    """ℓ_ncm = Σ_d log N(x_d | μ_cmd, σ_cmd) in float64, with σ ≠ 1 and unnormalised means."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    head = make_head().double().eval()
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        head.means.copy_(torch.randn(head.means.shape, generator=g, dtype=torch.float64))
+        head.scales.copy_(0.2 + torch.rand(head.scales.shape, generator=g, dtype=torch.float64))
+    feats = torch.randn(2, 12, 3, 4, generator=g, dtype=torch.float64)
+    out = head(feats)
+    x = out.embeddings.permute(0, 2, 3, 1).reshape(-1, 8).detach().numpy()
+    mu = F.normalize(head.means, dim=-1).numpy()
+    sig = head.scales.numpy()
+    expected = scipy_stats.norm.logpdf(x[:, None, None, :], mu[None], sig[None]).sum(-1)
+    got = out.component_log_prob.permute(0, 3, 4, 1, 2).reshape(-1, 4, 3).detach().numpy()
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+    s = torch.from_numpy(expected.max(-1))
+    z = F.layer_norm(s, (4,), head.logit_norm.weight.detach(), head.logit_norm.bias.detach())
+    torch.testing.assert_close(out.logits.permute(0, 2, 3, 1).reshape(-1, 4).detach(), z)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_head_computes_in_float32(dtype: torch.dtype) -> None:
+    """A ``.half()`` head works on CPU: its layers run in half, densities to logits in float32."""
+    head = make_head().eval()
+    ref = head(torch.randn(2, 12, 3, 4, generator=torch.Generator().manual_seed(0)))
+    head.to(dtype).train()
+    feats = torch.randn(2, 12, 3, 4, generator=torch.Generator().manual_seed(0)).to(dtype)
+    out = head(feats)
+    assert out.component_log_prob.dtype == out.logits.dtype == torch.float32
+    head.eval()
+    close = head(feats)
+    torch.testing.assert_close(close.class_log_prob, ref.class_log_prob, atol=0.1, rtol=0.02)
+    target = torch.randint(0, 4, (2, 6, 8))
+    head.train()
+    for _ in range(3):  # the third step runs the M-step (update_interval 2)
+        out = head(feats)
+        losses = head.loss(out, target)
+        sum(losses.values()).backward()  # type: ignore[union-attr]
+        head.update(out, target)
+    assert head.projection is not None and head.projection[0].weight.grad.dtype == dtype
+    assert head.means.dtype == head.scales.dtype == head.memory.bank.dtype == dtype  # type: ignore[union-attr]
+    assert bool(torch.isfinite(head.means).all() and torch.isfinite(head.scales).all())
+
+
+# ------------------------------------------------------------------ dropout
+
+
+def test_dropout_is_identity_in_eval_and_adds_no_state() -> None:
+    plain = make_head().eval()
+    dropped = make_head(dropout=0.5).eval()
+    assert set(dropped.state_dict()) == set(plain.state_dict())
+    dropped.load_state_dict(plain.state_dict())
+    feats = torch.randn(2, 12, 3, 4)
+    a, b = plain(feats), dropped(feats)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.embeddings, b.embeddings)
+    assert make_head().dropout.p == 0.0  # off by default
+
+
+def test_dropout_zeroes_whole_channels_in_training() -> None:
+    p, b, c = 0.3, 8, 256
+    head = GMMClassifier(4, c, embed_dim=8, num_components=2, memory_size=4, dropout=p).train()
+    seen: list[torch.Tensor] = []
+    assert head.projection is not None
+    head.projection.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    torch.manual_seed(0)
+    head(torch.ones(b, c, 3, 5))
+    x = seen[0]
+    per_channel = x.reshape(b, c, -1)
+    zero = (per_channel == 0).all(-1)
+    kept = torch.isclose(per_channel, torch.tensor(1 / (1 - p))).all(-1)
+    assert bool((zero | kept).all())  # whole channels, survivors scaled by 1 / (1 - p)
+    rate = float(zero.double().mean())
+    # 2048 Bernoulli(0.3) draws: standard deviation 0.01
+    assert abs(rate - p) < 0.05, rate
+    seen.clear()
+    head.eval()(torch.ones(b, c, 3, 5))
+    assert bool((seen[0] == 1).all())
+
+
+def test_dropout_applies_without_projection() -> None:
+    head = GMMClassifier(3, 8, embed_dim=8, memory_size=4, dropout=0.5).train()
+    assert head.projection is None
+    torch.manual_seed(0)
+    feats = torch.randn(4, 8, 3, 3)
+    assert not torch.equal(head(feats).embeddings, head.eval()(feats).embeddings)
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, 1.5, True, float("nan")])
+def test_dropout_validation(bad: float) -> None:
+    with pytest.raises(ValueError, match=r"dropout must be a float in \[0, 1\), got"):
+        make_head(dropout=bad)
 
 
 @pytest.mark.parametrize("loss_average", ["all", "valid"])

@@ -78,11 +78,13 @@ def test_linear_classifier_forward_is_a_1x1_conv() -> None:
     torch.testing.assert_close(out.logits, ref)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("average", ["all", "valid"])
-def test_linear_classifier_loss_matches_plain_ce(average: str) -> None:
+def test_linear_classifier_loss_matches_plain_ce(average: str, dtype: torch.dtype) -> None:
     torch.manual_seed(1)
     head = LinearClassifier(num_classes=3, in_channels=4, loss_average=average).eval()  # type: ignore[arg-type]
-    out = head(torch.randn(2, 4, 3, 3))
+    head.to(dtype)
+    out = head(torch.randn(2, 4, 3, 3, dtype=dtype))
     target = torch.randint(0, 3, (2, 6, 6))
     target[0, :2] = 255
     loss = head.loss(out, target)["loss_seg"]
@@ -95,7 +97,10 @@ def test_linear_classifier_loss_matches_plain_ce(average: str) -> None:
     valid = t != 255
     nll = -logp[np.arange(len(t))[valid], t[valid]]
     expected = nll.sum() / (len(t) if average == "all" else valid.sum())
-    np.testing.assert_allclose(loss.item(), expected, rtol=1e-5)
+    assert loss.dtype == dtype  # float64 logits keep a float64 loss
+    np.testing.assert_allclose(
+        loss.item(), expected, rtol=1e-5 if dtype == torch.float32 else 1e-13
+    )
 
 
 def test_linear_classifier_all_ignore_loss_is_zero_not_nan() -> None:

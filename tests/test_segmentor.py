@@ -283,3 +283,59 @@ def test_ddp_training_keeps_ranks_identical(tmp_path: Path) -> None:
             continue  # BatchNorm statistics are per rank on CPU (SyncBatchNorm needs CUDA)
         torch.testing.assert_close(r0[key], r1[key], msg=key)
     assert int(r0["classifier.step"]) == 3
+
+
+@pytest.mark.parametrize("classifier", ["gmm", "linear"])
+def test_float64_model_trains_and_predicts_in_float64(classifier: str) -> None:
+    """``.double()`` works end to end, and no step downcasts: slide / flip / multi-scale equal
+    whole-image inference of a pointwise model to float64 rounding (float32 gives ~1e-4)."""
+    torch.manual_seed(0)
+    bb = TinyBackbone()
+    dec = SegFormerDecoder(bb.out_channels, bb.strides, channels=8)
+    head = gmm() if classifier == "gmm" else LinearClassifier(3, 8)
+    seg = Segmentor(bb, dec, head).double()  # type: ignore[arg-type]
+    images = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2, 16, 16))
+    for _ in range(2):
+        losses = seg.training_step(images, labels)
+        assert all(v.dtype == torch.float64 and torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()  # type: ignore[union-attr]
+    assert bb.c1.weight.grad is not None and bb.c1.weight.grad.dtype == torch.float64
+    pred = seg.eval().predict(images, mode="slide", crop_size=(8, 8), stride=(6, 6), flip=True)
+    assert pred.logits.dtype == pred.anomaly.dtype == torch.float64
+
+    point = pointwise_segmentor(gmm() if classifier == "gmm" else LinearClassifier(3, 8)).double()
+    images = torch.randn(2, 3, 13, 17, dtype=torch.float64)
+    whole = point.predict(images)
+    assert whole.logits.dtype == whole.anomaly.dtype == torch.float64
+    if classifier == "gmm":
+        out = point(images)
+        torch.testing.assert_close(whole.anomaly, point.classifier.anomaly_score(out))  # type: ignore[arg-type]
+    for kwargs in (
+        {"mode": "slide", "crop_size": (5, 6), "stride": (3, 4)},
+        {"flip": True},
+        {"scales": (1.0, 1.0)},
+    ):
+        pred = point.predict(images, **kwargs)  # type: ignore[arg-type]
+        torch.testing.assert_close(pred.logits, whole.logits, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(pred.anomaly, whole.anomaly, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("classifier", ["gmm", "linear"])
+def test_half_model_trains_and_predicts_on_cpu(classifier: str, dtype: torch.dtype) -> None:
+    """A ``.half()`` model: layers in half, losses and predictions in float32."""
+    torch.manual_seed(0)
+    bb = TinyBackbone()
+    dec = SegFormerDecoder(bb.out_channels, bb.strides, channels=8)
+    head = gmm() if classifier == "gmm" else LinearClassifier(3, 8)
+    seg = Segmentor(bb, dec, head).to(dtype)  # type: ignore[arg-type]
+    images = torch.randn(2, 3, 16, 16).to(dtype)
+    labels = torch.randint(0, 3, (2, 16, 16))
+    losses = seg.training_step(images, labels)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()  # type: ignore[union-attr]
+    assert bb.c1.weight.grad is not None and bb.c1.weight.grad.dtype == dtype
+    pred = seg.eval().predict(images, mode="slide", crop_size=(8, 8), stride=(6, 6))
+    assert pred.logits.dtype == pred.anomaly.dtype == torch.float32
+    assert bool(torch.isfinite(pred.logits).all() and torch.isfinite(pred.anomaly).all())

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gmmseg.heads._common import compute_dtype
 from gmmseg.heads.anomaly import LogitScore, logit_anomaly_score
 from gmmseg.heads.gmm import GMMClassifier, GMMOutput
 from gmmseg.heads.linear import LinearClassifier, LinearOutput
@@ -21,6 +22,8 @@ ClassifierOutput = GMMOutput | LinearOutput
 
 class Prediction(NamedTuple):
     """Result of :meth:`Segmentor.predict`, at the input resolution.
+
+    Both are float32, or float64 for a float64 model.
 
     Attributes:
         logits: (B, C, H, W) averaged class logits.
@@ -147,9 +150,9 @@ class Segmentor(nn.Module):
         are z, or with ``upsample_before_norm`` the class scores s (normalised by `predict`).
         """
         out = self.forward(images)
-        maps = out.logits.float()
+        maps = out.logits.to(compute_dtype(out.logits.dtype))
         if isinstance(out, GMMOutput):
-            scores = out.class_log_prob.float()
+            scores = out.class_log_prob.to(compute_dtype(out.class_log_prob.dtype))
             maps = scores if self._scores_before_norm() else maps
             maps = torch.cat([maps, scores.amax(dim=1, keepdim=True)], dim=1)
         return F.interpolate(
@@ -167,17 +170,18 @@ class Segmentor(nn.Module):
         rows = max(h - ch + sh - 1, 0) // sh + 1
         cols = max(w - cw + sw - 1, 0) // sw + 1
         total: Tensor | None = None
-        count = images.new_zeros((1, 1, h, w))
+        count: Tensor | None = None
         for r in range(rows):
             for c in range(cols):
                 y2, x2 = min(r * sh + ch, h), min(c * sw + cw, w)
                 y1, x1 = max(y2 - ch, 0), max(x2 - cw, 0)
                 crop = self._whole(images[:, :, y1:y2, x1:x2])
-                if total is None:
-                    total = images.new_zeros((b, crop.shape[1], h, w))
+                if total is None or count is None:
+                    total = crop.new_zeros((b, crop.shape[1], h, w))
+                    count = crop.new_zeros((1, 1, h, w))
                 total[:, :, y1:y2, x1:x2] += crop
                 count[:, :, y1:y2, x1:x2] += 1
-        assert total is not None
+        assert total is not None and count is not None
         return total / count
 
     @torch.inference_mode()

@@ -11,6 +11,14 @@ from torch import Tensor
 LossAverage = Literal["all", "valid"]
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of densities, logits and losses: the wider of float32 and ``dtype``.
+
+    float32 under autocast (bf16/fp16 activations) and for half models; float64 for float64 ones.
+    """
+    return torch.promote_types(dtype, torch.float32)
+
+
 def check_features(features: Tensor, in_channels: int) -> None:
     """Raise unless ``features`` is a finite (B, in_channels, H, W) float tensor."""
     if not isinstance(features, Tensor) or not features.is_floating_point():
@@ -61,6 +69,8 @@ def segmentation_loss(
 ) -> Tensor:
     """Cross-entropy of (B, C, H, W) logits upsampled bilinearly to the (B, H', W') target.
 
+    Computed in float32, or float64 for float64 logits.
+
     ``average="all"`` divides the summed loss by every label pixel, ignored ones included (the
     original release's mmsegmentation default); ``"valid"`` divides by the non-ignored pixels.
     """
@@ -69,7 +79,10 @@ def segmentation_loss(
             logits, size=target.shape[-2:], mode="bilinear", align_corners=align_corners
         )
     per_pixel = F.cross_entropy(
-        logits.float(), target.long(), ignore_index=ignore_index, reduction="none"
+        logits.to(compute_dtype(logits.dtype)),
+        target.long(),
+        ignore_index=ignore_index,
+        reduction="none",
     )
     if average == "all":
         return per_pixel.mean()

@@ -3,9 +3,10 @@
 Every class c is a mixture of M diagonal Gaussians in a D-dimensional embedding space, with unit-
 length means μ_cm and standard deviations σ_cm, and uniform mixture weights. One training step is
 
-1. ``forward``: embed the decoder features (optional 1×1 conv + BN + ReLU, LayerNorm(D), L2
-   normalisation), compute every component log-density ℓ (one fused matrix product, float32), the
-   class score s = max_m ℓ and the logits z = LayerNorm(C)(s);
+1. ``forward``: embed the decoder features (``Dropout2d`` in training when ``dropout`` > 0,
+   optional 1×1 conv + BN + ReLU, LayerNorm(D), L2 normalisation), compute every component
+   log-density ℓ (one fused matrix product, float32 or wider), the class score s = max_m ℓ and
+   the logits z = LayerNorm(C)(s);
 2. ``loss``: cross-entropy on z upsampled to the labels (with ``upsample_before_norm``, on the
    LayerNorm(C) of the upsampled s) plus a weighted cross-entropy on ℓ (as C·M logits) towards
    the component chosen by the Sinkhorn E-step;
@@ -23,6 +24,12 @@ the original release's numbers, including its quirks; each fix is a named option
   ``state_dict`` (an ADE20K bank is 150·5·32000·64 floats = 5.7 GiB).
 * ``loss_average`` (faithful: ``"all"``): ``"valid"`` divides the segmentation loss by the
   non-ignored pixels instead of by all pixels.
+
+Precision: densities, class scores, logits and the M-step are computed in the wider of float32
+and the dtype of the features: float32 for float32 models and under autocast (bf16/fp16
+features), float64 for a ``.double()`` model. A ``.half()`` / ``.bfloat16()`` model works too
+(on CPU as well): its layers run in its dtype and the head computes in float32 from the
+LayerNorm(D) on; its GMM buffers (means, standard deviations, memory) are stored in its dtype.
 
 Distributed training needs no option: embeddings, labels and assignments are all-gathered before
 the memory write only when ``torch.distributed`` is initialised with more than one process, so
@@ -49,6 +56,7 @@ from gmmseg.heads._common import (
     LossAverage,
     check_features,
     check_target,
+    compute_dtype,
     resize_target,
     segmentation_loss,
 )
@@ -65,9 +73,11 @@ class GMMOutput(NamedTuple):
 
     Attributes:
         logits: (B, C, H, W) z = LayerNorm(C)(s).
-        class_log_prob: (B, C, H, W) s = max_m ℓ, float32.
-        component_log_prob: (B, C, M, H, W) ℓ, float32.
+        class_log_prob: (B, C, H, W) s = max_m ℓ.
+        component_log_prob: (B, C, M, H, W) ℓ.
         embeddings: (B, D, H, W) unit-length pixel embeddings.
+
+    All four are in the head's compute dtype: float32, or float64 for float64 features.
     """
 
     logits: Tensor
@@ -137,6 +147,11 @@ class GMMClassifier(nn.Module):
         persist_memory: see the module table (default ``faithful``).
         loss_average: see the module table (default ``"all"`` if faithful else ``"valid"``).
         align_corners: of the bilinear upsampling of the logits in the loss.
+        dropout: probability of ``nn.Dropout2d`` on the incoming decoder features, before
+            ``projection``, in training only (whole channels are zeroed; identity in eval mode).
+            The official head applies 0.1 there (mmsegmentation's ``dropout_ratio``); the
+            paper's recipes set it, the demo does not (see the docs' design decisions). It has
+            no parameters: ``state_dict`` keys do not change.
         generator: random generator for the initial means and memory (reproducibility).
 
     Example:
@@ -177,6 +192,7 @@ class GMMClassifier(nn.Module):
         persist_memory: bool | None = None,
         loss_average: LossAverage | None = None,
         align_corners: bool = False,
+        dropout: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -197,6 +213,10 @@ class GMMClassifier(nn.Module):
             raise ValueError(f"variance_floor must be >= 0, got {variance_floor!r}")
         if not component_loss_weight >= 0:
             raise ValueError(f"component_loss_weight must be >= 0, got {component_loss_weight!r}")
+        if isinstance(dropout, bool) or not (
+            isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0
+        ):
+            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
         if memory not in ("ring", "stats"):
             raise ValueError(f"memory must be 'ring' or 'stats', got {memory!r}")
         loss_average = loss_average or ("all" if faithful else "valid")
@@ -224,6 +244,7 @@ class GMMClassifier(nn.Module):
         self.loss_average: LossAverage = loss_average
         self.align_corners = align_corners
 
+        self.dropout = nn.Dropout2d(float(dropout))
         self.projection: nn.Module | None = None
         if in_channels != embed_dim:
             self.projection = nn.Sequential(
@@ -267,13 +288,16 @@ class GMMClassifier(nn.Module):
             features: (B, in_channels, H, W) float.
 
         Returns:
-            (B, D, H, W) embeddings with ‖e‖ = 1 at every pixel.
+            (B, D, H, W) embeddings with ‖e‖ = 1 at every pixel, in the wider of float32 and
+            the features' dtype. In training, ``dropout`` is applied to ``features`` first.
         """
         check_features(features, self.in_channels)
-        x: Tensor = features if self.projection is None else self.projection(features)
+        x: Tensor = self.dropout(features)
+        if self.projection is not None:
+            x = self.projection(x)
         b, _, h, w = x.shape
         flat = self.feature_norm(rearrange(x, "b d h w -> (b h w) d"))
-        flat = F.normalize(flat.float(), dim=-1)
+        flat = F.normalize(flat.to(compute_dtype(flat.dtype)), dim=-1)
         return rearrange(flat, "(b h w) d -> b d h w", b=b, h=h, w=w)
 
     def forward(self, features: Tensor) -> GMMOutput:
@@ -283,7 +307,8 @@ class GMMClassifier(nn.Module):
             features: (B, in_channels, H, W) float decoder features.
 
         Returns:
-            :class:`GMMOutput`; the log-densities are float32 even under autocast.
+            :class:`GMMOutput`; the log-densities are float32 even under autocast, float64 for
+            float64 features.
 
         Raises:
             ValueError: on a wrong channel count or non-finite features.
@@ -292,15 +317,15 @@ class GMMClassifier(nn.Module):
         b, _, h, w = emb.shape
         c, m, d = self.num_classes, self.num_components, self.embed_dim
         x = rearrange(emb, "b d h w -> (b h w) d")
-        means = F.normalize(self.means.float(), dim=-1).reshape(c * m, d)
-        inv_scales = self.scales.float().reciprocal().reshape(c * m, d)
+        means = F.normalize(self.means.to(x.dtype), dim=-1).reshape(c * m, d)
+        inv_scales = self.scales.to(x.dtype).reciprocal().reshape(c * m, d)
         ell = log_prob_from_precision_cholesky(
             x, means, inv_scales, "diag", chunk_size=self.chunk_size, check_finite=False
         ).view(-1, c, m)  # features were checked by embed(); LayerNorm + L2 keep them finite
         # max (not amax): its backward scatters into one component per class instead of
         # comparing all C·M entries with the maximum (identical except for exact ties).
         s = ell.max(dim=-1).values
-        z: Tensor = self.logit_norm(s)
+        z = self._logit_norm(s)
         # Logits and class scores are made contiguous (B, C, H, W): they are small, and the
         # upsampling in the loss would otherwise produce a channels-last tensor to copy.
         return GMMOutput(
@@ -326,16 +351,16 @@ class GMMClassifier(nn.Module):
 
         Returns:
             (B, C, H', W'): upsampled z = LayerNorm(s), or with ``upsample_before_norm``
-            LayerNorm(upsampled s), float32. Returned as is when ``size`` is the feature size.
+            LayerNorm(upsampled s), in the dtype of ``output`` (float32 or wider). Returned as
+            is when ``size`` is the feature size.
         """
         corners = self.align_corners if align_corners is None else align_corners
         if not self.upsample_before_norm:
-            if tuple(output.logits.shape[-2:]) == tuple(size):
-                return output.logits.float()
-            return F.interpolate(
-                output.logits.float(), size=size, mode="bilinear", align_corners=corners
-            )
-        s = output.class_log_prob.float()
+            logits = output.logits.to(compute_dtype(output.logits.dtype))
+            if tuple(logits.shape[-2:]) == tuple(size):
+                return logits
+            return F.interpolate(logits, size=size, mode="bilinear", align_corners=corners)
+        s = output.class_log_prob.to(compute_dtype(output.class_log_prob.dtype))
         if tuple(s.shape[-2:]) != tuple(size):
             s = F.interpolate(s, size=size, mode="bilinear", align_corners=corners)
         return self.normalize_scores(s)
@@ -347,10 +372,21 @@ class GMMClassifier(nn.Module):
             scores: (B, C, H, W) class scores s (or an average of resized ones).
 
         Returns:
-            (B, C, H, W) logits, float32.
+            (B, C, H, W) logits in the wider of float32 and the scores' dtype.
         """
-        z: Tensor = self.logit_norm(scores.float().movedim(1, -1)).movedim(-1, 1)
-        return z
+        s = scores.to(compute_dtype(scores.dtype))
+        return self._logit_norm(s.movedim(1, -1)).movedim(-1, 1)
+
+    def _logit_norm(self, s: Tensor) -> Tensor:
+        """``logit_norm`` over the last axis of (..., C) scores, in the scores' dtype.
+
+        The affine parameters are cast to the scores' dtype, so a float16/bfloat16 model (whose
+        parameters are half) still normalises its float32 scores.
+        """
+        norm = self.logit_norm
+        weight = None if norm.weight is None else norm.weight.to(s.dtype)
+        bias = None if norm.bias is None else norm.bias.to(s.dtype)
+        return F.layer_norm(s, norm.normalized_shape, weight, bias, norm.eps)
 
     # ------------------------------------------------------------------ E-step and losses
 
@@ -461,21 +497,24 @@ class GMMClassifier(nn.Module):
         correct = (pred == gt) & (gt != self.ignore_index)
         labels = gt.long()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            emb = _all_gather_rows(emb.float().contiguous())
+            emb = _all_gather_rows(emb.contiguous())
             labels = _all_gather_rows(labels)
             assignments = _all_gather_rows(assignments)
             correct = _all_gather_rows(correct)
         present = torch.unique(labels[labels != self.ignore_index])
         sel_emb, sel_cls, sel_comp = emb[correct], labels[correct], assignments[correct]
         run_m_step = int(self.step.item()) % self.update_interval == 0
-        means = F.normalize(self.means, dim=-1)
+        # the M-step computes in float32 or wider (buffers of a half model are half)
+        dtype = compute_dtype(self.means.dtype)
+        means = F.normalize(self.means.to(dtype), dim=-1)
+        scales = self.scales.to(dtype)
         if isinstance(self.memory, ComponentMemory):
             self.memory.enqueue(sel_emb.to(self.memory.bank.dtype), sel_cls, sel_comp)
             if run_m_step and present.numel() > 0:
                 valid = self.memory.valid_mask() if self.count_only_filled else None
                 means, scales = momentum_m_step(
                     means,
-                    self.scales,
+                    scales,
                     self.memory.bank,
                     present,
                     mean_momentum=self.mean_momentum,
@@ -485,11 +524,11 @@ class GMMClassifier(nn.Module):
                 )
                 self.scales.copy_(scales)
         else:
-            self.memory.update(sel_emb.float(), sel_cls, sel_comp)
+            self.memory.update(sel_emb, sel_cls, sel_comp)
             if run_m_step and present.numel() > 0:
                 means, scales = self.memory.m_step(
                     means,
-                    self.scales,
+                    scales,
                     present,
                     mean_momentum=self.mean_momentum,
                     scale_momentum=self.scale_momentum,
@@ -600,6 +639,6 @@ class GMMClassifier(nn.Module):
             output: the result of :meth:`forward`.
 
         Returns:
-            (B, H, W) float32 scores.
+            (B, H, W) scores in the dtype of ``output`` (float32 or wider).
         """
         return -output.class_log_prob.amax(dim=1)

@@ -221,3 +221,87 @@ def test_train_loader_batches_do_not_depend_on_workers(tmp_path: Path) -> None:
                 assert torch.equal(got[key], value), key  # type: ignore[arg-type]
             else:
                 assert got[key] == value, key
+
+
+# ------------------------------------------------------------------ faithful architecture options
+
+
+def test_paper_gmm_recipes_use_the_official_dropout_and_the_demo_does_not() -> None:
+    gmm_recipes = [r for r in RECIPES.values() if r.model.head == "gmm"]
+    assert len(gmm_recipes) >= 8
+    for r in gmm_recipes:
+        assert r.model.gmm.dropout == (0.0 if r.name == "demo" else 0.1), r.name
+    with torch.device("meta"):
+        city = build_model(get_recipe("segformer_b5_cityscapes_gmm").model, 19)
+        demo = build_model(get_recipe("demo").model, 12)
+    assert city.classifier.dropout.p == 0.1 and demo.classifier.dropout.p == 0.0
+
+
+@pytest.mark.parametrize(
+    ("mit_norm", "eps"), [("nvlabs", (1e-6, 1e-5)), ("mmseg", (1e-6, 1e-6)), ("hf", (1e-5, 1e-5))]
+)
+@pytest.mark.parametrize("tiny", [False, True])
+def test_mit_norm_sets_both_epsilons(mit_norm: str, eps: tuple[float, float], tiny: bool) -> None:
+    from torch import nn
+
+    r = apply_overrides(get_recipe("segformer_b5_cityscapes_gmm"), [f"model.mit_norm={mit_norm}"])
+    with torch.device("meta"):
+        model = build_model(r.model, 19, tiny=tiny)
+    norms = {n: m.eps for n, m in model.backbone.named_modules() if isinstance(m, nn.LayerNorm)}
+    embed = {e for n, e in norms.items() if n.endswith(("patch_embed.norm", "sr_norm"))}
+    other = {e for n, e in norms.items() if not n.endswith(("patch_embed.norm", "sr_norm"))}
+    assert (other, embed) == ({eps[0]}, {eps[1]})
+
+
+def test_mit_norm_is_ignored_by_other_backbones() -> None:
+    r = apply_overrides(get_recipe("deeplabv3plus_r101_cityscapes_gmm"), ["model.mit_norm=hf"])
+    with torch.device("meta"):
+        build_model(r.model, 19)
+    build_model(r.model, 19, tiny=True)
+
+
+def test_segformer_projection_and_align_corners_reach_the_decoder() -> None:
+    from gmmseg.heads.decoders import LinearProjection
+
+    r = apply_overrides(
+        get_recipe("segformer_b5_cityscapes_gmm"),
+        ["model.segformer_projection=linear", "model.align_corners=true"],
+    )
+    model = build_model(r.model, 19, tiny=True)
+    assert all(isinstance(p, LinearProjection) for p in model.decoder.projections)  # type: ignore[union-attr]
+    assert model.decoder.align_corners is True
+    assert model.classifier.align_corners is True and model.align_corners is True
+    default = build_model(get_recipe("segformer_b5_cityscapes_gmm").model, 19, tiny=True)
+    assert default.decoder.projection == "conv" and default.decoder.align_corners is False
+    for name in ("upernet_swin_b_ade20k_gmm", "deeplabv3plus_r101_ade20k_gmm"):
+        r = apply_overrides(get_recipe(name), ["model.align_corners=true"])
+        assert build_model(r.model, 150, tiny=True).decoder.align_corners is True
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (
+            "mit_norm",
+            "timm",
+            r"model\.mit_norm must be one of \['hf', 'mmseg', 'nvlabs'\], got 'timm'",
+        ),
+        (
+            "segformer_projection",
+            "mlp",
+            r"model\.segformer_projection must be 'conv' or 'linear', got 'mlp'",
+        ),
+        ("gmm", 1.0, r"model\.gmm\.dropout must be a float in \[0, 1\), got 1\.0"),
+    ],
+)
+def test_bad_architecture_options_are_named(field: str, value: object, message: str) -> None:
+    model = get_recipe("segformer_b5_cityscapes_gmm").model
+    if field == "gmm":
+        model = dataclasses.replace(model, gmm=dataclasses.replace(model.gmm, dropout=value))
+    else:
+        model = dataclasses.replace(model, **{field: value})
+    with pytest.raises(ValueError, match=message):
+        build_model(model, 19, tiny=True)
+    if field != "gmm":  # the command line refuses unknown names before anything is built
+        with pytest.raises(OverrideError, match="expected one of"):
+            apply_overrides(get_recipe("demo"), [f"model.{field}={value}"])

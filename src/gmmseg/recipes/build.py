@@ -23,6 +23,7 @@ from gmmseg.backbones import (
     load_pretrained,
 )
 from gmmseg.backbones._common import Backbone
+from gmmseg.backbones.mit import MIT_NORM_EPS
 from gmmseg.data import (
     ADE20K,
     Cityscapes,
@@ -73,12 +74,24 @@ def num_classes_of(data: DataConfig) -> int:
     return _NUM_CLASSES[data.dataset]
 
 
+def _mit_norm_eps(cfg: ModelConfig) -> tuple[float, float]:
+    """``(norm_eps, embed_norm_eps)`` of ``cfg.mit_norm``."""
+    if cfg.mit_norm not in MIT_NORM_EPS:
+        raise ValueError(
+            f"model.mit_norm must be one of {sorted(MIT_NORM_EPS)}, got {cfg.mit_norm!r}"
+        )
+    return MIT_NORM_EPS[cfg.mit_norm]
+
+
 def _tiny_backbone(cfg: ModelConfig) -> Backbone:
     name = cfg.backbone
     if name.startswith("mit_"):
+        norm_eps, embed_norm_eps = _mit_norm_eps(cfg)
         return MixVisionTransformer(
             MiTConfig(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),
             drop_path_rate=cfg.drop_path_rate or 0.0,
+            norm_eps=norm_eps,
+            embed_norm_eps=embed_norm_eps,
         )
     if name.startswith("swin_"):
         return SwinTransformer(
@@ -97,10 +110,12 @@ def _tiny_backbone(cfg: ModelConfig) -> Backbone:
 def build_backbone_from_config(cfg: ModelConfig, tiny: bool = False) -> Backbone:
     """The recipe's backbone (``tiny``: a narrow, shallow network of the same family).
 
-    Loads ``cfg.pretrained`` (strict) when set and not ``tiny``.
+    Loads ``cfg.pretrained`` (strict) when set and not ``tiny``. MiT backbones (tiny ones too)
+    get the LayerNorm epsilons of ``cfg.mit_norm``; other backbones ignore it.
 
     Raises:
-        ValueError: an unknown backbone, or an option the backbone does not take.
+        ValueError: an unknown backbone, an unknown ``mit_norm``, or an option the backbone
+            does not take.
         FileNotFoundError: a missing pretrained checkpoint.
     """
     if tiny:
@@ -110,6 +125,8 @@ def build_backbone_from_config(cfg: ModelConfig, tiny: bool = False) -> Backbone
         value = getattr(cfg, key)
         if value is not None:
             kwargs[key] = value
+    if cfg.backbone.startswith("mit_"):
+        kwargs["norm_eps"], kwargs["embed_norm_eps"] = _mit_norm_eps(cfg)
     try:
         net = build_backbone(cfg.backbone, **kwargs)
     except TypeError as e:
@@ -121,14 +138,26 @@ def build_backbone_from_config(cfg: ModelConfig, tiny: bool = False) -> Backbone
 
 def _decoder(cfg: ModelConfig, backbone: Backbone, channels: int) -> nn.Module:
     chans, strides = backbone.out_channels, backbone.strides
+    corners = cfg.align_corners
+    if cfg.segformer_projection not in ("conv", "linear"):
+        raise ValueError(
+            f"model.segformer_projection must be 'conv' or 'linear', got "
+            f"{cfg.segformer_projection!r}"
+        )
     if cfg.decoder == "segformer":
-        return SegFormerDecoder(chans, strides, channels=channels)
+        return SegFormerDecoder(
+            chans,
+            strides,
+            channels=channels,
+            projection=cfg.segformer_projection,
+            align_corners=corners,
+        )
     if cfg.decoder == "deeplabv3plus":
-        return DeepLabV3PlusDecoder(chans, strides, channels=channels)
+        return DeepLabV3PlusDecoder(chans, strides, channels=channels, align_corners=corners)
     if cfg.decoder == "upernet":
-        return UPerNetDecoder(chans, strides, channels=channels)
+        return UPerNetDecoder(chans, strides, channels=channels, align_corners=corners)
     if cfg.decoder == "fcn":
-        return FCNDecoder(chans, strides, channels=channels)
+        return FCNDecoder(chans, strides, channels=channels, align_corners=corners)
     raise ValueError(f"unknown decoder {cfg.decoder!r}")
 
 
@@ -148,7 +177,13 @@ def build_model(
         generator: seeds the GMM's initial means and memory.
 
     Returns:
-        The :class:`~gmmseg.segmentor.Segmentor`.
+        The :class:`~gmmseg.segmentor.Segmentor`. ``cfg.align_corners`` reaches the decoder,
+        the classifier and the segmentor.
+
+    Raises:
+        ValueError: an invalid model field, named by its ``--set`` name where the recipe
+            checks it (``model.mit_norm``, ``model.segformer_projection``,
+            ``model.gmm.dropout``).
     """
     backbone = build_backbone_from_config(cfg, tiny)
     decoder = _decoder(cfg, backbone, 16 if tiny else cfg.decoder_channels)
@@ -156,6 +191,10 @@ def build_model(
     classifier: GMMClassifier | LinearClassifier
     if cfg.head == "gmm":
         g = cfg.gmm
+        if isinstance(g.dropout, bool) or not (
+            isinstance(g.dropout, (int, float)) and 0.0 <= g.dropout < 1.0
+        ):
+            raise ValueError(f"model.gmm.dropout must be a float in [0, 1), got {g.dropout!r}")
         classifier = GMMClassifier(
             num_classes,
             channels,
@@ -175,6 +214,7 @@ def build_model(
             faithful=g.faithful,
             persist_memory=g.persist_memory,
             align_corners=cfg.align_corners,
+            dropout=g.dropout,
             generator=generator,
         )
     elif cfg.head == "linear":

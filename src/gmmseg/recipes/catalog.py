@@ -80,7 +80,9 @@ _UPERNET = ModelConfig(
 
 
 def _gmm(model: ModelConfig, num_components: int) -> ModelConfig:
-    return dataclasses.replace(model, head="gmm", gmm=GMMConfig(num_components=num_components))
+    # the official head's Dropout2d(0.1) before the projection (training only)
+    gmm = GMMConfig(num_components=num_components, dropout=0.1)
+    return dataclasses.replace(model, head="gmm", gmm=gmm)
 
 
 def _pair(
@@ -129,6 +131,8 @@ _DEMO_GMM = GMMConfig(
     mean_momentum=0.99,
     upsample_before_norm=True,
     faithful=False,
+    # no dropout before the head: measured harmful on the demo (see docs/demo.md)
+    dropout=0.0,
     # The demo's bank is small (a few MB): keep it in checkpoints so that resume is exact.
     persist_memory=True,
 )

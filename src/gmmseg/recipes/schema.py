@@ -43,6 +43,9 @@ class GMMConfig:
         persist_memory: keep the memory bank in ``state_dict`` and therefore in checkpoints
             (None: the classifier's default, ``faithful``). Without it a resumed run restarts
             from a fresh memory and is not bit-identical to an uninterrupted one.
+        dropout: ``Dropout2d`` probability on the decoder features before the head's
+            projection, in training (the official head: 0.1, set in the paper's recipes; the
+            demo keeps 0: see the docs' design decisions).
     """
 
     embed_dim: int = 64
@@ -63,6 +66,7 @@ class GMMConfig:
     init_iter: int = 0
     init_batches: int = 4
     persist_memory: bool | None = None
+    dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -78,10 +82,19 @@ class ModelConfig:
         pretrained_source: its key layout (see :func:`~gmmseg.backbones.load_pretrained`).
         decoder: ``"fcn"``, ``"deeplabv3plus"``, ``"segformer"`` or ``"upernet"``.
         decoder_channels: decoder width.
+        mit_norm: LayerNorm epsilon convention of a MiT backbone (ignored by others):
+            ``"nvlabs"`` (1e-6 in blocks and stage norms, 1e-5 in patch-embedding and
+            key/value-reduction norms), ``"mmseg"`` (1e-6 everywhere; mmsegmentation and the
+            GMMSeg release) or ``"hf"`` (1e-5 everywhere; Hugging Face). Use the convention of
+            the checkpoint the model loads (:data:`~gmmseg.backbones.mit.MIT_NORM_EPS`).
+        segformer_projection: per-level projection of the SegFormer decoder: ``"conv"``
+            (mmsegmentation, 1×1 conv + BN + ReLU) or ``"linear"`` (Hugging Face / NVlabs).
+            See :class:`~gmmseg.heads.SegFormerDecoder`.
         head: ``"gmm"`` (GMMSeg) or ``"linear"`` (the softmax baseline).
         dropout: dropout of the linear classifier.
         gmm: options of the GMM classifier.
-        align_corners: of every bilinear resize of logits.
+        align_corners: of every bilinear resize: the decoder's internal ones, the logits' in the
+            loss and in inference.
         sync_bn: convert BatchNorm to SyncBatchNorm when training on several GPUs.
     """
 
@@ -93,6 +106,8 @@ class ModelConfig:
     pretrained_source: str = "auto"
     decoder: Literal["fcn", "deeplabv3plus", "segformer", "upernet"] = "segformer"
     decoder_channels: int = 256
+    mit_norm: Literal["nvlabs", "mmseg", "hf"] = "nvlabs"
+    segformer_projection: Literal["conv", "linear"] = "conv"
     head: Literal["gmm", "linear"] = "gmm"
     dropout: float = 0.1
     gmm: GMMConfig = field(default_factory=GMMConfig)

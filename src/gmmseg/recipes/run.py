@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -31,7 +33,9 @@ from gmmseg.engine import (
 from gmmseg.engine.checkpoint import load_model_state
 from gmmseg.engine.distributed import DistInfo
 from gmmseg.heads import GMMClassifier
+from gmmseg.interop import Layout, convert_checkpoint, load_converted, read_checkpoint
 from gmmseg.metrics import AnomalyResult, SegmentationResult
+from gmmseg.recipes._foreign import fit_recipe, matching_recipes
 from gmmseg.recipes.build import (
     build_anomaly_datasets,
     build_model,
@@ -375,34 +379,100 @@ _LOG = logging.getLogger("gmmseg")
 
 
 def load_trained(
-    checkpoint: Path | str, recipe: Recipe | None = None, device: str | torch.device = "cpu"
+    checkpoint: Path | str,
+    recipe: Recipe | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    layout: Layout | Literal["gmmseg"] = "auto",
+    memory: bool = False,
+    trust: bool = False,
+    tiny: bool = False,
 ) -> tuple[Segmentor, Recipe]:
-    """Rebuild the model of a training checkpoint and load its weights and GMM state.
+    """Rebuild a trained model and load its weights and GMM state, from gmmseg or elsewhere.
+
+    Besides gmmseg's own checkpoints (written by :func:`train_recipe`), this reads whole models
+    trained by other projects (see the page "Use a model trained elsewhere"): the official
+    GMMSeg release, mmsegmentation model-zoo files, Hugging Face
+    ``SegformerForSemanticSegmentation`` (a ``.bin``/``.safetensors`` file or a saved folder)
+    and NVlabs SegFormer files. Such a file must fit ``recipe``: the architecture settings
+    only a file can tell (MiT LayerNorm epsilons, the SegFormer projection form, the decoder
+    width, the Swin window) are taken from it; a different backbone, decoder, classifier, class
+    count or GMM size is refused with the ``--set`` override that fixes it. Loading is strict:
+    every model tensor is filled, every file tensor is used or dropped for a stated reason; the
+    report is logged (logger ``gmmseg``, level INFO).
+
+    Inference loads need only the checkpoint: the recipe's ImageNet ``model.pretrained`` file
+    is not read (the checkpoint holds every weight). Without ``memory``, a foreign GMM model
+    gets a one-slot placeholder memory and the file's memory bank is never read (the official
+    release's is 6.5 GiB).
 
     Args:
-        checkpoint: a file written by :func:`train_recipe`.
-        recipe: the recipe to build (default: the one stored in the checkpoint).
+        checkpoint: a checkpoint file, or a Hugging Face ``save_pretrained`` folder.
+        recipe: the recipe to build (default: the one stored in a gmmseg checkpoint; required
+            for other files).
         device: where to load.
+        layout: ``"auto"`` (detected from the keys), ``"gmmseg"``, or one of
+            :data:`~gmmseg.interop.FOREIGN_LAYOUTS` (``"official"``, ``"mmseg"``, ``"hf"``,
+            ``"nvlabs"``).
+        memory: also load an official file's GMM memory bank (to continue training; the
+            recipe's ``gmm.memory_size`` must be the file's).
+        trust: unpickle a foreign file in full when its metadata holds objects outside the
+            safe allow-list (numpy arrays, scalars, dtypes). Only for files you trust.
+        tiny: build the recipe's miniature model (as dry runs do), for a foreign file written
+            from one.
 
     Returns:
-        The model in eval mode, and the recipe.
+        The model in eval mode, and the recipe (with the settings taken from a foreign file).
+
+    Raises:
+        FileNotFoundError: a missing checkpoint.
+        ValueError: a checkpoint that does not fit the recipe, an unknown layout, a damaged
+            file, or (:class:`~gmmseg.interop.UntrustedCheckpointError`) untrusted metadata.
     """
-    state = load_checkpoint(checkpoint, map_location=device)
-    extra = state.get("extra", {})
+    peek = read_checkpoint(checkpoint, trust=trust)
+    if layout == "gmmseg" or (layout == "auto" and "model" in peek.top_level):
+        state = load_checkpoint(checkpoint, map_location=device)
+        extra = state.get("extra", {})
+        if recipe is None:
+            if "recipe" not in extra:
+                raise ValueError(f"checkpoint {str(checkpoint)!r} holds no recipe; name one")
+            recipe = from_dict(Recipe, extra["recipe"])
+        cfg = dataclasses.replace(recipe.model, pretrained="")
+        model = build_model(cfg, num_classes_of(recipe.data), tiny=bool(extra.get("tiny", tiny)))
+        model = model.to(device)
+        try:
+            load_model_state(model, state)
+        except RuntimeError as e:
+            raise ValueError(
+                f"checkpoint {str(checkpoint)!r} does not fit recipe {recipe.name!r}: {e}"
+            ) from e
+        return model.eval(), recipe
+    conversion = convert_checkpoint(peek.tensors, layout)
     if recipe is None:
-        if "recipe" not in extra:
-            raise ValueError(f"checkpoint {str(checkpoint)!r} holds no recipe; name one")
-        recipe = from_dict(Recipe, extra["recipe"])
-    model = build_model(
-        recipe.model, num_classes_of(recipe.data), tiny=bool(extra.get("tiny", False))
-    ).to(device)
-    try:
-        load_model_state(model, state)
-    except RuntimeError as e:
+        fits = matching_recipes(conversion.model)
+        hint = f" (recipes that fit it: {', '.join(fits)})" if fits else ""
         raise ValueError(
-            f"checkpoint {str(checkpoint)!r} does not fit recipe {recipe.name!r}: {e}"
-        ) from e
-    return model.eval(), recipe
+            f"checkpoint {str(checkpoint)!r} is a {conversion.model.layout!r} file, which holds "
+            f"no gmmseg recipe: name one{hint}"
+        )
+    recipe, settings = fit_recipe(recipe, conversion.model, tiny=tiny)
+    cfg = dataclasses.replace(recipe.model, pretrained="")
+    if cfg.head == "gmm":
+        k = conversion.model.memory_size
+        if memory and k is not None and k != cfg.gmm.memory_size:
+            raise ValueError(
+                f"the checkpoint's memory bank has {k} slots per component, recipe "
+                f"{recipe.name!r} {cfg.gmm.memory_size}: use --set model.gmm.memory_size={k}"
+            )
+        if not memory:
+            cfg = dataclasses.replace(cfg, gmm=dataclasses.replace(cfg.gmm, memory_size=1))
+    if tiny and memory:
+        raise ValueError("memory=True needs the full model, not the miniature (tiny=True)")
+    model = build_model(cfg, num_classes_of(recipe.data), tiny=tiny)
+    report = load_converted(model, conversion, memory=memory)
+    report.settings.update(settings)
+    _LOG.info("%s: %s", checkpoint, report.summary())
+    return model.to(device).eval(), recipe
 
 
 def evaluate_recipe(recipe: Recipe, checkpoint: Path | str, device: str = "auto") -> dict[str, Any]:

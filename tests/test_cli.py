@@ -201,3 +201,126 @@ def test_demo_results_table_in_the_docs_is_current() -> None:
         start = text.index("<!-- demo-table -->") + len("<!-- demo-table -->")
         end = text.index("<!-- /demo-table -->")
         assert text[start:end].strip() == table, doc
+
+
+# --------------------------------------------------------------------------- never lose work
+
+
+def _png(path: Path, shape: tuple[int, ...] = (24, 32, 3), dtype: type = np.uint8) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype)).save(path)
+    return path
+
+
+def test_predict_refuses_two_inputs_with_one_name(
+    demo_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: the second image silently overwrote the first one's outputs.
+    a, b = _png(tmp_path / "a" / "frame.png"), _png(tmp_path / "b" / "frame.png")
+    out = tmp_path / "pred"
+    code, _, err = run(
+        capsys, "predict", "--checkpoint", str(demo_checkpoint), str(a), str(b), "--out", str(out)
+    )
+    assert code == 2 and "share the name 'frame'" in err and str(a) in err and str(b) in err
+    assert not out.exists()  # refused before any work
+
+
+def test_predict_does_not_overwrite_existing_files_unless_told(
+    demo_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = _png(tmp_path / "scene.png")
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "scene_seg.png").write_bytes(b"my own figure")
+    code, _, err = run(
+        capsys, "predict", "--checkpoint", str(demo_checkpoint), str(image), "--out", str(out)
+    )
+    assert code == 2 and "already exists" in err and "--overwrite" in err
+    assert (out / "scene_seg.png").read_bytes() == b"my own figure"
+    code, _, err = run(
+        capsys,
+        "predict",
+        "--checkpoint",
+        str(demo_checkpoint),
+        str(image),
+        "--out",
+        str(out),
+        "--overwrite",
+    )
+    assert code == 0, err
+    assert Image.open(out / "scene_seg.png").size == (32, 24)
+
+
+def test_predict_reads_16_bit_images_without_clipping(
+    demo_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: a 16-bit PNG was clipped to 0/255 by Pillow's convert("RGB").
+    from gmmseg.data._io import read_image
+
+    grey = np.random.default_rng(1).integers(0, 65536, (24, 32), dtype=np.uint16)
+    wide = tmp_path / "wide.png"
+    Image.fromarray(grey).save(wide)
+    expected = np.round(grey.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(read_image(wide), np.repeat(expected[..., None], 3, axis=2))
+    code, _, err = run(
+        capsys,
+        "predict",
+        "--checkpoint",
+        str(demo_checkpoint),
+        str(wide),
+        "--out",
+        str(tmp_path / "p"),
+    )
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "demo", "--dry-run", "--device", "gpu0"], "device"),
+        (["eval", "demo", "--checkpoint", "{bad}"], "truncated"),
+        (["eval", "demo", "--checkpoint", "{empty}"], "0 bytes"),
+        (
+            ["predict", "--checkpoint", "{ckpt}", "{corrupt_image}", "--out", "{out}"],
+            "cannot decode image",
+        ),
+        (
+            ["predict", "--checkpoint", "{ckpt}", "{float_image}", "--out", "{out}"],
+            "32-bit integer or float",
+        ),
+        (["predict", "--checkpoint", "{ckpt}", "{image}", "--out", "{a_file}/sub"], "a_file"),
+    ],
+)
+def test_expected_failures_are_one_line(
+    argv: list[str],
+    message: str,
+    demo_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before: tracebacks (RuntimeError, EOFError, OSError, PermissionError).
+    (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04 truncated")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    corrupt = _png(tmp_path / "corrupt.png")
+    corrupt.write_bytes(corrupt.read_bytes()[:60])
+    Image.fromarray(np.ones((8, 8), dtype=np.float32)).save(tmp_path / "float.tiff")
+    (tmp_path / "a_file").write_text("an output folder cannot be made inside a file")
+    names = {
+        "bad": tmp_path / "bad.pt",
+        "empty": tmp_path / "empty.pt",
+        "ckpt": demo_checkpoint,
+        "corrupt_image": corrupt,
+        "float_image": tmp_path / "float.tiff",
+        "image": _png(tmp_path / "ok.png"),
+        "out": tmp_path / "out",
+        "a_file": tmp_path / "a_file",
+    }
+    code, _, err = run(capsys, *[a.format(**names) for a in argv])
+    assert code == 2, err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "eval", "demo", "--checkpoint", "/missing.pt"])

@@ -420,3 +420,21 @@ def test_index_error(fixture_root: Path) -> None:
     ds = build(fixture_root, "ade20k", "validation")
     with pytest.raises(IndexError):
         ds[len(ds)]
+
+
+@pytest.mark.parametrize("entry", ["../../outside.jpg", "/etc/hostname"])
+def test_road_anomaly_frame_list_cannot_leave_the_dataset(tmp_path: Path, entry: str) -> None:
+    # Before: a "../" entry of frame_list.json read a file outside the dataset folder.
+    F.write_fixture("road_anomaly", tmp_path)
+    exp = expected(tmp_path, "road_anomaly")
+    kwargs = {
+        k: (tmp_path / "road_anomaly" / v if k.endswith("root") else v)
+        for k, v in exp["splits"]["original"]["kwargs"].items()
+    }
+    listing = next(Path(kwargs["root"]).rglob("frame_list.json"))
+    outside = listing.parent.parent / "outside.jpg"
+    outside.write_bytes(b"not part of the dataset")
+    names = json.loads(listing.read_text())
+    listing.write_text(json.dumps([*names, entry]))
+    with pytest.raises(ValueError, match="not a file inside"):
+        D.RoadAnomaly(**kwargs)

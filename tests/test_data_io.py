@@ -328,3 +328,39 @@ def test_corrupt_image_and_label_named(tmp_path: Path) -> None:
     frame.image_path.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
     with pytest.raises(OSError, match="image file .*" + re.escape(frame.image_path.name)):
         Cityscapes(root, "train")[0]
+
+
+def test_decompression_bombs_are_one_line_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: PIL's DecompressionBombError traceback.
+    path = tmp_path / "huge.png"
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels > 2 x 100
+    with pytest.raises(ValueError, match=r"huge\.png is larger than Pillow's decompression-bomb"):
+        read_image(path)
+    with pytest.raises(ValueError, match="decompression-bomb"):
+        read_image_region(path, lambda hw: (0, 0, 8, 8))
+
+
+def test_16_bit_greyscale_is_rescaled_not_clipped(tmp_path: Path) -> None:
+    # Before: Pillow's convert("RGB") clipped every value above 255 to 255.
+    grey = np.array([[0, 128, 257, 32767, 32768, 65535]], dtype=np.uint16)
+    path = tmp_path / "wide.png"
+    Image.fromarray(grey).save(path)
+    assert Image.open(path).mode == "I;16"
+    want = np.array([[0, 0, 1, 127, 128, 255]], dtype=np.uint8)  # round(v * 255 / 65535)
+    assert np.array_equal(
+        want[0], np.round(grey[0].astype(np.float64) * 255 / 65535).astype(np.uint8)
+    )
+    got = read_image(path)
+    assert np.array_equal(got, np.repeat(want[..., None], 3, axis=2))
+    region, size = read_image_region(path, lambda hw: (0, 2, 1, 3))
+    assert size == (1, 6) and np.array_equal(region, got[:, 2:5])
+
+
+def test_float_images_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "depth.tiff"
+    Image.fromarray(np.ones((4, 4), dtype=np.float32)).save(path)
+    with pytest.raises(ValueError, match=r"depth\.tiff has mode 'F'"):
+        read_image(path)

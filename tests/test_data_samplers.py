@@ -209,3 +209,28 @@ def test_dataloader_workers_reproducible(tmp_path: Path) -> None:
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     # The two workers draw different augmentations.
     assert not torch.equal(a[0], a[1])
+
+
+def test_cache_is_rebuilt_when_labels_change_or_the_file_is_damaged(tmp_path: Path) -> None:
+    # Before: the cache was keyed on the paths only, so a label rewritten in place kept the
+    # stale index; a truncated cache file raised from np.load.
+    import os
+
+    from PIL import Image
+
+    root = write_fixture("cityscapes", tmp_path, num_images=4)
+    ds = Cityscapes(root, "val")
+    cache = tmp_path / "cache"
+    before = class_image_index(ds, 19, cache_dir=cache)
+    label_path = Path(ds.frames[0].label_path)
+    stat = label_path.stat()
+    Image.fromarray(np.full((64, 128), 7, dtype=np.uint8)).save(label_path)  # class 7 only
+    os.utime(label_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    after = class_image_index(Cityscapes(root, "val"), 19, cache_dir=cache)
+    loop = [c for c in range(19) if 0 in after.images_of(c).tolist()]
+    assert loop == [7]
+    assert [c for c in range(19) if 0 in before.images_of(c).tolist()] != [7]
+    for damaged in cache.glob("class_index_*.npz"):
+        damaged.write_bytes(damaged.read_bytes()[:20])
+    again = class_image_index(Cityscapes(root, "val"), 19, cache_dir=cache)
+    assert torch.equal(again.images, after.images) and torch.equal(again.offsets, after.offsets)

@@ -15,6 +15,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from gmmseg.data import DemoScenes
 from gmmseg.data.samplers import collate_samples
 from gmmseg.engine import InferenceSettings, evaluate_anomaly, evaluate_segmentation
+from gmmseg.engine.checkpoint import latest_checkpoint, load_checkpoint
 from gmmseg.engine.trainer import Trainer, TrainSettings
 from gmmseg.heads import GMMClassifier
 from gmmseg.recipes import apply_overrides, build_model, dry_run_recipe, get_recipe, train_recipe
@@ -286,3 +287,173 @@ def test_tensorboard_writes_the_numeric_metrics(tmp_path: Path) -> None:
     assert sorted(events.Tags()["scalars"]) == ["loss", "mIoU"]  # not iter, time or text
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 0.5), (2, 0.125)]
     assert [(e.step, e.value) for e in events.Scalars("mIoU")] == [(1, 0.25)]
+
+
+# --------------------------------------------------------------------------- never lose work
+
+
+def test_pruning_never_touches_files_the_trainer_did_not_write(tmp_path: Path) -> None:
+    # Before: the last two of sorted(glob("iter_*.pt")) were kept: the user's files were
+    # deleted, and with iter_best.pt / iter_final.pt present every new checkpoint was deleted
+    # right after it was written (so --resume auto restarted from iteration 1).
+    work = tmp_path / "w"
+    work.mkdir()
+    users = {name: f"mine: {name}".encode() for name in ("iter_best.pt", "iter_final.pt")}
+    users["iter_00000004_keep.pt"] = b"a copy I keep"
+    for name, data in users.items():
+        (work / name).write_bytes(data)
+    recipe = apply_overrides(tiny_demo(tmp_path), ["train.checkpoint_interval=2"])
+    train_recipe(recipe, work, tiny=True, progress=False)
+    for name, data in users.items():
+        assert (work / name).read_bytes() == data
+    assert sorted(p.name for p in work.glob("iter_0*.pt")) == [
+        "iter_00000004.pt",
+        "iter_00000004_keep.pt",
+        "iter_00000006.pt",
+    ]
+    assert latest_checkpoint(work) == work / "iter_00000006.pt"
+    _, result = train_recipe(recipe, work, resume="auto", tiny=True, progress=False)
+    assert result["iteration"] == 6
+    for name, data in users.items():
+        assert (work / name).read_bytes() == data
+
+
+def test_a_failing_evaluation_loses_no_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: evaluation ran before the checkpoint of its iteration was written, so a failing
+    # evaluation (a truncated validation image, ...) lost all training since the last one.
+    import gmmseg.recipes.run as run_module
+
+    recipe = apply_overrides(tiny_demo(tmp_path), ["train.eval_interval=3"])
+    straight, res_a = train_recipe(recipe, tmp_path / "a", tiny=True, progress=False)
+    real = run_module.evaluate_segmentation
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise OSError("cannot decode image file val/0003.png: truncated")
+
+    monkeypatch.setattr(run_module, "evaluate_segmentation", broken)
+    with pytest.raises(OSError, match="truncated"):
+        train_recipe(recipe, tmp_path / "b", tiny=True, progress=False)
+    assert latest_checkpoint(tmp_path / "b") == tmp_path / "b" / "iter_00000003.pt"
+    calls: list[int] = []
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(run_module, "evaluate_segmentation", counting)
+    resumed, res_b = train_recipe(recipe, tmp_path / "b", resume="auto", tiny=True, progress=False)
+    assert len(calls) == 2  # the evaluation of iteration 3 that failed, then iteration 6
+    for k, v in weights(straight).items():
+        torch.testing.assert_close(v, weights(resumed)[k], rtol=0, atol=0, msg=k)
+    assert res_b["eval"] == res_a["eval"] and res_b["eval"]["mIoU"] >= 0
+
+
+def test_resuming_a_finished_run_keeps_its_metrics(tmp_path: Path) -> None:
+    # Before: --resume auto on a finished run rewrote metrics.json with empty results.
+    recipe = tiny_demo(tmp_path)
+    _, first = train_recipe(recipe, tmp_path / "w", tiny=True, progress=False)
+    before = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    _, again = train_recipe(recipe, tmp_path / "w", resume="auto", tiny=True, progress=False)
+    after = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert again["eval"] == first["eval"] and again["eval"]
+    assert after["eval"] == before["eval"] and after["train"] == before["train"]
+    assert after["train"]["loss"] == pytest.approx(first["train"]["loss"])
+
+
+def test_resume_refuses_changed_settings_unless_told(tmp_path: Path) -> None:
+    # Before: another seed / learning rate / batch size was accepted silently and the run then
+    # claimed the new values throughout.
+    recipe = apply_overrides(tiny_demo(tmp_path), ["train.iters=3", "train.checkpoint_interval=3"])
+    train_recipe(recipe, tmp_path / "w", tiny=True, progress=False)
+    saved = (tmp_path / "w" / "recipe.json").read_text()
+    longer = apply_overrides(recipe, ["train.iters=6"])
+    changed = apply_overrides(longer, ["train.seed=5", "optim.lr=0.5"])
+    with pytest.raises(ValueError, match=r"train\.seed: 0 -> 5.*--allow-changed-settings"):
+        train_recipe(changed, tmp_path / "w", resume="auto", tiny=True, progress=False)
+    assert (tmp_path / "w" / "recipe.json").read_text() == saved  # nothing rewritten
+    # intervals, workers and evaluation settings may change freely
+    relaxed = apply_overrides(recipe, ["train.log_interval=2", "data.num_workers=0"])
+    train_recipe(relaxed, tmp_path / "w", resume="auto", tiny=True, progress=False)
+    _, result = train_recipe(
+        changed,
+        tmp_path / "w",
+        resume="auto",
+        tiny=True,
+        progress=False,
+        allow_changed_settings=True,
+    )
+    assert result["iteration"] == 6
+    state = load_checkpoint(latest_checkpoint(tmp_path / "w"))  # type: ignore[arg-type]
+    record = next(r for r in state["history"] if r["mode"] == "resume")
+    assert record["iter"] == 3
+    assert record["changed"]["train.seed"] == [0, 5]
+    assert record["changed"]["train.iters"] == [3, 6]
+    assert json.loads((tmp_path / "w" / "recipe.json").read_text())["train"]["seed"] == 5
+
+
+def test_resume_from_a_checkpoint_of_another_model_is_one_line(tmp_path: Path) -> None:
+    # Before: load_state_dict's multi-line RuntimeError.
+    gmm = tiny_demo(tmp_path)
+    train_recipe(gmm, tmp_path / "gmm", tiny=True, progress=False)
+    other = apply_overrides(tiny_demo(tmp_path, "linear"), ["name=demo"])
+    with pytest.raises(ValueError, match=r"iter_00000006\.pt' does not fit") as info:
+        train_recipe(
+            other,
+            tmp_path / "x",
+            resume=str(tmp_path / "gmm" / "iter_00000006.pt"),
+            tiny=True,
+            progress=False,
+            allow_changed_settings=True,
+        )
+    assert "\n" not in str(info.value)
+
+
+def test_persist_memory_false_keeps_the_bank_out_of_checkpoints(tmp_path: Path) -> None:
+    # Before: the docs said so, but trainer checkpoints stored every non-persistent buffer.
+    for persist in (False, True):
+        recipe = apply_overrides(
+            tiny_demo(tmp_path), ["train.iters=2", f"model.gmm.persist_memory={persist}"]
+        )
+        train_recipe(recipe, tmp_path / str(persist), tiny=True, progress=False)
+        state = load_checkpoint(tmp_path / str(persist) / "iter_00000002.pt")
+        stored = set(state["model"]) | set(state.get("buffers", {}))
+        assert ("classifier.memory.bank" in stored) is persist
+
+
+def test_an_empty_batch_is_refused_instead_of_a_nan_loss(tmp_path: Path) -> None:
+    recipe = tiny_demo(tmp_path, "linear")
+    model = build_model(recipe.model, 12, tiny=True)  # type: ignore[attr-defined]
+    trainer = _bare_trainer(model)
+    batch = {"image": torch.zeros(0, 3, 32, 32), "label": torch.zeros(0, 32, 32, dtype=torch.long)}
+    with pytest.raises(ValueError, match=r"training step 1: the batch holds no images"):
+        trainer.step(batch)
+
+
+def test_divergence_names_the_step(tmp_path: Path) -> None:
+    # Before: "features must be finite" without the iteration.
+    recipe = tiny_demo(tmp_path)
+    model = build_model(recipe.model, 12, tiny=True)  # type: ignore[attr-defined]
+    trainer = _bare_trainer(model)
+    trainer.iteration = 41
+    image = torch.full((2, 3, 32, 32), float("nan"))
+    batch = {"image": image, "label": torch.zeros(2, 32, 32, dtype=torch.long)}
+    with pytest.raises(ValueError, match=r"training step 42: .*finite"):
+        trainer.step(batch)
+
+
+def _bare_trainer(model: torch.nn.Module) -> Trainer:
+    from gmmseg.engine import PolyWarmup, build_optimizer
+    from gmmseg.engine.distributed import DistInfo
+
+    opt = build_optimizer(model, "adamw", 1e-3, 0.0)
+    return Trainer(
+        model,  # type: ignore[arg-type]
+        opt,
+        PolyWarmup(10),
+        lambda start: [],
+        TrainSettings(max_iters=10),
+        DistInfo(0, 1, 0, torch.device("cpu")),
+        progress=False,
+    )

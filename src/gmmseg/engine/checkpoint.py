@@ -212,7 +212,7 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if "Unsupported global" in str(e):
             raise ValueError(
                 f"{str(path)!r} is not a gmmseg checkpoint: it holds Python objects other than "
                 f"tensors and plain values ({str(e).splitlines()[0]})"

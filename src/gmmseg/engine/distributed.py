@@ -37,13 +37,18 @@ def select_device(device: str | None, local_rank: int = 0) -> torch.device:
     """``device`` if given, else ``cuda:local_rank`` when CUDA is available, else CPU.
 
     Raises:
-        ValueError: a CUDA device is requested but CUDA is not available.
+        ValueError: an invalid device name, or a CUDA device requested without CUDA.
     """
     if device is None or device == "auto":
         return (
             torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
         )
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(
+            f"device {device!r} is not a device name: expected auto, cpu, cuda or cuda:N"
+        ) from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available")
     return dev

@@ -114,7 +114,8 @@ def check_recipe(recipe: Recipe, *, training: bool = False) -> None:
         try:
             build_model(model, num_classes_of(recipe.data))
         except (ValueError, TypeError) as err:
-            raise ValueError(f"model: {err}") from err
+            text = str(err)
+            raise ValueError(text if text.startswith("model.") else f"model: {text}") from err
     if training and recipe.model.pretrained:
         path = Path(recipe.model.pretrained)
         if not path.is_file():

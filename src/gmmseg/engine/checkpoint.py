@@ -66,7 +66,7 @@ def _feed(h: Any, obj: Any) -> None:
         t = obj.detach().to("cpu").contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}|".encode())
         if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # no copy
     elif isinstance(obj, Mapping):
         items = sorted(obj.items(), key=lambda kv: f"{type(kv[0]).__name__}:{kv[0]!r}")
         h.update(f"D{len(items)}|".encode())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -73,18 +74,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
         fixtures = Path(tempfile.mkdtemp(prefix="gmmseg-dry-run-"))
         recipe = dry_run_recipe(recipe, fixtures, iters=args.dry_run_iters)
         work_dir = Path(args.work_dir) if args.work_dir else fixtures / "work"
-    model, result = train_recipe(
-        recipe,
-        work_dir,
-        resume=args.resume,
-        tiny=args.dry_run,
-        progress=not args.no_progress,
-        tensorboard=args.tensorboard,
-        allow_changed_settings=args.allow_changed_settings,
-    )
-    summary: dict[str, Any] = {"recipe": recipe.name, "work_dir": str(work_dir), **result}
-    if args.dry_run and recipe.anomaly is not None:
-        summary["anomaly"] = evaluate_recipe_anomaly(recipe, model=model, device="cpu")
+    try:
+        model, result = train_recipe(
+            recipe,
+            work_dir,
+            resume=args.resume,
+            tiny=args.dry_run,
+            progress=not args.no_progress,
+            tensorboard=args.tensorboard,
+            allow_changed_settings=args.allow_changed_settings,
+        )
+        summary: dict[str, Any] = {"recipe": recipe.name, "work_dir": str(work_dir), **result}
+        if args.dry_run and recipe.anomaly is not None:
+            summary["anomaly"] = evaluate_recipe_anomaly(recipe, model=model, device="cpu")
+    finally:
+        if args.dry_run and args.work_dir:
+            # The generated miniature data (gmmseg's own temporary folder); the work folder
+            # the user named is elsewhere and stays.
+            shutil.rmtree(fixtures, ignore_errors=True)
     _print_json(summary)
     return 0
 

@@ -285,7 +285,7 @@ def test_refuses_a_mismatched_tensor_naming_both_shapes(tmp_path: Path) -> None:
     sd["decoder.skip.0.weight"] = torch.randn(40, 32, 1, 1)  # 40 skip channels, gmmseg has 48
     path = tmp_path / "odd.pth"
     mmseg_file(path, gmmseg_resnet_to_mmseg(strip(sd, "backbone.")), "deeplabv3plus", sd)
-    with pytest.raises(ValueError, match="decode_head.c1_bottleneck") as info:
+    with pytest.raises(ValueError, match=r"decode_head\.c1_bottleneck") as info:
         load_trained(path, recipe, tiny=True)
     text = str(info.value)
     assert "decode_head.c1_bottleneck.conv.weight" in text

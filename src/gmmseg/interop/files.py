@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -144,7 +145,18 @@ def _torch_load(path: Path, trust: bool) -> tuple[Any, bool]:
             f"unpickling checkpoint {str(path)!r} needs the Python module {e.name!r}, which is "
             f"not installed: install it, or re-save the file's state_dict alone"
         ) from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile) as e:
+    except (
+        EOFError,
+        RuntimeError,
+        zipfile.BadZipFile,
+        struct.error,
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+    ) as e:
         raise _damaged(path, f"{type(e).__name__}: {e}") from None
     return obj, is_zip
 

@@ -266,11 +266,20 @@ def _describe_backbone(
 
 
 def _convert_backbone(
-    tensors: Mapping[str, Tensor], prefix: str, source: str
+    tensors: Mapping[str, Tensor], prefix: str, source: str, layout: str
 ) -> tuple[str, Converted]:
     """Family and conversion of the ``prefix``-ed backbone tensors in the ``source`` layout."""
     state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     keys = list(state)
+    if not keys:
+        try:
+            guess = f" (its keys look like the {detect_layout(tensors)!r} layout)"
+        except ValueError:
+            guess = ""
+        raise ValueError(
+            f"the checkpoint has no backbone tensors under {prefix!r}: it is not a {layout!r} "
+            f"file{guess}"
+        )
     if detect_mit_source(keys) is not None:
         return "mit", convert_mit(state, source)
     if detect_swin_source(keys) is not None:
@@ -380,7 +389,7 @@ def _require(tensors: Mapping[str, Tensor], keys: Iterable[str], layout: str) ->
 
 def _convert_mmcv(tensors: Mapping[str, Tensor], layout: str) -> Conversion:
     """Official / mmseg files: ``backbone.*`` + ``decode_head.*`` (+ ``auxiliary_head.*``)."""
-    family, bb = _convert_backbone(tensors, "backbone.", "mmseg")
+    family, bb = _convert_backbone(tensors, "backbone.", "mmseg", layout)
     head, rest = _split(tensors, "decode_head.")
     kind = _mmseg_decoder_kind(head)
     if layout == "official" and kind != "segformer":
@@ -484,7 +493,7 @@ def _convert_gmm_head(conv: Conversion, head: Mapping[str, Tensor]) -> None:
 def _convert_linear_segformer(tensors: Mapping[str, Tensor], layout: str) -> Conversion:
     """Hugging Face / NVlabs files: MiT + SegFormer decoder with per-stage Linear projections."""
     if layout == "hf":
-        family, bb = _convert_backbone(tensors, "segformer.", "hf")
+        family, bb = _convert_backbone(tensors, "segformer.", "hf", layout)
         head, rest = _split(tensors, "decode_head.")
         rules = [
             (
@@ -497,7 +506,7 @@ def _convert_linear_segformer(tensors: Mapping[str, Tensor], layout: str) -> Con
         ]
         prefix, classifier = "segformer.", "classifier.weight"
     else:
-        family, bb = _convert_backbone(tensors, "backbone.", "official")
+        family, bb = _convert_backbone(tensors, "backbone.", "official", layout)
         head, rest = _split(tensors, "decode_head.")
         head = {
             re.sub(r"^linear_c(\d)\.", lambda m: f"linear_c.{int(m.group(1)) - 1}.", k): v

@@ -67,7 +67,7 @@ def fit_recipe(
         names = {"mit": "MiT", "resnet": "ResNet", "swin": "Swin"}
         fix = model.backbone or f"<a {names[model.backbone_family]} backbone>"
         raise ValueError(
-            f"the checkpoint holds a {names[model.backbone_family]} backbone "
+            f"the checkpoint holds a {model.backbone or names[model.backbone_family]} backbone "
             f"({model.backbone_shape}), recipe {name!r} builds {m.backbone}: use --set "
             f"model.backbone={fix}"
         )

@@ -457,18 +457,17 @@ def load_trained(
         )
     recipe, settings = fit_recipe(recipe, conversion.model, tiny=tiny)
     cfg = dataclasses.replace(recipe.model, pretrained="")
-    if cfg.head == "gmm":
-        k = conversion.model.memory_size
-        if memory and k is not None and k != cfg.gmm.memory_size:
-            raise ValueError(
-                f"the checkpoint's memory bank has {k} slots per component, recipe "
-                f"{recipe.name!r} {cfg.gmm.memory_size}: use --set model.gmm.memory_size={k}"
-            )
-        if not memory:
-            cfg = dataclasses.replace(cfg, gmm=dataclasses.replace(cfg.gmm, memory_size=1))
-    if tiny and memory:
-        raise ValueError("memory=True needs the full model, not the miniature (tiny=True)")
+    if cfg.head == "gmm" and not memory:
+        cfg = dataclasses.replace(cfg, gmm=dataclasses.replace(cfg.gmm, memory_size=1))
     model = build_model(cfg, num_classes_of(recipe.data), tiny=tiny)
+    k = conversion.model.memory_size
+    if memory and k is not None and isinstance(model.classifier, GMMClassifier):
+        have = getattr(model.classifier.memory, "capacity", None)
+        if have != k:
+            raise ValueError(
+                f"the checkpoint's memory bank has {k} slots per component, the model of recipe "
+                f"{recipe.name!r} {have}: use --set model.gmm.memory_size={k}"
+            )
     report = load_converted(model, conversion, memory=memory)
     report.settings.update(settings)
     _LOG.info("%s: %s", checkpoint, report.summary())

@@ -96,9 +96,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_load_reports() -> None:
+    """Print what loading a checkpoint made by another project converted and dropped."""
+    import logging
+
+    logger = logging.getLogger("gmmseg")
+    if not any(getattr(h, "_gmmseg_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler._gmmseg_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from gmmseg.recipes import evaluate_recipe
 
+    _show_load_reports()
     recipe = _recipe(args.recipe, args.set)
     _print_json(evaluate_recipe(recipe, args.checkpoint, device=args.device))
     return 0
@@ -107,6 +120,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_anomaly(args: argparse.Namespace) -> int:
     from gmmseg.recipes import evaluate_recipe_anomaly
 
+    _show_load_reports()
     recipe = _recipe(args.recipe, args.set)
     result = evaluate_recipe_anomaly(
         recipe, args.checkpoint, datasets=args.datasets, device=args.device
@@ -129,7 +143,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from gmmseg.recipes.run import inference_settings
     from gmmseg.viz import colorize, heatmap, overlay
 
-    model, recipe = load_trained(args.checkpoint, device="cpu")
+    _show_load_reports()
+    model, recipe = load_trained(
+        args.checkpoint,
+        _recipe(args.recipe, args.set) if args.recipe else None,
+        device="cpu",
+        layout=args.layout,
+        trust=args.trust_checkpoint,
+    )
     palette: Sequence[Sequence[int]]
     if recipe.data.dataset == "demo":
         palette = DemoScenes.semantic_palette
@@ -290,6 +311,24 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+")
     pr.add_argument("--out", default="predictions")
     pr.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    pr.add_argument(
+        "--recipe",
+        default=None,
+        help="the recipe to build (needed for a checkpoint made by another project)",
+    )
+    pr.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    pr.add_argument(
+        "--layout",
+        default="auto",
+        choices=["auto", "gmmseg", "official", "mmseg", "hf", "nvlabs"],
+        help="the checkpoint's layout (default: detected from its keys)",
+    )
+    pr.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle a file whose metadata holds objects outside the safe allow-list "
+        "(can run code stored in the file: only for files you trust)",
+    )
     pr.set_defaults(func=_cmd_predict)
 
     r = sub.add_parser("recipes", help="list the recipes")

@@ -1,0 +1,96 @@
+"""``gmmseg predict --recipe ... --checkpoint FILE`` once per foreign layout, with full-size
+MiT-B0 files (the backbone variant and the decoder width are read from the file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gmmseg.cli import main
+from gmmseg.heads import SegFormerDecoder
+from interop_helpers import add_prefix, gmmseg_decoder_to_mmseg, hf_mit_to_mmseg, randomise_state
+
+transformers = pytest.importorskip("transformers")
+
+from test_interop_official import official_file  # noqa: E402
+from test_interop_segformer import hf_segformer, nvlabs_state  # noqa: E402
+
+B0 = ((32, 64, 160, 256), (2, 2, 2, 2), (1, 2, 5, 8))
+SMALL = ["data.test_scale=none", "eval.mode=whole", "model.backbone=mit_b0"]
+
+
+def mmseg_b0(path: Path) -> None:
+    hf = hf_segformer(seed=3, width=256, mit=B0)
+    sd = add_prefix(
+        hf_mit_to_mmseg(
+            {
+                k.removeprefix("segformer."): v
+                for k, v in hf.state_dict().items()
+                if "segformer." in k
+            }
+        ),
+        "backbone.",
+    )
+    dec = randomise_state(SegFormerDecoder(B0[0], (4, 8, 16, 32), channels=256).state_dict())
+    sd.update(add_prefix(gmmseg_decoder_to_mmseg("segformer", dec), "decode_head."))
+    sd["decode_head.conv_seg.weight"] = torch.randn(19, 256, 1, 1)
+    sd["decode_head.conv_seg.bias"] = torch.zeros(19)
+    torch.save({"meta": {"CLASSES": tuple(range(19))}, "state_dict": sd}, path)
+
+
+def write(layout: str, folder: Path) -> tuple[Path, str]:
+    if layout == "official":
+        path = folder / "official.pth"
+        official_file(path, d=64, width=256, k=4, mit=B0)
+        return path, "segformer_b5_cocostuff10k_gmm"
+    if layout == "mmseg":
+        path = folder / "mmseg.pth"
+        mmseg_b0(path)
+        return path, "segformer_b5_cityscapes_softmax"
+    hf = hf_segformer(seed=4, width=256, mit=B0)
+    if layout == "hf":
+        hf.save_pretrained(folder / "hf")
+        return folder / "hf", "segformer_b5_cityscapes_softmax"
+    path = folder / "nvlabs.pth"
+    torch.save({"state_dict": nvlabs_state(hf)}, path)
+    return path, "segformer_b5_cityscapes_softmax"
+
+
+@pytest.mark.parametrize(
+    ("layout", "settings"),
+    [
+        ("official", "model.mit_norm='mmseg'"),
+        ("mmseg", "model.mit_norm='mmseg'"),
+        ("hf", "model.segformer_projection='linear'"),
+        ("nvlabs", "model.segformer_projection='linear'"),
+    ],
+)
+def test_predict_with_a_foreign_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], layout: str, settings: str
+) -> None:
+    checkpoint, recipe = write(layout, tmp_path)
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), np.uint8)).save(image)
+    out = tmp_path / "out"
+    argv = ["predict", "--recipe", recipe, "--checkpoint", str(checkpoint), str(image)]
+    code = main([*argv, "--out", str(out), "--set", *SMALL])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"layout {layout!r}" in err and settings in err and "model.decoder_channels=256" in err
+    assert (out / "scene_seg.png").is_file() and (out / "scene_anomaly.png").is_file()
+
+
+def test_predict_without_a_recipe_names_the_fitting_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint, _ = write("mmseg", tmp_path)
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no gmmseg recipe: name one" in err
+    assert len(err.strip().splitlines()) == 1

@@ -94,3 +94,15 @@ def test_predict_without_a_recipe_names_the_fitting_ones(
     err = capsys.readouterr().err
     assert "holds no gmmseg recipe: name one" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_eval_with_the_official_release(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gmmseg.data import write_fixture
+
+    checkpoint, recipe = write("official", tmp_path)
+    root = write_fixture("coco_stuff10k", tmp_path / "data", size=(64, 96))
+    argv = ["eval", recipe, "--checkpoint", str(checkpoint), "--device", "cpu", "--set"]
+    code = main([*argv, f"data.root={root}", "data.test_scale=none", "model.backbone=mit_b0"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "layout 'official'" in captured.err and '"mIoU"' in captured.out

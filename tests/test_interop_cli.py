@@ -96,6 +96,7 @@ def test_predict_without_a_recipe_names_the_fitting_ones(
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.filterwarnings("ignore:classes absent from the labels")  # a 2-image fixture
 def test_eval_with_the_official_release(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from gmmseg.data import write_fixture
 

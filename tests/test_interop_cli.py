@@ -107,3 +107,28 @@ def test_eval_with_the_official_release(tmp_path: Path, capsys: pytest.CaptureFi
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "layout 'official'" in captured.err and '"mIoU"' in captured.out
+
+
+class Untrusted:
+    """An arbitrary class pickled in a file's metadata (as mmengine's HistoryBuffer is)."""
+
+
+def test_eval_takes_the_loading_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gmmseg.data import write_fixture
+
+    path = tmp_path / "mmseg.pth"
+    mmseg_b0(path)
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "meta": {"message_hub": Untrusted()}}, path)
+    root = write_fixture("cityscapes", tmp_path / "data", size=(64, 96))
+    argv = ["eval", "segformer_b5_cityscapes_softmax", "--checkpoint", str(path), "--set"]
+    sets = [f"data.root={root}", *SMALL]
+    code = main([*argv, *sets])
+    err = capsys.readouterr().err
+    assert code == 2 and "--trust-checkpoint" in err and "Untrusted" in err
+    code = main([*argv, *sets, "--trust-checkpoint", "--layout", "mmseg"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "layout 'mmseg'" in captured.err and '"mIoU"' in captured.out
+    code = main([*argv, *sets, "--layout", "hf", "--trust-checkpoint"])
+    assert code == 2 and "hf" in capsys.readouterr().err

@@ -109,21 +109,36 @@ def _show_load_reports() -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from gmmseg.recipes import evaluate_recipe
+    from gmmseg.recipes import check_recipe, evaluate_recipe
 
     _show_load_reports()
     recipe = _recipe(args.recipe, args.set)
-    _print_json(evaluate_recipe(recipe, args.checkpoint, device=args.device))
+    check_recipe(recipe)
+    _print_json(
+        evaluate_recipe(
+            recipe,
+            args.checkpoint,
+            device=args.device,
+            layout=args.layout,
+            trust=args.trust_checkpoint,
+        )
+    )
     return 0
 
 
 def _cmd_anomaly(args: argparse.Namespace) -> int:
-    from gmmseg.recipes import evaluate_recipe_anomaly
+    from gmmseg.recipes import check_recipe, evaluate_recipe_anomaly
 
     _show_load_reports()
     recipe = _recipe(args.recipe, args.set)
+    check_recipe(recipe)
     result = evaluate_recipe_anomaly(
-        recipe, args.checkpoint, datasets=args.datasets, device=args.device
+        recipe,
+        args.checkpoint,
+        datasets=args.datasets,
+        device=args.device,
+        layout=args.layout,
+        trust=args.trust_checkpoint,
     )
     _print_json(result)
     return 0
@@ -295,18 +310,38 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("eval", parents=[sets], help="mIoU of a checkpoint on the validation set")
+    loading = argparse.ArgumentParser(add_help=False)
+    loading.add_argument(
+        "--layout",
+        default="auto",
+        choices=["auto", "gmmseg", "official", "mmseg", "hf", "nvlabs"],
+        help="the checkpoint's layout (default: detected from its keys)",
+    )
+    loading.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle a file whose metadata holds objects outside the safe allow-list "
+        "(can run code stored in the file: only for files you trust)",
+    )
+
+    e = sub.add_parser(
+        "eval", parents=[sets, loading], help="mIoU of a checkpoint on the validation set"
+    )
     e.add_argument("recipe")
     e.add_argument("--checkpoint", required=True)
     e.set_defaults(func=_cmd_eval)
 
-    a = sub.add_parser("anomaly", parents=[sets], help="anomaly AP/AUROC/FPR95 of a checkpoint")
+    a = sub.add_parser(
+        "anomaly", parents=[sets, loading], help="anomaly AP/AUROC/FPR95 of a checkpoint"
+    )
     a.add_argument("recipe")
     a.add_argument("--checkpoint", required=True)
     a.add_argument("--datasets", nargs="+", default=None)
     a.set_defaults(func=_cmd_anomaly)
 
-    pr = sub.add_parser("predict", help="segmentation overlay and anomaly heat-map PNGs")
+    pr = sub.add_parser(
+        "predict", parents=[loading], help="segmentation overlay and anomaly heat-map PNGs"
+    )
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("images", nargs="+")
     pr.add_argument("--out", default="predictions")
@@ -317,18 +352,6 @@ def _parser() -> argparse.ArgumentParser:
         help="the recipe to build (needed for a checkpoint made by another project)",
     )
     pr.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
-    pr.add_argument(
-        "--layout",
-        default="auto",
-        choices=["auto", "gmmseg", "official", "mmseg", "hf", "nvlabs"],
-        help="the checkpoint's layout (default: detected from its keys)",
-    )
-    pr.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="unpickle a file whose metadata holds objects outside the safe allow-list "
-        "(can run code stored in the file: only for files you trust)",
-    )
     pr.set_defaults(func=_cmd_predict)
 
     r = sub.add_parser("recipes", help="list the recipes")

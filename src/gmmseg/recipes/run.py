@@ -474,10 +474,25 @@ def load_trained(
     return model.to(device).eval(), recipe
 
 
-def evaluate_recipe(recipe: Recipe, checkpoint: Path | str, device: str = "auto") -> dict[str, Any]:
-    """Evaluate a trained checkpoint on the recipe's validation split (mIoU, mAcc, aAcc, IoU)."""
+def evaluate_recipe(
+    recipe: Recipe,
+    checkpoint: Path | str,
+    device: str = "auto",
+    *,
+    layout: Layout | Literal["gmmseg"] = "auto",
+    trust: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a trained checkpoint on the recipe's validation split (mIoU, mAcc, aAcc, IoU).
+
+    Args:
+        recipe: the recipe (its data and inference settings; the model of a foreign file).
+        checkpoint: a gmmseg checkpoint or a file trained elsewhere (:func:`load_trained`).
+        device: where to compute.
+        layout: the checkpoint's layout (:func:`load_trained`).
+        trust: unpickle untrusted metadata in full (:func:`load_trained`).
+    """
     dist = init_distributed(device)
-    model, recipe = load_trained(checkpoint, recipe, dist.device)
+    model, recipe = load_trained(checkpoint, recipe, dist.device, layout=layout, trust=trust)
     loader = _eval_loader(build_val_dataset(recipe.data), dist, _eval_batch(recipe))
     result = evaluate_segmentation(
         model,
@@ -496,6 +511,9 @@ def evaluate_recipe_anomaly(
     device: str = "auto",
     model: Segmentor | None = None,
     return_raw: bool = False,
+    *,
+    layout: Layout | Literal["gmmseg"] = "auto",
+    trust: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Anomaly AP / AUROC / FPR95 of every score on each of the recipe's anomaly benchmarks.
 
@@ -506,6 +524,8 @@ def evaluate_recipe_anomaly(
         device: where to compute.
         model: an already loaded model.
         return_raw: return the full :class:`~gmmseg.metrics.AnomalyResult` (with curves).
+        layout: the checkpoint's layout (:func:`load_trained`).
+        trust: unpickle untrusted metadata in full (:func:`load_trained`).
 
     Returns:
         ``{dataset: {score: {"ap", "auroc", "fpr95"}}}``.
@@ -514,7 +534,7 @@ def evaluate_recipe_anomaly(
     if model is None:
         if checkpoint is None:
             raise ValueError("pass a checkpoint or a model")
-        model, recipe = load_trained(checkpoint, recipe, dist.device)
+        model, recipe = load_trained(checkpoint, recipe, dist.device, layout=layout, trust=trust)
     if recipe.anomaly is None:
         raise ValueError(f"recipe {recipe.name!r} has no anomaly section")
     out: dict[str, dict[str, Any]] = {}

@@ -357,7 +357,13 @@ def test_binned_constant_scores_then_spread() -> None:
 
 
 def spec_quantiles(values: np.ndarray, levels: int) -> list[float]:
-    """§3 step 2 written out level by level with Python floats."""
+    """§3 step 2 as the toolkit calls it: numpy's quantiles at linspace's own levels."""
+    k = min(levels, values.size)
+    return np.quantile(np.asarray(values, dtype=np.float64), np.linspace(0, 1, k)).tolist()
+
+
+def old_quantiles(values: np.ndarray, levels: int) -> list[float]:
+    """The levels i/(k − 1) that gmmseg used before (not the toolkit's), level by level."""
     x = sorted(values.tolist())
     n = len(x)
     k = min(levels, n)
@@ -518,3 +524,83 @@ def test_smiyc_frame_without_valid_pixels_contributes_nothing() -> None:
 def test_merge_rejects_other_config() -> None:
     with pytest.raises(ValueError, match="same \\(mode, num_bins"):
         AnomalyMetrics().merge(AnomalyMetrics(mode="binned"))
+
+
+# ------------------------------------------------- SMIYC levels (toolkit parity)
+
+
+def smiyc_curve_reference(frames, quantiles=spec_quantiles, levels: int = 384):
+    """Pooled (threshold, #pos, #neg) of the binned scores, by a plain dictionary count."""
+    y, b = smiyc_reference_with(frames, quantiles, levels)
+    counts: dict[float, list[int]] = {}
+    for v, lab in zip(b.tolist(), y.tolist(), strict=True):
+        counts.setdefault(v, [0, 0])[0 if lab == 1 else 1] += 1
+    thr = sorted(counts, reverse=True)
+    return thr, [counts[t][0] for t in thr], [counts[t][1] for t in thr]
+
+
+def smiyc_reference_with(frames, quantiles, levels):
+    ys, bs = [], []
+    for s, y in frames:
+        valid = y != 255
+        s, y = s[valid].astype(np.float64), y[valid]
+        edges: set[float] = set()
+        for part in (s[y == 1], s[y == 0]):
+            if part.size:
+                edges.update(quantiles(part, levels))
+        bs.extend(max(e for e in edges if e <= v) for v in s.tolist())
+        ys.append(y)
+    return np.concatenate(ys), np.array(bs)
+
+
+def metric_curve(m: AnomalyMetrics):
+    c = m.compute()["curve"]
+    tp, fp = c.tp.numpy(), c.fp.numpy()
+    return (
+        c.thresholds.tolist(),
+        np.diff(tp, prepend=0).tolist(),
+        np.diff(fp, prepend=0).tolist(),
+    )
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.integers(0, 8), min_size=1, max_size=60),  # quantised positive scores
+            st.lists(st.integers(0, 8), min_size=1, max_size=60),  # quantised negative scores
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.sampled_from([3.0, 7.0, 10.0]),
+)
+def test_smiyc_binning_small_counts_equals_numpy_quantile_at_linspace_levels(parts, div):
+    # Fewer than 384 pixels per class and frame: every level matters, and ties are everywhere.
+    frames = []
+    for pos, neg in parts:
+        s = np.array(pos + neg, dtype=np.float64)[None] / div
+        y = np.array([1] * len(pos) + [0] * len(neg))[None]
+        frames.append((s, y))
+    m = AnomalyMetrics(mode="smiyc_binned")
+    for s, y in frames:
+        m.update(s, y)
+    assert metric_curve(m) == smiyc_curve_reference(frames)
+
+
+def test_smiyc_levels_are_linspace_not_i_over_k_minus_1() -> None:
+    # 6 positives with ties: level i/(k−1) and linspace's float differ in the last bit, and
+    # numpy's quantile at linspace's level is 0.7500000000000001 where i/(k−1) gives 0.75; the
+    # other frame has 0.75 itself as an edge, so the pooled curves differ.
+    pos = np.sort(np.random.default_rng(5).integers(0, 5, 6).astype(np.float64) / 4)
+    old, new = old_quantiles(pos, 384), spec_quantiles(pos, 384)
+    assert old != new  # the two level conventions give different edges here
+    frames = [
+        (np.concatenate([pos, [0.5, 0.25]])[None], np.array([[1] * 6 + [0, 0]])),
+        (np.array([[0.5, 0.5, 0.75, 0.0]]), np.array([[1, 0, 0, 0]])),
+    ]
+    m = AnomalyMetrics(mode="smiyc_binned")
+    for s, y in frames:
+        m.update(s, y)
+    got = metric_curve(m)
+    assert got == smiyc_curve_reference(frames, spec_quantiles)
+    assert got != smiyc_curve_reference(frames, old_quantiles)

@@ -272,3 +272,64 @@ def test_matches_set_reference_and_streams(seed: int, min_pred: int, min_gt: int
         two.update(*f)
     one.merge(two)
     assert torch.equal(one.tp, m.tp) and torch.equal(one.fp, m.fp) and one.num_frames == 3
+
+
+# ---------------------------------------------------- float16 server emulation
+
+
+def test_score_dtype_float16_thresholds_the_rounded_maps() -> None:
+    # 0.50001 rounds to 0.5 in float16, which is not > δ = 0.5: the server (which stores
+    # float16) does not predict those pixels, float32 thresholding does.
+    s = np.zeros((1, 6, 6), dtype=np.float32)
+    s[0, :3, :3] = 0.50001
+    s[0, 4:, 4:] = 0.9
+    y = np.zeros((1, 6, 6), dtype=np.int64)
+    y[0, :3, :3] = 1
+    emulated = metric(score_dtype=torch.float16)
+    emulated.update(s, y)
+    rounded = metric()
+    rounded.update(s.astype(np.float16), y)  # the reference: threshold the float16 maps
+    plain = metric()
+    plain.update(s, y)
+    e, r, p = quiet(emulated), quiet(rounded), quiet(plain)
+    for key in ("sIoU", "PPV", "mean_F1", "num_pred_components"):
+        assert e[key] == r[key] or (math.isnan(e[key]) and math.isnan(r[key])), key
+    assert e["sIoU"] == 0.0 and p["sIoU"] == 1.0
+
+
+def test_float16_threshold_is_compared_exactly() -> None:
+    # δ = 0.30004 is not a float16 value and rounds up to the score 0.300048828125: comparing in
+    # float16 would drop the pixel (s > float16(δ) is false), the exact comparison keeps it.
+    s16 = np.float16(0.30004)
+    assert float(s16) > 0.30004
+    s = np.full((1, 2, 2), float(s16), dtype=np.float32)
+    y = np.ones((1, 2, 2), dtype=np.int64)
+    m = metric(threshold=0.30004, score_dtype=torch.float16)
+    m.update(s, y)
+    assert quiet(m)["num_pred_components"] == 1
+
+
+def test_score_dtype_float16_overflow_and_bad_dtype() -> None:
+    m = metric(score_dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"frame 0 .*overflow float16"):
+        m.update(np.array([[7e4, 0.0]], dtype=np.float32), np.array([[1, 0]]))
+    with pytest.raises(ValueError, match=r"score_dtype must be None or torch\.float16"):
+        metric(score_dtype=torch.float32)
+
+
+def test_from_pixel_result_float16_pipeline_matches_rounded_maps() -> None:
+    rng = np.random.default_rng(3)
+    s = rng.random((2, 40, 40)).astype(np.float32)
+    y = (rng.random((2, 40, 40)) < 0.3).astype(np.int64)
+    s[y == 1] += 0.3
+    pix = AnomalyMetrics(mode="smiyc_binned", score_dtype=torch.float16)
+    pix.update(s, y)
+    res = pix.compute()
+    a = ComponentMetrics.from_pixel_result(
+        res, "obstacle", min_pred_size=1, min_gt_size=1, score_dtype=torch.float16
+    )
+    a.update(s, y)
+    b = ComponentMetrics("obstacle", res["best_f1_threshold"], min_pred_size=1, min_gt_size=1)
+    b.update(s.astype(np.float16), y)
+    assert quiet(a)["sIoU"] == quiet(b)["sIoU"] and quiet(a)["PPV"] == quiet(b)["PPV"]
+    assert torch.equal(a.tp, b.tp) and torch.equal(a.fp, b.fp)

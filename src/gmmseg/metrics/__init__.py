@@ -13,21 +13,32 @@ from gmmseg.metrics.calibration import (
     expected_calibration_error,
     reliability_diagram,
 )
+from gmmseg.metrics.cityscapes import (
+    CITYSCAPES_AVERAGE_INSTANCE_SIZE,
+    CITYSCAPES_CATEGORIES,
+    CityscapesMetrics,
+    CityscapesResult,
+)
 from gmmseg.metrics.component import TAUS, ComponentMetrics, ComponentResult, Track
 from gmmseg.metrics.segmentation import (
     SegmentationAreas,
     SegmentationMetrics,
     SegmentationResult,
+    VoidPredictions,
     segmentation_compute,
     segmentation_update,
 )
 
 __all__ = [
+    "CITYSCAPES_AVERAGE_INSTANCE_SIZE",
+    "CITYSCAPES_CATEGORIES",
     "TAUS",
     "AnomalyCurve",
     "AnomalyMetrics",
     "AnomalyMode",
     "AnomalyResult",
+    "CityscapesMetrics",
+    "CityscapesResult",
     "ComponentMetrics",
     "ComponentResult",
     "FPR95Rule",
@@ -37,6 +48,7 @@ __all__ = [
     "SegmentationResult",
     "Track",
     "UndefinedMetricWarning",
+    "VoidPredictions",
     "expected_calibration_error",
     "reliability_diagram",
     "segmentation_compute",

@@ -113,16 +113,22 @@ class AnomalyResult(TypedDict):
 
 
 def _quantiles(sorted_values: FloatArray, levels: int) -> FloatArray:
-    """Linearly interpolated quantiles at i/(k−1), k = min(levels, n) (SMIYC, §3 step 2)."""
-    n = sorted_values.size
-    k = min(levels, n)
-    q = np.arange(k, dtype=np.float64) / (k - 1) if k > 1 else np.zeros(1)
-    h = q * (n - 1)
-    lo = np.floor(h).astype(np.int64)
-    frac = h - lo
-    hi = np.minimum(lo + 1, n - 1)
-    x_lo = sorted_values[lo]
-    out: FloatArray = x_lo + frac * (sorted_values[hi] - x_lo)
+    """The SMIYC bin edges of one class of one frame (``num_bins`` levels, §3 step 2).
+
+    Exactly ``np.quantile(x, np.linspace(0, 1, k))`` with k = min(levels, n) and numpy's
+    default linear interpolation. The levels must be linspace's own floats: i/(k − 1) differs
+    from them in the last bit for some i, which moves a tied pixel into another bin when the
+    class has fewer than ``levels`` pixels in the frame (the toolkit uses linspace).
+
+    Args:
+        sorted_values: (n,) float64 scores of one class, ascending, n ≥ 1.
+        levels: the maximum number of quantile levels (384 in the toolkit).
+
+    Returns:
+        (k,) float64 edges, non-decreasing.
+    """
+    k = min(levels, sorted_values.size)
+    out: FloatArray = np.quantile(sorted_values, np.linspace(0.0, 1.0, k))
     return out
 
 

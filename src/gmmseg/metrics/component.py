@@ -36,6 +36,7 @@ from gmmseg.metrics._validation import (
     check_floating,
     check_frames,
     check_integer,
+    describe_values,
     to_tensor,
     warn_undefined,
 )
@@ -120,7 +121,9 @@ def frame_components(
     """
     void = labels == ignore_index
     gt = labels == 1
-    pred = (scores > threshold) & ~void
+    # Compared in float64 (a NumPy float64 scalar is not demoted to the scores' dtype), so
+    # float16 / float32 scores are thresholded at δ itself, not at δ rounded to their dtype.
+    pred = (scores > np.float64(threshold)) & ~void
     gt_lab, n_gt = ndimage.label(gt, structure=_EIGHT)
     pr_lab, n_pr = ndimage.label(pred, structure=_EIGHT)
     pr_size = np.bincount(pr_lab.ravel(), minlength=n_pr + 1)
@@ -170,6 +173,10 @@ class ComponentMetrics:
         ignore_index: void label.
         min_pred_size: override of the track's minimum predicted component size (1 disables).
         min_gt_size: override of the track's minimum ground-truth component size (1 disables).
+        score_dtype: ``torch.float16`` to round scores to float16 before thresholding, as the
+            SMIYC server does with the float16 maps it stores (use it together with
+            ``AnomalyMetrics(mode="smiyc_binned", score_dtype=torch.float16)``, whose δ is a
+            float16 value), or None to threshold the scores as given.
 
     Example:
         >>> m = ComponentMetrics("obstacle", threshold=0.5, min_pred_size=1, min_gt_size=1)
@@ -193,12 +200,19 @@ class ComponentMetrics:
         ignore_index: int = 255,
         min_pred_size: int | None = None,
         min_gt_size: int | None = None,
+        score_dtype: torch.dtype | None = None,
     ) -> None:
         if track not in _TRACKS:
             raise ValueError(f"track must be one of {_TRACKS}, got {track!r}")
         if threshold is not None and not math.isfinite(threshold):
             raise ValueError(f"threshold must be a finite float or None, got {threshold!r}")
+        if score_dtype is not None and score_dtype != torch.float16:
+            raise ValueError(
+                "score_dtype must be None or torch.float16 (SMIYC server emulation), "
+                f"got {score_dtype}"
+            )
         pred_default, gt_default = _SIZES[track]
+        self.score_dtype = score_dtype
         self.track: Track = track
         self.threshold = threshold
         self.threshold_source = threshold_source
@@ -218,6 +232,7 @@ class ComponentMetrics:
         ignore_index: int = 255,
         min_pred_size: int | None = None,
         min_gt_size: int | None = None,
+        score_dtype: torch.dtype | None = None,
     ) -> ComponentMetrics:
         """Use the best-F1 threshold of a pixel-level result as δ (``spec/metrics.md`` §4).
 
@@ -228,6 +243,7 @@ class ComponentMetrics:
             ignore_index: void label.
             min_pred_size: override of the track's minimum predicted component size.
             min_gt_size: override of the track's minimum ground-truth component size.
+            score_dtype: ``torch.float16`` when the pixel metrics used it (server emulation).
 
         Returns:
             A new :class:`ComponentMetrics` whose ``threshold_source`` names the pixel mode.
@@ -239,6 +255,7 @@ class ComponentMetrics:
             ignore_index=ignore_index,
             min_pred_size=min_pred_size,
             min_gt_size=min_gt_size,
+            score_dtype=score_dtype,
         )
 
     def reset(self) -> None:
@@ -259,7 +276,8 @@ class ComponentMetrics:
             labels: same shape, integer, 0 = in-distribution, 1 = anomaly, ignore_index = void.
 
         Raises:
-            ValueError: if δ is not set, on shape/dtype/label-value errors or NaN/inf scores
+            ValueError: if δ is not set, on shape/dtype/label-value errors, NaN/inf scores
+                on valid pixels or (``score_dtype=float16``) scores beyond the float16 range
                 on valid pixels (the message names the frame).
         """
         if self.threshold is None:
@@ -284,6 +302,8 @@ class ComponentMetrics:
             else s.detach().cpu().numpy()
         )
         y_np = y.detach().cpu().numpy()
+        if self.score_dtype is not None:
+            s_np = self._to_float16(s_np, y_np)
         taus = TAUS
         for b in range(s_np.shape[0]):
             siou, ppv = frame_components(
@@ -303,14 +323,43 @@ class ComponentMetrics:
             self.fp += torch.from_numpy((ppv[None, :] < taus[:, None]).sum(axis=1).astype(np.int64))
         self.num_frames += s_np.shape[0]
 
+    def _to_float16(
+        self, s: npt.NDArray[np.floating], y: npt.NDArray[np.integer]
+    ) -> npt.NDArray[np.floating]:
+        """Round (B, H, W) scores to float16; a valid score beyond ±65504 is an error."""
+        with np.errstate(over="ignore"):
+            s16 = s.astype(np.float16)
+        bad = (y != self.ignore_index) & ~np.isfinite(s16)
+        if bad.any():
+            b = int(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0])
+            raise ValueError(
+                f"scores of frame {self.num_frames + b} (batch index {b}) overflow float16 "
+                f"(|s| > 65504) under score_dtype=float16: "
+                f"{describe_values(torch.from_numpy(s[b][bad[b]]))}; "
+                "rescale the scores as for the server submission"
+            )
+        return s16
+
     def merge(self, other: ComponentMetrics) -> None:
-        """Add the state of another instance (same track, sizes and δ) into this one."""
-        mine = (self.threshold, self.min_pred_size, self.min_gt_size, self.ignore_index)
-        theirs = (other.threshold, other.min_pred_size, other.min_gt_size, other.ignore_index)
+        """Add the state of another instance (same track, sizes, δ and score dtype) into it."""
+        mine = (
+            self.threshold,
+            self.min_pred_size,
+            self.min_gt_size,
+            self.ignore_index,
+            self.score_dtype,
+        )
+        theirs = (
+            other.threshold,
+            other.min_pred_size,
+            other.min_gt_size,
+            other.ignore_index,
+            other.score_dtype,
+        )
         if mine != theirs:
             raise ValueError(
-                "other must have the same (threshold, min_pred_size, min_gt_size, ignore_index) "
-                f"= {mine}, got {theirs}"
+                "other must have the same (threshold, min_pred_size, min_gt_size, ignore_index, "
+                f"score_dtype) = {mine}, got {theirs}"
             )
         self.siou_sum += other.siou_sum
         self.ppv_sum += other.ppv_sum

@@ -9,7 +9,7 @@ intersection I, predicted area P, label area L and union U = P + L − I, counte
 
 from __future__ import annotations
 
-from typing import NamedTuple, TypedDict
+from typing import Literal, NamedTuple, TypedDict, get_args
 
 import torch
 from torch import Tensor
@@ -31,9 +31,15 @@ __all__ = [
     "SegmentationAreas",
     "SegmentationMetrics",
     "SegmentationResult",
+    "VoidPredictions",
     "segmentation_compute",
     "segmentation_update",
 ]
+
+
+VoidPredictions = Literal["error", "miss"]
+"""What a prediction equal to ``ignore_index`` means: an error (default) or a miss."""
+_VOID_PREDICTIONS: tuple[str, ...] = get_args(VoidPredictions)
 
 
 class SegmentationAreas(NamedTuple):
@@ -70,8 +76,12 @@ class SegmentationResult(TypedDict):
     Acc: Tensor
 
 
-def _check_config(num_classes: int, ignore_index: int) -> None:
+def _check_config(num_classes: int, ignore_index: int, void_predictions: str = "error") -> None:
     check_positive_int("num_classes", num_classes)
+    if void_predictions not in _VOID_PREDICTIONS:
+        raise ValueError(
+            f"void_predictions must be one of {_VOID_PREDICTIONS}, got {void_predictions!r}"
+        )
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
     if 0 <= ignore_index < num_classes:
@@ -87,6 +97,7 @@ def segmentation_update(
     ignore_index: int = 255,
     *,
     first_frame: int = 0,
+    void_predictions: VoidPredictions = "error",
 ) -> SegmentationAreas:
     """Areas I, P, L, U of one frame or a batch of frames (``spec/metrics.md`` §1.1–1.2).
 
@@ -96,6 +107,11 @@ def segmentation_update(
         num_classes: C.
         ignore_index: label value of void pixels (never a valid class).
         first_frame: index of the first frame of this batch in the split, used in error messages.
+        void_predictions: ``"error"`` (default) refuses a prediction equal to ``ignore_index``;
+            ``"miss"`` counts it as a wrong prediction on a valid pixel (it adds to the label
+            area L_c only, never to any predicted area), as the official Cityscapes script
+            does with predicted label ids that are ignored in evaluation. Use it to score saved
+            outputs of other tools; the default catches bugs in one's own pipeline.
 
     Returns:
         :class:`SegmentationAreas` of (C,) int64 tensors on the inputs' device.
@@ -111,7 +127,7 @@ def segmentation_update(
         >>> segmentation_update(p, y, num_classes=4).union
         tensor([3, 4, 0, 1])
     """
-    _check_config(num_classes, ignore_index)
+    _check_config(num_classes, ignore_index, void_predictions)
     p = to_tensor("preds", preds)
     y = to_tensor("labels", labels)
     p, y = check_frames("preds", p, "labels", y)
@@ -133,18 +149,22 @@ def segmentation_update(
             f"got {describe_values(vals)}{hint}"
         )
     bad_p = (p < 0) | (p >= c)
+    if void_predictions == "miss":
+        bad_p &= p != ignore_index
     if bool(bad_p.any()):
         b = first_bad_frame(bad_p)
+        allowed = f"[0, {c})" + (f" ∪ {{{ignore_index}}}" if void_predictions == "miss" else "")
         raise ValueError(
-            f"preds of {frame_label(first_frame + b, b)} must be in [0, {c}) "
-            f"(num_classes={c}), got {describe_values(p[b][bad_p[b]])}; "
-            "predictions are argmax ids over the C classes"
+            f"preds of {frame_label(first_frame + b, b)} must be in {allowed} "
+            f"(num_classes={c}, void_predictions={void_predictions!r}), got "
+            f"{describe_values(p[b][bad_p[b]])}; predictions are argmax ids over the C classes"
         )
     valid = y != ignore_index
     pv = p[valid].long()
     yv = y[valid].long()
     intersection = torch.bincount(yv[pv == yv], minlength=c)
-    pred_area = torch.bincount(pv, minlength=c)
+    # A void prediction (void_predictions="miss") is in no predicted area: a miss of L_c.
+    pred_area = torch.bincount(pv[pv != ignore_index], minlength=c)
     label_area = torch.bincount(yv, minlength=c)
     return SegmentationAreas(
         intersection, pred_area, label_area, pred_area + label_area - intersection
@@ -210,6 +230,8 @@ class SegmentationMetrics:
     Args:
         num_classes: C; valid train ids are 0 … C−1.
         ignore_index: label value of void pixels; must not be in [0, C).
+        void_predictions: ``"error"`` (default) or ``"miss"``: a prediction equal to
+            ``ignore_index`` counts as a miss (see :func:`segmentation_update`).
 
     Example:
         >>> m = SegmentationMetrics(num_classes=4)
@@ -224,10 +246,16 @@ class SegmentationMetrics:
     label_area: Tensor
     union: Tensor
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
-        _check_config(num_classes, ignore_index)
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        void_predictions: VoidPredictions = "error",
+    ) -> None:
+        _check_config(num_classes, ignore_index, void_predictions)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        self.void_predictions: VoidPredictions = void_predictions
         self.reset()
 
     def reset(self) -> None:
@@ -249,14 +277,20 @@ class SegmentationMetrics:
         """Add one frame (H, W) or a batch (B, H, W) of integer predictions and labels.
 
         Args:
-            preds: (H, W) or (B, H, W) integer predicted train ids in [0, C).
+            preds: (H, W) or (B, H, W) integer predicted train ids in [0, C) (and
+                ``ignore_index`` with ``void_predictions="miss"``).
             labels: same shape, integer train ids in [0, C) ∪ {ignore_index}.
 
         Raises:
             ValueError: see :func:`segmentation_update`; the state is unchanged on error.
         """
         areas = segmentation_update(
-            preds, labels, self.num_classes, self.ignore_index, first_frame=self.num_frames
+            preds,
+            labels,
+            self.num_classes,
+            self.ignore_index,
+            first_frame=self.num_frames,
+            void_predictions=self.void_predictions,
         )
         if self.num_frames == 0 and self.intersection.device != areas.intersection.device:
             self.intersection = self.intersection.to(areas.intersection.device)

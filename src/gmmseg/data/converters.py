@@ -156,8 +156,9 @@ def rasterize_cityscapes_polygons(
     """Rasterise a Cityscapes ``*_gtFine_polygons.json`` file.
 
     The canvas (the JSON's ``imgWidth`` × ``imgHeight``) is filled with 255 (train ids) or 0
-    ("unlabeled", label ids) and painted polygon by polygon in file order. Labels with id −1 are
-    skipped; a trailing ``group`` in a label name is removed before lookup.
+    ("unlabeled", label ids) and painted polygon by polygon in file order. Objects marked
+    ``"deleted": 1`` (annotation-tool leftovers) and labels with id −1 are skipped, as
+    cityscapesscripts does; a trailing ``group`` in a label name is removed before lookup.
 
     Args:
         path: The polygons JSON file.
@@ -177,6 +178,8 @@ def rasterize_cityscapes_polygons(
     canvas = Image.new("L", (int(data["imgWidth"]), int(data["imgHeight"])), fill)
     draw = ImageDraw.Draw(canvas)
     for obj in data["objects"]:
+        if obj.get("deleted", 0):
+            continue
         name = str(obj["label"])
         if name not in by_name and name.endswith("group"):
             name = name[: -len("group")]

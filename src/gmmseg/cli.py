@@ -1,4 +1,4 @@
-"""The ``gmmseg`` command line: demo, train, eval, anomaly, predict, recipes, convert.
+"""The ``gmmseg`` command line: demo, train, eval, anomaly, predict, score, recipes, convert.
 
 User mistakes and expected failures (unknown recipe or key, bad value, missing, unreadable or
 corrupt file, unwritable output, a diverged run) print one line naming the problem and exit with
@@ -158,6 +158,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from gmmseg.recipes.run import inference_settings
     from gmmseg.viz import colorize, heatmap, overlay
 
+    if args.write:
+        return _predict_submission(args)
     _show_load_reports()
     model, recipe = load_trained(
         args.checkpoint,
@@ -204,6 +206,128 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         heat.save(heat_path)
         print(f"{path} -> {seg_path}, {heat_path}")
     return 0
+
+
+def _predict_submission(args: argparse.Namespace) -> int:
+    """``predict --write FORMAT``: full-resolution results in a benchmark's own files."""
+    import torch
+    import torch.nn.functional as F
+
+    from gmmseg.data._io import read_image
+    from gmmseg.data.transforms import Normalize, Resize
+    from gmmseg.engine import anomaly_score_maps
+    from gmmseg.recipes import load_trained
+    from gmmseg.recipes.run import inference_settings
+    from gmmseg.submit import SubmissionWriter
+
+    images = [Path(p) for p in args.images]
+    for path in images:
+        if not path.is_file():
+            raise UserError(f"image {str(path)!r} does not exist")
+    if args.write == "smiyc" and args.smiyc_dataset is None:
+        raise UserError("--write smiyc needs --smiyc-dataset, e.g. AnomalyTrack-all")
+    writer = SubmissionWriter(
+        args.out,
+        args.write,
+        method=args.method,
+        dataset=args.smiyc_dataset if args.write == "smiyc" else None,
+        overwrite=args.overwrite,
+    )
+    writer.prepare([p.stem for p in images])  # refuses before the model is loaded
+    _show_load_reports()
+    model, recipe = load_trained(
+        args.checkpoint,
+        _recipe(args.recipe, args.set) if args.recipe else None,
+        device="cpu",
+        layout=args.layout,
+        trust=args.trust_checkpoint,
+    )
+    settings = inference_settings(recipe)
+    normalize = Normalize()
+    for path in images:
+        rgb = read_image(path)
+        sample: Any = {
+            "image": torch.from_numpy(rgb.copy()).permute(2, 0, 1),
+            "label": None,
+            "name": path.stem,
+            "image_path": str(path),
+            "label_path": "",
+            "ori_size": rgb.shape[:2],
+        }
+        if recipe.data.test_scale is not None:
+            sample = Resize(recipe.data.test_scale, keep_ratio=True)(sample)
+        pred = settings.predict(model, normalize(sample)["image"][None])
+        # Full resolution: bilinear logits / scores at the image size, then the argmax.
+        size, corners = rgb.shape[:2], model.align_corners
+        logits = F.interpolate(pred.logits.float(), size, mode="bilinear", align_corners=corners)
+        maps = anomaly_score_maps(model, pred)
+        name = args.score or ("likelihood" if "likelihood" in maps else "max_logit")
+        if name not in maps:
+            raise UserError(f"--score {name!r} is not one of {sorted(maps)}")
+        score = F.interpolate(
+            maps[name][:, None].float(), size, mode="bilinear", align_corners=corners
+        )[0, 0]
+        seg = logits[0].argmax(0)
+        written = writer.write(
+            path.stem,
+            anomaly=score if args.write in ("smiyc", "fishyscapes") else None,
+            segmentation=seg if args.write != "smiyc" else None,
+        )
+        print(f"{path} -> {', '.join(str(w) for w in written)}")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from gmmseg import data
+    from gmmseg.submit import score_submission
+
+    root = Path(args.data)
+    dataset: Any
+    if args.format == "smiyc":
+        track = data.SMIYCObstacleTrack if args.track == "obstacle" else data.SMIYCAnomalyTrack
+        dataset = track(root, "validation")
+    elif args.format == "fishyscapes":
+        if args.fs == "static":
+            if args.cityscapes_root is None or args.fs_version is None:
+                raise UserError("--fs static needs --cityscapes-root and --fs-version")
+            dataset = data.FishyscapesStatic(root, args.cityscapes_root, args.fs_version)
+        else:
+            if args.laf_root is None:
+                raise UserError("--fs lostandfound needs --laf-root (the LostAndFound images)")
+            dataset = data.FishyscapesLostAndFound(root, args.laf_root)
+    elif args.format == "cityscapes":
+        dataset = data.Cityscapes(root, "val")
+    else:
+        dataset = data.ADE20K(root, "validation")
+    result = score_submission(
+        args.folder,
+        args.format,
+        dataset,
+        method=args.method,
+        smiyc_dataset=args.smiyc_dataset,
+        allow_extra=args.allow_extra,
+    )
+    _print_json(_plain(result))
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy of a result: tensors become lists, curves are left out."""
+    import math
+
+    import torch
+
+    from gmmseg.metrics import AnomalyCurve
+
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if not isinstance(v, AnomalyCurve)}
+    if isinstance(value, torch.Tensor):
+        return _plain(value.tolist())
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
 
 
 def _prediction_outputs(
@@ -352,7 +476,30 @@ def _parser() -> argparse.ArgumentParser:
         help="the recipe to build (needed for a checkpoint made by another project)",
     )
     pr.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    pr.add_argument(
+        "--write",
+        choices=("smiyc", "fishyscapes", "cityscapes", "ade20k"),
+        default=None,
+        help="write a benchmark's own result files at full resolution instead of PNG overlays",
+    )
+    pr.add_argument("--method", default="gmmseg", help="method name (SMIYC folder; manifest)")
+    pr.add_argument("--smiyc-dataset", default=None, help="e.g. AnomalyTrack-all (--write smiyc)")
+    pr.add_argument("--score", default=None, help="anomaly score (default likelihood/max_logit)")
     pr.set_defaults(func=_cmd_predict)
+
+    sc = sub.add_parser("score", help="score saved results in a benchmark's format")
+    sc.add_argument("format", choices=("smiyc", "fishyscapes", "cityscapes", "ade20k"))
+    sc.add_argument("folder", help="the results folder (SMIYC: the folder holding anomaly_p/)")
+    sc.add_argument("--data", required=True, help="the dataset root with the labels")
+    sc.add_argument("--track", choices=("anomaly", "obstacle"), default="anomaly", help="SMIYC")
+    sc.add_argument("--method", default=None, help="SMIYC method folder")
+    sc.add_argument("--smiyc-dataset", default=None, help="SMIYC dataset folder to read")
+    sc.add_argument("--fs", choices=("lostandfound", "static"), default="lostandfound")
+    sc.add_argument("--laf-root", default=None, help="Fishyscapes L&F: LostAndFound root")
+    sc.add_argument("--cityscapes-root", default=None, help="Fishyscapes Static: Cityscapes")
+    sc.add_argument("--fs-version", type=int, default=None, help="Fishyscapes Static: 1, 2, 3")
+    sc.add_argument("--allow-extra", action="store_true", help="ignore files of other frames")
+    sc.set_defaults(func=_cmd_score)
 
     r = sub.add_parser("recipes", help="list the recipes")
     r.add_argument("--json", action="store_true")

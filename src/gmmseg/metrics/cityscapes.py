@@ -147,7 +147,8 @@ class CityscapesMetrics:
     Example:
         >>> m = CityscapesMetrics()
         >>> m.update(torch.tensor([[0, 11]]), torch.tensor([[0, 12]]))
-        >>> m.compute()["category_IoU"][5].item()  # person predicted on a rider: human is right
+        >>> human = m.compute()["category_IoU"]
+        >>> float(human[5])  # person predicted on a rider: the category is right
         1.0
     """
 

@@ -279,7 +279,8 @@ def score_submission(
     Example:
         >>> ds = SMIYCObstacleTrack("/data/dataset_ObstacleTrack")  # doctest: +SKIP
         >>> result = score_submission("results", "smiyc", ds)  # doctest: +SKIP
-        >>> result["component"]["sIoU"]  # doctest: +SKIP
+        >>> components = result["component"]  # doctest: +SKIP
+        >>> components["sIoU"]  # doctest: +SKIP
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")

@@ -20,14 +20,24 @@ from gmmseg.heads.decoders import (
 )
 from gmmseg.heads.gmm import GMMClassifier, GMMOutput
 from gmmseg.heads.linear import LinearClassifier, LinearOutput
+from gmmseg.heads.posthoc import (
+    POSTHOC_SCORES,
+    PosthocFitter,
+    PosthocMixtures,
+    PosthocSettings,
+)
 
 __all__ = [
+    "POSTHOC_SCORES",
     "DeepLabV3PlusDecoder",
     "FCNDecoder",
     "GMMClassifier",
     "GMMOutput",
     "LinearClassifier",
     "LinearOutput",
+    "PosthocFitter",
+    "PosthocMixtures",
+    "PosthocSettings",
     "SegFormerDecoder",
     "UPerNetDecoder",
     "energy_score",

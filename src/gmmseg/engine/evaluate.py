@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gmmseg.heads import GMMClassifier
+from gmmseg.engine.posthoc import posthoc_score_maps
+from gmmseg.heads import GMMClassifier, PosthocMixtures
 from gmmseg.heads.anomaly import LOGIT_SCORES
 from gmmseg.metrics import AnomalyMetrics, AnomalyResult, SegmentationMetrics, SegmentationResult
 from gmmseg.metrics._curve import FPR95Rule
@@ -135,6 +136,7 @@ def evaluate_anomaly(
     mode: AnomalyMode = "exact",
     fpr95_rule: FPR95Rule = "first_ge",
     ignore_index: int = 255,
+    posthoc: PosthocMixtures | None = None,
 ) -> dict[str, AnomalyResult]:
     """Pixel anomaly metrics (AP, AUROC, FPR95, …) of every anomaly score over ``loader``.
 
@@ -147,6 +149,9 @@ def evaluate_anomaly(
         mode: :class:`~gmmseg.metrics.AnomalyMetrics` mode (exact by default).
         fpr95_rule: the FPR95 rule (``"first_ge"``: the first operating point with TPR ≥ 0.95).
         ignore_index: void label.
+        posthoc: post-hoc mixtures fitted on this model
+            (:func:`~gmmseg.engine.posthoc.fit_posthoc`): adds their ``"posthoc_likelihood"``
+            and ``"posthoc_marginal"`` scores.
 
     Returns:
         Score name → :class:`~gmmseg.metrics.AnomalyResult`.
@@ -160,6 +165,8 @@ def evaluate_anomaly(
     metrics: dict[str, AnomalyMetrics] | None = None
     for images, labels in _batches(loader, device):
         maps = anomaly_score_maps(model, settings.predict(model, images))
+        if posthoc is not None:
+            maps.update(posthoc_score_maps(model, posthoc, images, settings))
         if metrics is None:
             names = list(maps) if scores is None else list(scores)
             unknown = [n for n in names if n not in maps]

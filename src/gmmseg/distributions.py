@@ -10,13 +10,14 @@ Covariances follow scikit-learn's conventions (K components, D dimensions):
 | ``"spherical"``     | (K,)                  | one variance per component                |
 
 ``"full"`` and ``"tied"`` go through the Cholesky factor of the precision matrix, as scikit-learn
-does. ``"diag"`` and ``"spherical"`` use one fused matrix product per chunk of rows,
+does. ``"diag"`` and ``"spherical"`` use one matrix product per chunk of rows,
 
     log N(x | μ, σ²) = −½ ([x², x] · [σ⁻²; −2μσ⁻²] + Σ μ²σ⁻² + Σ log σ² + D log 2π),
 
 after shifting ``x`` and ``μ`` by the mean of the component means, which removes the catastrophic
 cancellation of the expanded quadratic when the data sit far from the origin. This is the path the
-GMMSeg head uses (DESIGN.md §2.3): it never materialises an (N, K, D) tensor.
+GMMSeg head uses (see the algorithm page of the documentation): it never materialises an (N, K, D)
+tensor. It is the library's only diagonal log-density: the head and EM both call it.
 
 All functions compute in the promoted floating dtype of their inputs, follow the input's device,
 and run in at least float32 even under autocast (half-precision inputs are upcast).
@@ -194,38 +195,29 @@ def _rows_per_chunk(chunk_size: int | None, n: int, width: int) -> int:
 
 
 def _diag_log_prob(x: Tensor, means: Tensor, prec: Tensor, chunk_size: int | None) -> Tensor:
-    """Fused-GEMM diagonal log-density. ``prec`` (K, D) holds 1/σ² (precisions)."""
+    """Diagonal log-density as one matrix product per chunk of rows. ``prec`` (K, D) is 1/σ².
+
+    ``−½ Σ_d (x_d − μ_d)² / σ_d²`` expands into ``[x², x] · [−½σ⁻²; μσ⁻²]`` plus a bias per
+    component, so the whole (N, K) block is one ``addmm`` on the (chunk, 2D) features. The data
+    and the means are first shifted by the mean of the means (the density is translation
+    invariant), which keeps the expanded square from cancelling when the data sit far from the
+    origin.
+    """
     n, d = x.shape
-    k = means.shape[0]
     center = means.mean(dim=0)
     mu = means - center
-    # Weights of the fused product, with the −½ folded in: [x², x] · W + bias.
-    weight = torch.cat([-0.5 * prec, mu * prec], dim=1).T.contiguous()  # (2D, K)
+    weight = torch.cat([-0.5 * prec, mu * prec], dim=1).T  # (2D, K)
     bias = -0.5 * (
         (mu * mu * prec).sum(dim=1) - torch.log(prec).sum(dim=1) + d * math.log(2 * math.pi)
     )
     rows = _rows_per_chunk(chunk_size, n, 2 * d)
-    needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or means.requires_grad or prec.requires_grad
-    )
-    if rows >= n:
-        xc = x - center
-        return torch.addmm(bias.unsqueeze(0), torch.cat([xc * xc, xc], dim=1), weight)
-    if needs_grad:
-        parts = []
-        for start in range(0, n, rows):
-            xc = x[start : start + rows] - center
-            parts.append(torch.addmm(bias.unsqueeze(0), torch.cat([xc * xc, xc], dim=1), weight))
-        return torch.cat(parts, dim=0)
-    out = torch.empty((n, k), dtype=x.dtype, device=x.device)
-    feats = torch.empty((rows, 2 * d), dtype=x.dtype, device=x.device)
+    parts = []
     for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        f = feats[: stop - start]
-        torch.sub(x[start:stop], center, out=f[:, d:])
-        torch.mul(f[:, d:], f[:, d:], out=f[:, :d])
-        torch.addmm(bias.unsqueeze(0), f, weight, out=out[start:stop])
-    return out
+        xc = x[start : start + rows] - center
+        parts.append(torch.addmm(bias, torch.cat([xc * xc, xc], dim=1), weight))
+    if not parts:
+        return x.new_empty((0, means.shape[0]))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
 def _full_log_prob(

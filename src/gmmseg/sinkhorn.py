@@ -1,9 +1,9 @@
 """Entropic optimal transport (Sinkhorn) in the log domain: dense (batched) and segmented.
 
-This is the E-step of GMMSeg (DESIGN.md §2 step 6): pixels of one class are softly assigned to that
-class's M mixture components under the constraint that every component receives the same share of
-the pixels. Given scores S (a higher score means a better match) and a temperature ``epsilon``, the
-plan is
+This is the E-step of GMMSeg (step 6 of the algorithm page in the documentation): pixels of one
+class are softly assigned to that class's M mixture components under the constraint that every
+component receives the same share of the pixels. Given scores S (a higher score means a better
+match) and a temperature ``epsilon``, the plan is
 
     P = diag(exp(f)) · exp(S / epsilon) · diag(exp(g)),
 
@@ -401,7 +401,7 @@ def segmented_sinkhorn(
     Note:
         Segmented sums use ``index_add_``, which on CUDA accumulates with atomics: results may
         differ in the last bits between runs unless ``torch.use_deterministic_algorithms(True)``.
-        The vectorised form keeps about 3 (M, N) buffers alive; there is no per-group overhead.
+        The vectorised form keeps a few (M, N) tensors alive; there is no per-group overhead.
 
     Raises:
         ValueError: If ``scores`` is not a finite floating ``(N, M)`` tensor (or ``scores /
@@ -432,36 +432,19 @@ def segmented_sinkhorn(
         return scores.new_zeros((n, m))
     inv_eps = 1.0 / eps
     shift = _scaled_shift(work, inv_eps)
-    if torch.is_grad_enabled() and work.requires_grad:
-        # Autograd-friendly path: out-of-place operations only.
-        s_t = torch.add(shift, work.t(), alpha=inv_eps).contiguous()  # (M, N)
-        r_t, mass = _segmented_rows(s_t, segment_ids, g, n_iters, b, None)
-        plan = (r_t * mass).t().contiguous()
-    else:
-        # Same operations written into one (3, M, N) workspace: fewer fresh allocations (page
-        # faults cost about as much as the arithmetic here), and a transposed write through
-        # out= is several times faster on CPU than .t().contiguous() for narrow M.
-        workspace = work.new_empty((3, m, n))
-        s_t = workspace[0]
-        torch.add(shift, work.t(), alpha=inv_eps, out=s_t)
-        r_t, mass = _segmented_rows(s_t, segment_ids, g, n_iters, b, workspace[1:])
-        plan = work.new_empty((n, m))
-        torch.mul(r_t.t(), mass.unsqueeze(-1), out=plan)
+    s_t = torch.add(shift, work.t(), alpha=inv_eps).contiguous()  # (M, N): scores / eps - const
+    r_t, mass = _segmented_rows(s_t, segment_ids, g, n_iters, b)
+    plan = (r_t * mass).t().contiguous()
     return plan.to(scores.dtype)
 
 
-def _row_update(g_t: Tensor, s_t: Tensor, ids: Tensor, buffers: Tensor | None) -> Tensor:
-    """``softmax_j(s_jn + g_t[j, ids[n]])`` over dim 0, optionally into ``buffers`` (2, M, N)."""
-    if buffers is None:
-        return torch.softmax(g_t.index_select(1, ids) + s_t, dim=0)
-    logits, out = buffers[0], buffers[1]
-    torch.index_select(g_t, 1, ids, out=logits)
-    logits.add_(s_t)
-    return torch.softmax(logits, dim=0, out=out)
+def _row_update(g_t: Tensor, s_t: Tensor, ids: Tensor) -> Tensor:
+    """``softmax_j(s_jn + g_t[j, ids[n]])`` over dim 0: rows rescaled to their group's mass."""
+    return torch.softmax(g_t.index_select(1, ids) + s_t, dim=0)
 
 
 def _segmented_rows(
-    s_t: Tensor, ids: Tensor, g: int, n_iters: int, b: Tensor | None, buffers: Tensor | None
+    s_t: Tensor, ids: Tensor, g: int, n_iters: int, b: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """Core of :func:`segmented_sinkhorn` on validated, non-empty inputs.
 
@@ -471,17 +454,14 @@ def _segmented_rows(
         g: Number of groups G.
         n_iters: Rounds, >= 1.
         b: ``(G, M)`` column marginals, or None for uniform ``1/M``.
-        buffers: ``(2, M, N)`` scratch space for the large intermediates (the result is written
-            into ``buffers[1]``), or None to allocate them (needed for autograd).
 
     Returns:
         ``(M, N)`` row-normalised plan R (every column of ``R`` sums to 1) and ``(N,)`` row masses
         ``1/N_k``; the plan is ``R^T * mass[:, None]``.
 
-    Works on the transposed layout (M, N) so that the row update, a softmax over M columns, is a
-    reduction across M contiguous vectors of length N (fast for small M on CPU), and the column
-    update is one ``index_add_`` along N (measured faster on CPU than ``scatter_add_``,
-    ``bincount`` with weights, or sorting the rows for ``torch.segment_reduce``).
+    Works on the transposed layout (M, N): the row update, a softmax over the M components, is a
+    reduction across M vectors of length N, and the column update is one segmented sum
+    (``index_add_``) along N.
 
     Column update of round 1 (f = 0, as in the plain algorithm): ``g_kj = log b_kj -
     logsumexp_{n in k} s_nj``. Since ``s <= 0`` the sums of ``exp(s)`` cannot overflow; where one
@@ -501,8 +481,7 @@ def _segmented_rows(
     log_b_t: Tensor | float = -math.log(m) if b is None else torch.log(b.t())  # (M, G)
 
     # Round 1, column update from f = 0.
-    exp_s = torch.exp(s_t) if buffers is None else torch.exp(s_t, out=buffers[0])
-    sums = s_t.new_zeros((m, g)).index_add_(1, ids, exp_s)
+    sums = s_t.new_zeros((m, g)).index_add_(1, ids, torch.exp(s_t))
     # A sum of exp(s) is accurate to about one ulp when it exceeds N_k * tiny / eps_machine
     # (every term lost to underflow is below tiny); otherwise use exact per-(group, column) maxima.
     floor = counts_f * (tiny / torch.finfo(dtype).eps)
@@ -518,9 +497,9 @@ def _segmented_rows(
     # The clamps only act on empty groups (never gathered) and b_kj = 0 columns (potential -inf).
 
     log_mass_ratio = log_b_t + torch.log(counts_f)  # log(b_kj / (1 / N_k))
-    r_t = _row_update(g_t, s_t, ids, buffers)
+    r_t = _row_update(g_t, s_t, ids)
     for _ in range(n_iters - 1):
         col = s_t.new_zeros((m, g)).index_add_(1, ids, r_t)
         g_t = g_t + log_mass_ratio - torch.log(col.clamp_min(tiny))  # column update
-        r_t = _row_update(g_t, s_t, ids, buffers)
+        r_t = _row_update(g_t, s_t, ids)
     return r_t, (1.0 / counts_f).index_select(0, ids)

@@ -139,8 +139,75 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
         device=args.device,
         layout=args.layout,
         trust=args.trust_checkpoint,
+        posthoc=_posthoc_file(args),
     )
     _print_json(result)
+    return 0
+
+
+def _posthoc_file(args: argparse.Namespace) -> Path | None:
+    """The post-hoc mixtures to score with: ``--posthoc``, else the file beside the checkpoint."""
+    from gmmseg.recipes.posthoc import default_posthoc_path
+
+    if args.no_posthoc:
+        return None
+    if args.posthoc is not None:
+        path = Path(args.posthoc)
+        if not path.is_file():
+            raise UserError(f"post-hoc mixtures file {str(path)!r} does not exist")
+        return path
+    beside = default_posthoc_path(args.checkpoint)
+    if beside.is_file():
+        print(f"scoring with the post-hoc mixtures {beside}", file=sys.stderr)
+        return beside
+    return None
+
+
+def _cmd_fit_posthoc(args: argparse.Namespace) -> int:
+    from gmmseg.heads import PosthocSettings
+    from gmmseg.recipes import check_recipe
+    from gmmseg.recipes.posthoc import fit_recipe_posthoc
+
+    _show_load_reports()
+    recipe = _recipe(args.recipe, args.set)
+    check_recipe(recipe)
+    settings = PosthocSettings(
+        num_components=args.components,
+        covariance_type=args.covariance,
+        max_samples_per_class=args.samples_per_class,
+        normalize=args.normalize,
+        projection=args.projection,
+        projection_dim=args.projection_dim,
+        reg_covar=args.reg_covar,
+        seed=args.seed,
+    )
+    head, path = fit_recipe_posthoc(
+        recipe,
+        args.checkpoint,
+        args.out,
+        space=args.space,
+        settings=settings,
+        max_images=args.max_images,
+        device=args.device,
+        layout=args.layout,
+        trust=args.trust_checkpoint,
+    )
+    counts = head.sample_counts.tolist()
+    _print_json(
+        {
+            "out": str(path),
+            "space": head.info["space"],
+            "in_channels": head.in_channels,
+            "classes_fitted": head.classes.tolist(),
+            "classes_left_out": [c for c in range(head.num_classes) if c not in head.classes],
+            "pixels_per_class": head.pixel_counts.tolist(),
+            "samples_per_class": counts,
+            "images": head.info["images"],
+            "reservoir_bytes": head.info["reservoir_bytes"],
+            "file_bytes": path.stat().st_size if path is not None else None,
+            "seconds": round(float(head.info["seconds"]), 3),
+        }
+    )
     return 0
 
 
@@ -461,7 +528,44 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("recipe")
     a.add_argument("--checkpoint", required=True)
     a.add_argument("--datasets", nargs="+", default=None)
+    a.add_argument(
+        "--posthoc",
+        default=None,
+        metavar="FILE",
+        help="also score with these post-hoc mixtures (gmmseg fit-posthoc; default: "
+        "CHECKPOINT's .posthoc.pt file beside it when it exists)",
+    )
+    a.add_argument("--no-posthoc", action="store_true", help="ignore a post-hoc mixtures file")
     a.set_defaults(func=_cmd_anomaly)
+
+    f = sub.add_parser(
+        "fit-posthoc",
+        parents=[sets, loading],
+        help="fit class-conditional mixtures to a trained model's features (any classifier)",
+    )
+    f.add_argument("recipe")
+    f.add_argument("--checkpoint", required=True)
+    f.add_argument(
+        "--out", default=None, help="output file (default: CHECKPOINT_STEM.posthoc.pt beside it)"
+    )
+    f.add_argument(
+        "--space",
+        default="auto",
+        choices=["auto", "decoder", "embedding"],
+        help="decoder features, or a GMM model's embeddings (auto: embeddings for GMM models)",
+    )
+    f.add_argument("--components", type=int, default=3, help="Gaussians per class (M)")
+    f.add_argument("--covariance", default="diag", choices=["diag", "full"])
+    f.add_argument(
+        "--samples-per-class", type=int, default=5000, help="reservoir size per class (N)"
+    )
+    f.add_argument("--normalize", action="store_true", help="L2-normalise the features first")
+    f.add_argument("--projection", default="none", choices=["none", "random", "pca"])
+    f.add_argument("--projection-dim", type=int, default=None)
+    f.add_argument("--reg-covar", type=float, default=1e-4, help="added to every variance")
+    f.add_argument("--max-images", type=int, default=None, help="fit on the first images only")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=_cmd_fit_posthoc)
 
     pr = sub.add_parser(
         "predict", parents=[loading], help="segmentation overlay and anomaly heat-map PNGs"

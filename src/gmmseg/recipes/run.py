@@ -30,9 +30,9 @@ from gmmseg.engine import (
     init_distributed,
     load_checkpoint,
 )
-from gmmseg.engine.checkpoint import load_model_state
+from gmmseg.engine.checkpoint import is_gmmseg_checkpoint
 from gmmseg.engine.distributed import DistInfo
-from gmmseg.heads import GMMClassifier
+from gmmseg.heads import GMMClassifier, PosthocMixtures
 from gmmseg.interop import Layout, convert_checkpoint, load_converted, read_checkpoint
 from gmmseg.metrics import AnomalyResult, SegmentationResult
 from gmmseg.recipes._foreign import fit_recipe, matching_recipes
@@ -514,6 +514,7 @@ def evaluate_recipe_anomaly(
     *,
     layout: Layout | Literal["gmmseg"] = "auto",
     trust: bool = False,
+    posthoc: PosthocMixtures | Path | str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Anomaly AP / AUROC / FPR95 of every score on each of the recipe's anomaly benchmarks.
 
@@ -526,6 +527,8 @@ def evaluate_recipe_anomaly(
         return_raw: return the full :class:`~gmmseg.metrics.AnomalyResult` (with curves).
         layout: the checkpoint's layout (:func:`load_trained`).
         trust: unpickle untrusted metadata in full (:func:`load_trained`).
+        posthoc: post-hoc mixtures fitted on this model, or their file
+            (:func:`~gmmseg.recipes.posthoc.fit_recipe_posthoc`): adds their scores.
 
     Returns:
         ``{dataset: {score: {"ap", "auroc", "fpr95"}}}``.
@@ -537,6 +540,10 @@ def evaluate_recipe_anomaly(
         model, recipe = load_trained(checkpoint, recipe, dist.device, layout=layout, trust=trust)
     if recipe.anomaly is None:
         raise ValueError(f"recipe {recipe.name!r} has no anomaly section")
+    if posthoc is not None and not isinstance(posthoc, PosthocMixtures):
+        posthoc = PosthocMixtures.load(posthoc)
+    if posthoc is not None:
+        posthoc = posthoc.to(dist.device)
     out: dict[str, dict[str, Any]] = {}
     for name, ds in build_anomaly_datasets(recipe, datasets).items():
         results = evaluate_anomaly(
@@ -546,6 +553,7 @@ def evaluate_recipe_anomaly(
             settings=inference_settings(recipe),
             mode=recipe.anomaly.mode,
             fpr95_rule=recipe.anomaly.fpr95_rule,
+            posthoc=posthoc,
         )
         out[name] = {
             score: (r if return_raw else anomaly_summary(r)) for score, r in results.items()

@@ -30,7 +30,7 @@ from gmmseg.engine import (
     init_distributed,
     load_checkpoint,
 )
-from gmmseg.engine.checkpoint import is_gmmseg_checkpoint
+from gmmseg.engine.checkpoint import load_model_state
 from gmmseg.engine.distributed import DistInfo
 from gmmseg.heads import GMMClassifier, PosthocMixtures
 from gmmseg.interop import Layout, convert_checkpoint, load_converted, read_checkpoint

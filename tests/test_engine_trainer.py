@@ -457,3 +457,84 @@ def _bare_trainer(model: torch.nn.Module) -> Trainer:
         DistInfo(0, 1, 0, torch.device("cpu")),
         progress=False,
     )
+
+
+def test_a_new_run_is_refused_in_a_folder_whose_run_went_further(tmp_path: Path) -> None:
+    # Found in review: a second run into the same folder had its first checkpoint pruned at
+    # once (the other run's were later) and --resume auto then jumped onto the other run.
+    recipe = tiny_demo(tmp_path)
+    train_recipe(recipe, tmp_path / "w", tiny=True, progress=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "w").iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match=r"reached iteration 6 .*--resume auto"):
+        train_recipe(recipe, tmp_path / "w", tiny=True, progress=False)
+    # resuming from an earlier checkpoint would overwrite the later ones too
+    train_recipe(
+        apply_overrides(recipe, ["train.checkpoint_interval=2"]),
+        tmp_path / "v",
+        tiny=True,
+        progress=False,
+    )
+    with pytest.raises(ValueError, match=r"reached iteration 6 .*resuming from .*iteration 4\)"):
+        train_recipe(
+            apply_overrides(recipe, ["train.checkpoint_interval=2"]),
+            tmp_path / "v",
+            resume=str(tmp_path / "v" / "iter_00000004.pt"),
+            tiny=True,
+            progress=False,
+        )
+    after = {p.name: p.read_bytes() for p in (tmp_path / "w").iterdir() if p.is_file()}
+    assert after == before  # nothing written, nothing deleted
+
+
+def test_resume_accepts_a_recipe_written_before_new_fields_existed(tmp_path: Path) -> None:
+    # Found in review: fields added since (model.mit_norm, ...) compared as None -> default.
+    recipe = apply_overrides(tiny_demo(tmp_path), ["train.iters=3", "train.checkpoint_interval=3"])
+    train_recipe(recipe, tmp_path / "w", tiny=True, progress=False)
+    path = tmp_path / "w" / "iter_00000003.pt"
+    state = load_checkpoint(path)
+    old = state["extra"]["recipe"]
+    del old["model"]["mit_norm"], old["model"]["gmm"]["dropout"]
+    from gmmseg.engine.checkpoint import save_checkpoint
+
+    save_checkpoint(path, {k: v for k, v in state.items() if k != "sha256"})
+    _, result = train_recipe(
+        apply_overrides(recipe, ["train.iters=3"]),
+        tmp_path / "w",
+        resume="auto",
+        tiny=True,
+        progress=False,
+    )
+    assert result["iteration"] == 3
+
+
+def test_manifest_keeps_non_finite_evaluation_numbers(tmp_path: Path) -> None:
+    from gmmseg.engine.checkpoint import CheckpointManifest, save_checkpoint
+
+    m = CheckpointManifest(tmp_path)
+    m.add(save_checkpoint(tmp_path / "iter_00000001.pt", {"model": {}}), 1)
+    m.record_eval(1, {"mIoU": 0.5, "IoU": [float("nan"), 0.25], "x": (1, 2)})
+    got = CheckpointManifest(tmp_path).eval_of(1)
+    assert got is not None and np.isnan(got["IoU"][0]) and got["IoU"][1] == 0.25
+    assert got["x"] == [1, 2] and got["mIoU"] == 0.5
+
+
+def test_inference_loads_skip_the_memory_bank(tmp_path: Path) -> None:
+    # Found in review: load_trained read a gmmseg checkpoint whole (optimiser moments and the
+    # memory bank, 5.7 GiB at ADE20K scale) onto the evaluation device.
+    recipe = apply_overrides(tiny_demo(tmp_path), ["train.iters=2"])
+    trained, _ = train_recipe(recipe, tmp_path / "w", tiny=True, progress=False)
+    path = tmp_path / "w" / "iter_00000002.pt"
+    light, _ = load_trained(path)
+    full, _ = load_trained(path, memory=True)
+    assert isinstance(light.classifier, GMMClassifier) and isinstance(
+        full.classifier, GMMClassifier
+    )
+    assert light.classifier.memory.bank.shape[-2] == 1
+    torch.testing.assert_close(full.classifier.memory.bank, trained.classifier.memory.bank)  # type: ignore[union-attr]
+    bank_keys = {"classifier.memory.bank", "classifier.memory.ptr", "classifier.memory.filled"}
+    for k, v in light.state_dict().items():
+        if k not in bank_keys:
+            torch.testing.assert_close(v, full.state_dict()[k], rtol=0, atol=0, msg=k)
+    images = torch.randn(2, 3, 32, 32)
+    a, b = light.predict(images), full.predict(images)
+    torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=0)

@@ -31,8 +31,10 @@ import torch
 __all__ = [
     "CheckpointManifest",
     "checkpoint_path",
+    "checkpoints_in",
     "content_hash",
     "get_rng_state",
+    "is_gmmseg_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
     "load_model_state",
@@ -188,8 +190,28 @@ def _process_alive(pid: int) -> bool:
 _READ_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError)
 
 
+def is_gmmseg_checkpoint(path: Path | str) -> bool:
+    """Whether ``path`` is a file :func:`load_checkpoint` reads (a dict with ``"model"``).
+
+    Reads only the file's structure (memory-mapped); any file that is not one, or that
+    cannot be read, gives False (:func:`load_checkpoint` then says why).
+    """
+    p = Path(path)
+    if not p.is_file() or p.stat().st_size == 0:
+        return False
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except _READ_ERRORS:
+        return False
+    return isinstance(state, dict) and "model" in state
+
+
 def load_checkpoint(
-    path: Path | str, map_location: str | torch.device = "cpu", *, verify: bool = True
+    path: Path | str,
+    map_location: str | torch.device = "cpu",
+    *,
+    verify: bool = True,
+    mmap: bool = False,
 ) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
 
@@ -198,6 +220,9 @@ def load_checkpoint(
         map_location: where tensors go.
         verify: recompute the content hash and compare it with the stored one (files written
             before gmmseg stored hashes have none and are loaded unchecked).
+        mmap: map the file instead of reading it into memory (``torch.load(mmap=True)``):
+            tensors that are never used (a memory bank at inference) take no RAM beyond the
+            page cache while the hash is checked.
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
@@ -210,7 +235,7 @@ def load_checkpoint(
     if path.stat().st_size == 0:
         raise ValueError(f"checkpoint {str(path)!r} is empty (0 bytes)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         if "Unsupported global" in str(e):
             raise ValueError(
@@ -290,7 +315,9 @@ class CheckpointManifest:
         return iter(self.entries)
 
     def _write(self) -> None:
-        text = json.dumps({"format": 1, "checkpoints": self.entries}, indent=1) + "\n"
+        # Python's JSON keeps NaN and infinities (as NaN / Infinity), so evaluation results
+        # read back equal to what was recorded.
+        text = json.dumps({"format": 1, "checkpoints": _plain(self.entries)}, indent=1) + "\n"
         _write_atomic(self.path, lambda tmp: tmp.write_text(text), "checkpoint manifest")
 
     def add(self, path: Path, iteration: int) -> None:
@@ -338,6 +365,35 @@ class CheckpointManifest:
         if not present:
             return None
         return self.folder / str(max(present, key=lambda e: int(e["iteration"]))["file"])
+
+
+def _plain(x: Any) -> Any:
+    """Tensors to (nested) lists, tuples to lists, mapping keys to strings; floats kept."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    return x
+
+
+def checkpoints_in(work_dir: Path | str) -> list[tuple[int, str]]:
+    """``(iteration, file name)`` of the trainer's checkpoints in ``work_dir`` that exist.
+
+    Those listed in its manifest; in a folder without one (an earlier version's), the
+    ``iter_<digits>.pt`` files.
+    """
+    folder = Path(work_dir)
+    if not folder.is_dir():
+        return []
+    if (folder / MANIFEST_NAME).is_file():
+        return [
+            (int(e["iteration"]), str(e["file"]))
+            for e in CheckpointManifest(folder)
+            if (folder / str(e["file"])).is_file()
+        ]
+    return [(int(m.group(1)), p.name) for p in folder.iterdir() if (m := _PATTERN.match(p.name))]
 
 
 def latest_checkpoint(work_dir: Path | str) -> Path | None:

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from gmmseg.engine.checkpoint import (
     CheckpointManifest,
     checkpoint_path,
+    checkpoints_in,
     get_rng_state,
     latest_checkpoint,
     load_checkpoint,
@@ -207,6 +208,7 @@ class Trainer:
         state = load_checkpoint(checkpoint, map_location=self.dist.device)
         if check is not None:
             check(dict(state.get("extra", {})))
+        self.refuse_later_checkpoints(int(state["iteration"]), str(checkpoint))
         try:
             self.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError) as e:
@@ -215,11 +217,52 @@ class Trainer:
                 f"checkpoint {str(checkpoint)!r} does not fit this run's model or optimiser "
                 f"(was it written by another recipe?): {first}"
             ) from e
-        if self.work_dir is not None:
+        record = None
+        if self.work_dir is not None and self.dist.is_main:
             record = CheckpointManifest(self.work_dir).eval_of(self.iteration)
-            if record is not None and not self._evaluated(self.iteration):
-                self.history.append({"iter": self.iteration, "mode": "eval", **record})
+        # Rank 0 owns the manifest: every rank must take the same decision about re-running
+        # an evaluation (a collective), shared file system or not.
+        record = self._from_main(record)
+        if record is not None and not self._evaluated(self.iteration):
+            self.history.append({"iter": self.iteration, "mode": "eval", **record})
         return True
+
+    def _from_main(self, obj: Any) -> Any:
+        """``obj`` as rank 0 has it (broadcast when several processes train)."""
+        if self.dist.world_size == 1 or not torch.distributed.is_initialized():
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def refuse_later_checkpoints(self, iteration: int, what: str = "this run") -> None:
+        """Refuse to train from ``iteration`` in a work folder whose run went further.
+
+        Training on would overwrite that run's later checkpoints and mix its manifest and logs
+        with this one's. Checkpoints are those listed in ``checkpoints.json`` or, in a folder
+        of an earlier version without one, the ``iter_<digits>.pt`` files.
+
+        Raises:
+            ValueError: the folder holds a checkpoint of a later iteration.
+        """
+        message = None
+        if self.work_dir is not None and self.dist.is_main:
+            later = [(it, name) for it, name in checkpoints_in(self.work_dir) if it > iteration]
+            if later:
+                it, name = max(later)
+                start = (
+                    "training a new run"
+                    if what == "this run"
+                    else f"resuming from {what} (iteration {iteration})"
+                )
+                message = (
+                    f"work folder {str(self.work_dir)!r} holds a run that reached iteration {it} "
+                    f"({name}): {start} there would overwrite its later checkpoints; "
+                    "continue it with --resume auto, or use another --work-dir"
+                )
+        message = self._from_main(message)
+        if message is not None:
+            raise ValueError(message)
 
     def save(self) -> Path | None:
         """Write ``work_dir/iter_{iteration:08d}.pt`` on rank 0 and prune old ones.
@@ -229,8 +272,9 @@ class Trainer:
         """
         if self.work_dir is None or not self.dist.is_main:
             return None
-        manifest = CheckpointManifest(self.work_dir)
+        # The checkpoint first: a problem with the manifest must not cost the training.
         path = save_checkpoint(checkpoint_path(self.work_dir, self.iteration), self.state_dict())
+        manifest = CheckpointManifest(self.work_dir)
         manifest.add(path, self.iteration)
         manifest.prune(self.settings.keep_checkpoints)
         return path
@@ -310,7 +354,7 @@ class Trainer:
         logger.log(record, step=self.iteration)
         self.history.append(record)
         if self.work_dir is not None and self.dist.is_main:
-            CheckpointManifest(self.work_dir).record_eval(self.iteration, json_safe(result))
+            CheckpointManifest(self.work_dir).record_eval(self.iteration, result)
         return result
 
     def _last(self, mode: str) -> dict[str, Any]:
@@ -332,6 +376,7 @@ class Trainer:
             also written to ``work_dir/metrics.json`` on rank 0.
         """
         s = self.settings
+        self.refuse_later_checkpoints(self.iteration)
         if self.work_dir is not None and self.dist.is_main:
             remove_stale_temporaries(self.work_dir)
         logger = MetricLogger(

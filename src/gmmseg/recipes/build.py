@@ -200,7 +200,7 @@ def build_model(
             channels,
             embed_dim=8 if tiny else g.embed_dim,
             num_components=g.num_components,
-            memory_size=64 if tiny else g.memory_size,
+            memory_size=min(64, g.memory_size) if tiny else g.memory_size,
             max_samples_per_component=g.max_samples_per_component,
             update_interval=g.update_interval,
             mean_momentum=g.mean_momentum,

@@ -30,7 +30,7 @@ from gmmseg.engine import (
     init_distributed,
     load_checkpoint,
 )
-from gmmseg.engine.checkpoint import load_model_state
+from gmmseg.engine.checkpoint import is_gmmseg_checkpoint
 from gmmseg.engine.distributed import DistInfo
 from gmmseg.heads import GMMClassifier, PosthocMixtures
 from gmmseg.interop import Layout, convert_checkpoint, load_converted, read_checkpoint
@@ -314,6 +314,8 @@ def train_recipe(
 
     if resume is not None and trainer.resume(resume, check=check) and changed:
         trainer.history.append({"iter": trainer.iteration, "mode": "resume", "changed": changed})
+    # Before anything is written: a new run must not land on another run's checkpoints.
+    trainer.refuse_later_checkpoints(trainer.iteration)
     if out is not None and dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
@@ -327,6 +329,7 @@ _RESUMABLE = (
     "twin",
     "data.root",
     "data.num_workers",
+    "model.pretrained",  # read only to initialise; a resumed run takes every weight from the file
     "train.log_interval",
     "train.eval_interval",
     "train.checkpoint_interval",
@@ -355,7 +358,10 @@ def _changed_settings(
     """
     if "recipe" not in extra:
         return {}
-    before, now = _flatten(extra["recipe"]), _flatten(recipe.to_dict())
+    # Through the schema, so that fields added since the checkpoint was written compare by
+    # their defaults instead of as missing.
+    stored = from_dict(Recipe, extra["recipe"]).to_dict()
+    before, now = _flatten(stored), _flatten(recipe.to_dict())
     if bool(extra.get("tiny", False)) != tiny:
         before["(dry-run model)"], now["(dry-run model)"] = bool(extra.get("tiny")), tiny
     changed = {
@@ -414,8 +420,10 @@ def load_trained(
         layout: ``"auto"`` (detected from the keys), ``"gmmseg"``, or one of
             :data:`~gmmseg.interop.FOREIGN_LAYOUTS` (``"official"``, ``"mmseg"``, ``"hf"``,
             ``"nvlabs"``).
-        memory: also load an official file's GMM memory bank (to continue training; the
-            recipe's ``gmm.memory_size`` must be the file's).
+        memory: also load the GMM memory bank (of a gmmseg checkpoint or an official
+            file; to continue training: the recipe's ``gmm.memory_size`` must be the file's).
+            Without it the model gets a one-slot placeholder bank and the file's bank is
+            never read into memory (gmmseg checkpoints are memory-mapped).
         trust: unpickle a foreign file in full when its metadata holds objects outside the
             safe allow-list (numpy arrays, scalars, dtypes). Only for files you trust.
         tiny: build the recipe's miniature model (as dry runs do), for a foreign file written
@@ -429,24 +437,9 @@ def load_trained(
         ValueError: a checkpoint that does not fit the recipe, an unknown layout, a damaged
             file, or (:class:`~gmmseg.interop.UntrustedCheckpointError`) untrusted metadata.
     """
+    if layout == "gmmseg" or (layout == "auto" and is_gmmseg_checkpoint(checkpoint)):
+        return _load_gmmseg(Path(checkpoint), recipe, torch.device(device), memory, tiny)
     peek = read_checkpoint(checkpoint, trust=trust)
-    if layout == "gmmseg" or (layout == "auto" and "model" in peek.top_level):
-        state = load_checkpoint(checkpoint, map_location=device)
-        extra = state.get("extra", {})
-        if recipe is None:
-            if "recipe" not in extra:
-                raise ValueError(f"checkpoint {str(checkpoint)!r} holds no recipe; name one")
-            recipe = from_dict(Recipe, extra["recipe"])
-        cfg = dataclasses.replace(recipe.model, pretrained="")
-        model = build_model(cfg, num_classes_of(recipe.data), tiny=bool(extra.get("tiny", tiny)))
-        model = model.to(device)
-        try:
-            load_model_state(model, state)
-        except RuntimeError as e:
-            raise ValueError(
-                f"checkpoint {str(checkpoint)!r} does not fit recipe {recipe.name!r}: {e}"
-            ) from e
-        return model.eval(), recipe
     conversion = convert_checkpoint(peek.tensors, layout)
     if recipe is None:
         fits = matching_recipes(conversion.model)
@@ -471,6 +464,50 @@ def load_trained(
     report = load_converted(model, conversion, memory=memory)
     report.settings.update(settings)
     _LOG.info("%s: %s", checkpoint, report.summary())
+    return model.to(device).eval(), recipe
+
+
+_RING = ("classifier.memory.bank", "classifier.memory.ptr", "classifier.memory.filled")
+
+
+def _load_gmmseg(
+    path: Path, recipe: Recipe | None, device: torch.device, memory: bool, tiny: bool
+) -> tuple[Segmentor, Recipe]:
+    """A gmmseg checkpoint: the model's weights only, the ring memory bank only if asked.
+
+    The file is mapped, not read: its optimiser moments and (unless ``memory``) its bank are
+    never copied, and the model is built with a one-slot placeholder bank.
+    """
+    state = load_checkpoint(path, map_location="cpu", mmap=True)
+    extra = state.get("extra", {})
+    if recipe is None:
+        if "recipe" not in extra:
+            raise ValueError(f"checkpoint {str(path)!r} holds no recipe; name one")
+        recipe = from_dict(Recipe, extra["recipe"])
+    cfg = dataclasses.replace(recipe.model, pretrained="")
+    weights = dict(state["model"])
+    for k, v in state.get("buffers", {}).items():  # files of earlier versions
+        weights.setdefault(k, v)
+    skip_bank = not memory and cfg.head == "gmm" and cfg.gmm.memory == "ring"
+    if skip_bank:
+        cfg = dataclasses.replace(cfg, gmm=dataclasses.replace(cfg.gmm, memory_size=1))
+        weights = {k: v for k, v in weights.items() if k not in _RING}
+    model = build_model(cfg, num_classes_of(recipe.data), tiny=bool(extra.get("tiny", tiny)))
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not fit recipe {recipe.name!r}: {e}"
+        ) from e
+    # Strict but for the bank left out on purpose (and buffers recomputed at construction).
+    recomputed = {k for k, _ in model.named_buffers()} - set(model.state_dict())
+    missing = [k for k in missing if not (skip_bank and k in _RING) and k not in recomputed]
+    if missing or unexpected:
+        listed = ", ".join([*missing[:5], *unexpected[:5]])
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not fit recipe {recipe.name!r}: "
+            f"{len(missing)} model tensors missing, {len(unexpected)} unexpected ({listed})"
+        )
     return model.to(device).eval(), recipe
 
 

@@ -324,3 +324,28 @@ def test_expected_failures_are_one_line(
 def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(FileNotFoundError):
         main(["--debug", "eval", "demo", "--checkpoint", "/missing.pt"])
+
+
+def test_debug_works_after_the_command_too(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(FileNotFoundError):
+        main(["eval", "demo", "--checkpoint", "/missing.pt", "--debug"])
+
+
+def test_predict_set_needs_a_recipe(
+    demo_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found in review: --set without --recipe was silently ignored.
+    image = _png(tmp_path / "scene.png")
+    code, _, err = run(
+        capsys,
+        "predict",
+        "--checkpoint",
+        str(demo_checkpoint),
+        str(image),
+        "--out",
+        str(tmp_path / "p"),
+        "--set",
+        "eval.flip=true",
+    )
+    assert code == 2 and "--set needs --recipe" in err
+    assert not (tmp_path / "p").exists()

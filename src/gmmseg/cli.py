@@ -225,8 +225,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from gmmseg.recipes.run import inference_settings
     from gmmseg.viz import colorize, heatmap, overlay
 
+    if args.set and not args.recipe:
+        raise UserError(
+            "--set needs --recipe NAME (the recipe whose fields it changes; without --recipe "
+            "the checkpoint's own recipe is used unchanged)"
+        )
     if args.write:
         return _predict_submission(args)
+    out = Path(args.out)
+    images = [Path(p) for p in args.images]
+    # Before any work: every input exists, no two collide, nothing is overwritten unasked.
+    outputs = _prediction_outputs(images, out, overwrite=args.overwrite)
     _show_load_reports()
     model, recipe = load_trained(
         args.checkpoint,
@@ -242,9 +251,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         palette = CITYSCAPES_PALETTE
     else:
         palette = np.random.default_rng(0).integers(0, 256, (256, 3)).tolist()
-    out = Path(args.out)
-    images = [Path(p) for p in args.images]
-    outputs = _prediction_outputs(images, out, overwrite=args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     settings = inference_settings(recipe)
     normalize = Normalize()
@@ -621,7 +627,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Args:
         argv: arguments (``sys.argv[1:]`` when None).
     """
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere on the line, not only before the command.
+    debug = "--debug" in words
+    args = _parser().parse_args([w for w in words if w != "--debug"])
+    args.debug = debug
     if args.command == "train" and args.device != "auto":
         args.set = [*args.set, f"train.device={args.device}"]
     try:

@@ -422,7 +422,7 @@ def test_index_error(fixture_root: Path) -> None:
         ds[len(ds)]
 
 
-@pytest.mark.parametrize("entry", ["../../outside.jpg", "/etc/hostname"])
+@pytest.mark.parametrize("entry", ["../../outside.jpg", "/etc/hostname", "a/../../outside.jpg"])
 def test_road_anomaly_frame_list_cannot_leave_the_dataset(tmp_path: Path, entry: str) -> None:
     # Before: a "../" entry of frame_list.json read a file outside the dataset folder.
     F.write_fixture("road_anomaly", tmp_path)
@@ -438,3 +438,21 @@ def test_road_anomaly_frame_list_cannot_leave_the_dataset(tmp_path: Path, entry:
     listing.write_text(json.dumps([*names, entry]))
     with pytest.raises(ValueError, match="not a file inside"):
         D.RoadAnomaly(**kwargs)
+
+
+def test_road_anomaly_reads_symlinked_frames(tmp_path: Path) -> None:
+    # Found in review: resolving symlinks refused frames kept in git-annex / DVC stores.
+    F.write_fixture("road_anomaly", tmp_path)
+    exp = expected(tmp_path, "road_anomaly")
+    kwargs = {
+        k: (tmp_path / "road_anomaly" / v if k.endswith("root") else v)
+        for k, v in exp["splits"]["original"]["kwargs"].items()
+    }
+    plain = D.RoadAnomaly(**kwargs)
+    first = Path(plain.frames[0].image_path)
+    store = tmp_path / "annex" / "blob.jpg"
+    store.parent.mkdir()
+    first.rename(store)
+    first.symlink_to(store)
+    linked = D.RoadAnomaly(**kwargs)
+    assert torch.equal(linked[0]["image"], plain[0]["image"])

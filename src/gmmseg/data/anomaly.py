@@ -226,14 +226,15 @@ class RoadAnomaly(AnomalyDataset):
             names = json.loads(listing.read_text())
             if not isinstance(names, list) or not names:
                 raise FileNotFoundError(f"{listing} lists no frames (expected a JSON list)")
-            frames_dir = (self.root / "frames").resolve()
             for name in sorted(str(n) for n in names):
                 img = self.root / "frames" / name
                 # A listed name is a file inside frames/: "../x" or an absolute path would read
-                # outside the dataset.
-                if Path(name).is_absolute() or frames_dir not in img.resolve().parents:
+                # outside the dataset. Checked on the name, so that symlinked frames (git-annex,
+                # DVC) stay readable.
+                if Path(name).is_absolute() or ".." in Path(name).parts:
                     raise ValueError(
-                        f"{listing} lists {name!r}, which is not a file inside {frames_dir}"
+                        f"{listing} lists {name!r}, which is not a file inside "
+                        f"{self.root / 'frames'}"
                     )
                 if not img.is_file():
                     raise FileNotFoundError(f"{listing} lists {name!r} but {img} does not exist")

@@ -14,6 +14,7 @@ copy kept by hand) are never touched.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -121,9 +122,12 @@ def _write_atomic(path: Path, write: Any, what: str) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         # torch.save reports a full disk as a RuntimeError ("unexpected pos ...").
+        full = "unexpected pos" in str(e) or getattr(e, "errno", None) == errno.ENOSPC
+        hint = " (the disk is full?)" if full else ""
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise OSError(
-            f"could not write {what} {str(path)!r}: {e} (is the disk full or the folder "
-            "read-only?); the previous file, if any, is unchanged"
+            f"could not write {what} {str(path)!r}{hint}: {first}; the previous file, if any, "
+            "is unchanged"
         ) from e
     finally:
         if tmp.exists():

@@ -64,8 +64,14 @@ _SGD = OptimConfig(
 _80K = TrainConfig(iters=80000, eval_interval=8000, checkpoint_interval=8000)
 _160K = TrainConfig(iters=160000, eval_interval=16000, checkpoint_interval=16000)
 
+# The paper trained mmsegmentation's MiT, whose LayerNorms all use eps 1e-6 (mit_norm="mmseg");
+# the released GMMSeg model needs it too.
 _SEGFORMER = ModelConfig(
-    backbone="mit_b5", drop_path_rate=0.1, decoder="segformer", decoder_channels=768
+    backbone="mit_b5",
+    drop_path_rate=0.1,
+    decoder="segformer",
+    decoder_channels=768,
+    mit_norm="mmseg",
 )
 _DEEPLAB = ModelConfig(
     backbone="resnet101_v1c", output_stride=8, decoder="deeplabv3plus", decoder_channels=512

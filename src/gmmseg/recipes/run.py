@@ -528,6 +528,7 @@ def evaluate_recipe(
         layout: the checkpoint's layout (:func:`load_trained`).
         trust: unpickle untrusted metadata in full (:func:`load_trained`).
     """
+    check_recipe(recipe)
     dist = init_distributed(device)
     model, recipe = load_trained(checkpoint, recipe, dist.device, layout=layout, trust=trust)
     loader = _eval_loader(build_val_dataset(recipe.data), dist, _eval_batch(recipe))
@@ -570,6 +571,7 @@ def evaluate_recipe_anomaly(
     Returns:
         ``{dataset: {score: {"ap", "auroc", "fpr95"}}}``.
     """
+    check_recipe(recipe)
     dist = init_distributed(device)
     if model is None:
         if checkpoint is None:

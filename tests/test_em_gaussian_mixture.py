@@ -18,8 +18,8 @@ from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
-import gmmseg.em.gaussian_mixture as gmm_module
-from gmmseg.em._kmeans import SegmentLayout, draw_distinct_rows, kmeans_plusplus
+import gmmseg.em._steps as steps_module
+from gmmseg.em._kmeans import draw_distinct_rows, kmeans_plusplus
 from gmmseg.em.gaussian_mixture import (
     ConvergenceWarning,
     GaussianMixture,
@@ -95,23 +95,25 @@ def _assert_params_equal(ours: GaussianMixture, sk: SkGaussianMixture, rtol: flo
 class _SklearnResp(GaussianMixture):
     """Draws the initial responsibilities exactly as scikit-learn does for an integer seed.
 
-    Overrides the private ``_initial_resp`` hook (one group, so laid-out rows are input rows):
-    this checks the initial M-step from responsibilities and the ``n_init`` selection.
+    Overrides the private ``_initial_resp`` hook: this checks the initial M-step from
+    responsibilities and the ``n_init`` selection.
     """
 
     def __init__(self, *args: Any, sk_seed: int, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._rs = np.random.RandomState(sk_seed)
 
-    def _initial_resp(self, data: Any, generator: torch.Generator | None) -> torch.Tensor:
-        n, k = data.x.shape[0], self.n_components
+    def _initial_resp(
+        self, x: torch.Tensor, w: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        n, k = x.shape[0], self.n_components
         if self.init_params == "random":
             resp = self._rs.uniform(size=(n, k))
             resp /= resp.sum(axis=1, keepdims=True)
         else:
             resp = np.zeros((n, k))
             resp[self._rs.choice(n, size=k, replace=False), np.arange(k)] = 1.0
-        return torch.as_tensor(resp, dtype=data.x.dtype, device=data.x.device)
+        return torch.as_tensor(resp, dtype=x.dtype, device=x.device)
 
 
 # -- parity with scikit-learn ---------------------------------------------------------------
@@ -254,23 +256,15 @@ def test_kmeans_init_recovers_separated_blobs_and_is_deterministic() -> None:
     assert adjusted_rand_score(y, a.predict(x).numpy()) == pytest.approx(1.0)
 
 
-def test_kmeans_plusplus_and_distinct_draws_stay_in_their_group() -> None:
+def test_kmeans_plusplus_and_distinct_draws_pick_positive_weight_rows() -> None:
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 4, (300,), generator=g)
-    x = torch.randn(300, 3, generator=g, dtype=torch.float64) + 10 * ids[:, None]
+    x = torch.randn(300, 3, generator=g, dtype=torch.float64)
     w = (torch.rand(300, generator=g) > 0.2).double()
-    layout = SegmentLayout.grouped(ids, 4, block_rows=16)
-    xr, wr = layout.scatter_rows(x), layout.scatter_rows(w)
-    group_of_row = layout.expand_groups(torch.arange(4))
-    for rows in (
-        draw_distinct_rows(layout, wr, 5, g),
-        kmeans_plusplus(layout, xr, wr, 5, g),
-    ):
-        assert rows.shape == (4, 5)
-        assert torch.equal(group_of_row[rows], torch.arange(4)[:, None].expand(4, 5))
-        assert bool((wr[rows] > 0).all())
-    rows = draw_distinct_rows(layout, wr, 5, g)
-    assert all(len(set(r.tolist())) == 5 for r in rows)
+    for rows in (draw_distinct_rows(w, 5, g), kmeans_plusplus(x, w, 5, g)):
+        assert rows.shape == (5,)
+        assert bool((w[rows] > 0).all())
+    rows = draw_distinct_rows(w, 5, g)
+    assert len(set(rows.tolist())) == 5
 
 
 # -- grouped fits ---------------------------------------------------------------------------
@@ -355,58 +349,25 @@ def test_fit_grouped_random_inits_and_warning_lists_groups() -> None:
         GaussianMixture(3, max_iter=1, random_state=0).fit_grouped(x, gid, ngroups)
 
 
-def test_segment_layout_matches_plain_loops() -> None:
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 5, (103,), generator=g)
-    ids[ids == 3] = 4  # an empty group
-    a = torch.randn(103, 3, generator=g, dtype=torch.float64)
-    b = torch.randn(103, 2, generator=g, dtype=torch.float64)
-    w = torch.randn(5, 2, 3, generator=g, dtype=torch.float64)
-    layout = SegmentLayout.grouped(ids, 5, block_rows=8)
-    ar, br = layout.scatter_rows(a), layout.scatter_rows(b)
-    assert torch.equal(layout.gather_rows(ar), a)
-    ssum, smat = layout.segment_sum(ar), layout.segment_matmul(ar, br)
-    gmat = layout.gather_rows(layout.group_matmul(br, w))
-    for k in range(5):
-        m = ids == k
-        torch.testing.assert_close(ssum[k], a[m].sum(0))
-        torch.testing.assert_close(smat[k], a[m].T @ b[m])
-        torch.testing.assert_close(gmat[m], b[m] @ w[k])
-    covered = torch.cat([torch.arange(layout.num_rows)[rows] for rows, _ in layout.chunks(1, 20)])
-    assert torch.equal(covered, torch.arange(layout.num_rows))
-
-
-@pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("diagonal", [False, True])
-def test_centred_scatter_matches_plain_loop(grouped: bool, sparse: bool, diagonal: bool) -> None:
+def test_centred_scatter_matches_plain_loop(sparse: bool, diagonal: bool) -> None:
     g = torch.Generator().manual_seed(3)
-    n, d, k, ngroups = 120, 3, 4, (3 if grouped else 1)
+    n, d, k = 120, 3, 4
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    ids = torch.randint(0, ngroups, (n,), generator=g)
     resp = torch.rand(n, k, generator=g, dtype=torch.float64)
     if sparse:
         resp[torch.rand(n, generator=g) > 0.1] = 0.0
-    means = torch.randn(ngroups, k, d, generator=g, dtype=torch.float64)
-    only = torch.rand(ngroups, k, generator=g) > 0.3
-    layout = (
-        SegmentLayout.grouped(ids, ngroups, 8) if grouped else SegmentLayout.single(n, x.device)
-    )
-    w = torch.ones(n, dtype=torch.float64)
-    # diag data of one group is stored feature-major (non-contiguous rows): test that layout too
-    data = gmm_module._prepare_data(x, w, layout, "diag" if diagonal else "full", chunk_size=5)
-    rw = layout.scatter_rows(resp)
+    means = torch.randn(k, d, generator=g, dtype=torch.float64)
+    only = [j for j in range(k) if bool(torch.rand((), generator=g) > 0.3)]
     if diagonal:
-        got = gmm_module._centred_variances(data, rw, means, only)
+        got = steps_module._centred_variances(x, resp, means, only)
     else:
-        got = gmm_module._centred_scatter(data, rw, means, only=only)
-    for gi in range(ngroups):
-        xs = x[ids == gi] - data.centre[gi]
-        for ki in range(k):
-            diff = xs - means[gi, ki]
-            full = (resp[ids == gi, ki, None] * diff).T @ diff
-            want = torch.diagonal(full) if diagonal else full
-            torch.testing.assert_close(got[gi, ki], want if only[gi, ki] else 0 * want)
+        got = steps_module._centred_scatter(x, resp, means)[only]
+    for i, j in enumerate(only):
+        diff = x - means[j]
+        full = (resp[:, j, None] * diff).T @ diff
+        torch.testing.assert_close(got[i], torch.diagonal(full) if diagonal else full)
 
 
 # -- sampling -------------------------------------------------------------------------------
@@ -508,13 +469,15 @@ def test_float32_fit_grouped_with_tight_components_matches_float64(
         "precisions_init": np.ones((3, 2, 3)),
     }
     calls: list[int] = []
-    exact = gmm_module._centred_variances
+    exact = steps_module._centred_variances
 
-    def spy(data: Any, rw: torch.Tensor, means: torch.Tensor, only: torch.Tensor) -> torch.Tensor:
-        calls.append(int(only.sum()))
-        return exact(data, rw, means, only)
+    def spy(
+        x: torch.Tensor, rw: torch.Tensor, means: torch.Tensor, only: list[int]
+    ) -> torch.Tensor:
+        calls.append(len(only))
+        return exact(x, rw, means, only)
 
-    monkeypatch.setattr(gmm_module, "_centred_variances", spy)
+    monkeypatch.setattr(steps_module, "_centred_variances", spy)
     x32 = torch.as_tensor(x, dtype=torch.float32)
     f32 = GaussianMixture(2, dtype=torch.float32, **kw).fit_grouped(x32, torch.as_tensor(gid), 3)
     assert calls and max(calls) < 6, "the fallback ran, for some (group, component) pairs only"
@@ -724,15 +687,10 @@ def test_bad_grouped_inputs() -> None:
         res.mixture(ngroups)
 
 
-def test_large_diag_fit_on_huge_page_buffer_matches_sklearn(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A fit whose feature buffer is large enough for the huge-page mapping (> 32 MB here).
-
-    Its result equals the same fit on a ``torch.empty`` buffer and scikit-learn's, up to
-    rounding: the expanded quadratic amplifies the GEMM's summation order (threads, alignment),
-    which changes the lower bound by ~1e-10 relative between runs.
-    """
+def test_large_diag_fit_matches_sklearn() -> None:
+    """A fit on 70 000 × 64 rows equals scikit-learn's up to rounding: the expanded quadratic
+    amplifies the GEMM's summation order (threads, alignment), which changes the lower bound by
+    ~1e-10 relative between runs."""
     rng = np.random.default_rng(4)
     n, d, k = 70_000, 64, 3
     x = rng.normal(size=(n, d)) + rng.integers(0, 3, n)[:, None] * 2.0
@@ -743,56 +701,10 @@ def test_large_diag_fit_on_huge_page_buffer_matches_sklearn(
         "means_init": x[:k],
         "weights_init": np.full(k, 1 / k),
     }
-    assert 2 * d * n * 8 >= gmm_module._HUGE_PAGE_BYTES
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ours = GaussianMixture(k, **kw).fit(x)
-        monkeypatch.setattr(gmm_module, "_HUGE_PAGE_BYTES", 1 << 62)
-        plain = GaussianMixture(k, **kw).fit(x)
         ref = SkGaussianMixture(k, **kw).fit(x)
     for attr in ("weights_", "means_", "covariances_"):
-        np.testing.assert_allclose(getattr(ours, attr), getattr(plain, attr), rtol=1e-7)
         np.testing.assert_allclose(getattr(ours, attr), getattr(ref, attr), rtol=1e-6)
-    assert ours.lower_bound_ == pytest.approx(plain.lower_bound_, rel=1e-8)
     assert ours.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-6)
-
-
-def test_large_empty_maps_large_cpu_buffers_and_falls_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    maps: list[int] = []
-    real_mmap = gmm_module.mmap.mmap
-
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        maps.append(args[1])
-        return real_mmap(*args, **kwargs)
-
-    monkeypatch.setattr(gmm_module.mmap, "mmap", recording)
-    big = gmm_module._large_empty((8, 1 << 20), torch.float32, torch.device("cpu"))  # 32 MB
-    small = gmm_module._large_empty((2, 3), torch.float64, torch.device("cpu"))
-    if hasattr(gmm_module.mmap, "MADV_HUGEPAGE"):  # Linux
-        assert maps == [32 << 20]
-    assert big.shape == (8, 1 << 20) and big.dtype == torch.float32 and big.is_contiguous()
-    assert small.shape == (2, 3) and small.dtype == torch.float64
-    big.fill_(2.5)
-    big[7, -1] = -1.0
-    assert int((big == 2.5).sum()) == (8 << 20) - 1 and float(big[7, -1]) == -1.0
-    view = big.T[1:]
-    del big
-    assert float(view[-1, 7]) == -1.0  # a view keeps the mapping alive
-
-    class Refusing(real_mmap):  # type: ignore[misc,valid-type]
-        def madvise(self, *args: Any) -> None:  # as a kernel without transparent huge pages
-            raise OSError(22, "Invalid argument")
-
-    def failing(*args: Any, **kwargs: Any) -> Any:
-        raise OSError(12, "Cannot allocate memory")
-
-    if hasattr(gmm_module.mmap, "MADV_HUGEPAGE"):
-        monkeypatch.setattr(gmm_module.mmap, "mmap", Refusing)
-        refused = gmm_module._large_empty((8, 1 << 20), torch.float32, torch.device("cpu"))
-        refused.fill_(1.0)
-        assert refused.shape == (8, 1 << 20) and float(refused[-1, -1]) == 1.0
-        monkeypatch.setattr(gmm_module.mmap, "mmap", failing)
-        fallback = gmm_module._large_empty((8, 1 << 20), torch.float32, torch.device("cpu"))
-        assert fallback.shape == (8, 1 << 20)

@@ -1,7 +1,7 @@
 """Expectation-maximisation for Gaussian mixtures.
 
 * Offline: :class:`GaussianMixture`, a scikit-learn-compatible estimator computed in torch, which
-  also fits one mixture per group at once (:meth:`GaussianMixture.fit_grouped`).
+  also fits one mixture per group of rows (:meth:`GaussianMixture.fit_grouped`).
 * Online (the GMMSeg head's momentum EM): :class:`ComponentMemory` (ring bank per class and
   component), :func:`momentum_m_step`, and :class:`StreamingStatistics` (the O(G·M·D) alternative).
 """

@@ -456,3 +456,16 @@ def test_road_anomaly_reads_symlinked_frames(tmp_path: Path) -> None:
     first.symlink_to(store)
     linked = D.RoadAnomaly(**kwargs)
     assert torch.equal(linked[0]["image"], plain[0]["image"])
+
+
+@pytest.mark.parametrize("stem", ["../../escape", "/tmp/escape", ".."])
+def test_convert_coco_stuff_10k_list_cannot_leave_the_dataset(tmp_path: Path, stem: str) -> None:
+    # A path in imageLists/*.txt read a .mat and wrote a PNG outside the dataset folder.
+    root = F.write_fixture("coco_stuff10k", tmp_path) / "coco_stuff10k"
+    lst = root / "imageLists" / "train.txt"
+    lst.write_text(lst.read_text() + f"\n{stem}\n")
+    for p in root.rglob("*_labelTrainIds.png"):
+        p.unlink()
+    with pytest.raises(ValueError, match="which is not a file name"):
+        convert_coco_stuff(root, "10k")
+    assert not list(tmp_path.glob("escape*"))

@@ -321,6 +321,10 @@ def convert_coco_stuff(root: Path, version: CocoStuffVersion, overwrite: bool = 
                 continue
             (ann / split).mkdir(exist_ok=True)
             for stem in lst.read_text().split():
+                # A listed stem names a file in annotations/: a path would read and write
+                # outside the dataset.
+                if Path(stem).name != stem or stem in (".", ".."):
+                    raise ValueError(f"{lst} lists {stem!r}, which is not a file name")
                 src = ann / f"{stem}.mat"
                 dst = ann / split / f"{stem}_labelTrainIds.png"
                 if dst.exists() and not overwrite:

@@ -31,17 +31,14 @@ from gmmseg.data.samplers import (
     DistributedClassBalancedSampler,
     build_dataloader,
 )
-from gmmseg.data.transfer import CompactTransfer, FinishingDataLoader
 
 __all__ = [
     "ADE20K",
     "COCOStuff",
     "Cityscapes",
     "ClassBalancedSampler",
-    "CompactTransfer",
     "DemoScenes",
     "DistributedClassBalancedSampler",
-    "FinishingDataLoader",
     "FishyscapesLostAndFound",
     "FishyscapesStatic",
     "Frame",

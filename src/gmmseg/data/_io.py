@@ -1,22 +1,19 @@
-"""File decoding and the validation rules shared by every loader (spec: datasets.md §0, G1–G7)."""
+"""File decoding and the validation rules shared by every loader."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from PIL import Image, ImageFile, features
+from PIL import Image, features
 
 __all__ = [
     "allowed_mask",
     "check_same_size",
     "check_values",
     "read_image",
-    "read_image_region",
     "read_label",
 ]
 
@@ -107,107 +104,6 @@ def read_image(path: Path) -> NDArray[np.uint8]:
         raise _bomb(path, err) from err
     except OSError as err:
         raise _decode_error("image", path, err) from err
-
-
-def _png_rows_only(img: Image.Image, rows: int) -> bool:
-    """Limit the decoding of a non-interlaced single-tile PNG to its first ``rows`` rows.
-
-    PNG rows are compressed top to bottom in one zlib stream, so the first rows decode without
-    the rest. Returns False (nothing changed) for any other file layout.
-    """
-    w, h = img.size
-    if (
-        not isinstance(img, ImageFile.ImageFile)
-        or img.format != "PNG"
-        or img.info.get("interlace")
-        or len(img.tile) != 1
-        or img.tile[0][0] != "zip"
-        or img.tile[0][1] != (0, 0, w, h)
-        or rows >= h
-    ):
-        return False
-    name, _, offset, args = img.tile[0]
-    # Pillow ≥ 11 describes tiles as ImageFile._Tile named tuples, older ones as plain tuples.
-    make: Any = getattr(ImageFile, "_Tile", lambda *fields: fields)
-    img.tile = [make(name, (0, 0, w, rows), offset, args)]
-    return True
-
-
-def _check_png_chunks(path: Path) -> None:
-    """Raise if the chunk list of a PNG runs past the end of the file or has no IEND chunk.
-
-    Used after a partial decode, which does not read the file to its end: a truncated file is
-    still refused, as a full decode would refuse it. Only chunk headers are read (one seek per
-    chunk); the data of the undecoded rows is not checked.
-    """
-    with path.open("rb") as f:
-        end = f.seek(0, 2)
-        pos = 8  # the signature
-        while True:
-            f.seek(pos)
-            head = f.read(8)
-            if len(head) < 8:
-                raise OSError(
-                    f"image file {path} is truncated: no IEND chunk before the end of the file "
-                    f"({end} bytes)"
-                )
-            pos += 12 + int.from_bytes(head[:4], "big")
-            if pos > end:
-                raise OSError(
-                    f"image file {path} is truncated: chunk {head[4:8]!r} ends at byte {pos} "
-                    f"but the file has {end} bytes"
-                )
-            if head[4:8] == b"IEND":
-                return
-
-
-def read_image_region(
-    path: Path, region_of: Callable[[tuple[int, int]], tuple[int, int, int, int]]
-) -> tuple[NDArray[np.uint8], tuple[int, int]]:
-    """Decode only the part of an image that a crop needs.
-
-    ``region_of`` gets the stored (H, W) from the file header, before any pixel is decoded,
-    and returns the (top, left, height, width) box to decode. For an RGB PNG (not interlaced)
-    only the rows down to the bottom of the box are decompressed; other files are decoded
-    whole. The result always equals ``read_image(path)[top:top+height, left:left+width]``.
-
-    Args:
-        path: Image file (PNG, JPEG or WebP).
-        region_of: Maps the image size to the box; may raise (e.g. a size mismatch).
-
-    Returns:
-        ((height, width, 3) uint8 read-only array, (H, W) of the whole image).
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ImportError: a WebP file and Pillow was built without WebP support.
-        OSError: the file cannot be decoded or is truncated, naming it.
-        ValueError: the box does not lie inside the image.
-    """
-    _check_image_path(path)
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            top, left, rh, rw = region_of((h, w))
-            if top < 0 or left < 0 or rh <= 0 or rw <= 0 or top + rh > h or left + rw > w:
-                raise ValueError(
-                    f"region (top, left, height, width) = {(top, left, rh, rw)} must lie inside "
-                    f"the image {path} of (H, W) = {(h, w)}"
-                )
-            if img.mode != "RGB":
-                return _to_rgb(img, path)[top : top + rh, left : left + rw], (h, w)
-            partial = _png_rows_only(img, top + rh)
-            img.load()
-            region: NDArray[np.uint8] = np.asarray(img.crop((left, top, left + rw, top + rh)))
-    except FileNotFoundError:
-        raise
-    except Image.DecompressionBombError as err:
-        raise _bomb(path, err) from err
-    except OSError as err:
-        raise _decode_error("image", path, err) from err
-    if partial:
-        _check_png_chunks(path)
-    return region, (h, w)
 
 
 def read_label(path: Path) -> NDArray[np.uint8]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, TypedDict
+from typing import ClassVar, TypedDict
 
 import numpy as np
 import torch
@@ -14,17 +13,8 @@ from numpy.typing import NDArray
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from gmmseg.data._io import (
-    check_same_size,
-    check_values,
-    read_image,
-    read_image_region,
-    read_label,
-)
+from gmmseg.data._io import check_same_size, check_values, read_image, read_label
 from gmmseg.data.meta import IGNORE_INDEX
-
-if TYPE_CHECKING:  # transforms imports this module
-    from gmmseg.data.transforms import JointTransform
 
 __all__ = ["Frame", "Sample", "SegmentationDataset", "Transform"]
 
@@ -54,6 +44,8 @@ class Sample(TypedDict):
 
 #: A transform maps a sample to a sample (see `transforms`).
 Transform = Callable[[Sample], Sample]
+#: A transform that draws its randomness from a generator (every `transforms.JointTransform`).
+SeededTransform = Callable[[Sample, torch.Generator | None], Sample]
 
 
 @dataclass(frozen=True)
@@ -192,24 +184,17 @@ class SegmentationDataset(Dataset[Sample]):
         return self.frames[index]
 
     def __getitem__(self, index: int) -> Sample:
-        frame = self._frame(index)
-        if self._crops_first(self.transform) and frame.label_path is not None:
-            return self._load_cropped(index, frame, self.transform, None)
-        sample = self._load(index, frame)
+        sample = self._load(index, self._frame(index))
         if self.transform is not None:
             sample = self.transform(sample)
         return sample
 
     def load_transformed(
-        self, index: int, transform: JointTransform, generator: torch.Generator | None = None
+        self, index: int, transform: SeededTransform, generator: torch.Generator | None = None
     ) -> Sample:
         """``transform(sample, generator)`` of frame ``index``'s untransformed sample.
 
-        The dataset's own `transform` is not applied. When ``transform`` is a `Compose` whose
-        first step is a `RandomRescaleCrop` (the training pipeline), only the source pixels of
-        the drawn crop are decoded, as in ``self[index]``; the result is identical to decoding
-        everything and calling ``transform(sample, generator)``, with the same draws from
-        ``generator``. Used by per-draw seeded augmentation
+        The dataset's own `transform` is not applied. Used by per-draw seeded augmentation
         (:class:`~gmmseg.engine.stream.AugmentedView`).
 
         Args:
@@ -223,10 +208,7 @@ class SegmentationDataset(Dataset[Sample]):
         Raises:
             IndexError: ``index`` out of range.
         """
-        frame = self._frame(index)
-        if self._crops_first(transform) and frame.label_path is not None:
-            return self._load_cropped(index, frame, transform, generator)
-        return transform(self._load(index, frame), generator)
+        return transform(self._load(index, self._frame(index)), generator)
 
     def _load(self, index: int, frame: Frame) -> Sample:
         """The untransformed sample of frame ``index``."""
@@ -242,73 +224,6 @@ class SegmentationDataset(Dataset[Sample]):
             "label_path": "" if frame.label_path is None else str(frame.label_path),
             "ori_size": (int(image.shape[0]), int(image.shape[1])),
         }
-
-    def _crops_first(self, t: object) -> bool:
-        """Whether transform ``t`` starts with a rescale-crop that `_load_cropped` can run.
-
-        Exactly a `Compose` whose first step is exactly a `RandomRescaleCrop` (subclasses may
-        change what the steps do), on a dataset that decodes its images with `read_image`.
-        """
-        from gmmseg.data import transforms as T  # lazily: transforms imports base
-
-        return (
-            type(t) is T.Compose
-            and bool(t.transforms)
-            and type(t.transforms[0]) is T.RandomRescaleCrop
-            and type(self).load_image is SegmentationDataset.load_image
-        )
-
-    def _load_cropped(
-        self,
-        index: int,
-        frame: Frame,
-        compose: object,
-        generator: torch.Generator | None,
-    ) -> Sample:
-        """``compose(sample, generator)`` for a `Compose([RandomRescaleCrop(...), ...])`.
-
-        The label is decoded first; the crop is drawn from it (same random numbers, same order as
-        the transform would draw them); then only the source pixels the crop reads are decoded
-        (for PNG, the rows down to the crop's last source row) and resampled. The sample is
-        identical to decoding everything and applying the transform.
-        """
-        from gmmseg.data import transforms as T  # lazily: transforms imports base
-
-        assert isinstance(compose, T.Compose) and frame.label_path is not None
-        first = compose.transforms[0]
-        assert isinstance(first, T.RandomRescaleCrop)
-        label = self.load_label(index)
-        assert label is not None
-        label_path = frame.label_path
-        generator = compose.resolve_generator(generator)
-        Box = tuple[int, int, int, int]
-        plan: list[tuple[tuple[int, int], Box, Tensor, Box]] = []
-
-        def region_of(size: tuple[int, int]) -> Box:
-            check_same_size(np.empty((*size, 0), np.uint8), label, frame.image_path, label_path)
-            target, box, crop = first.plan(size, torch.from_numpy(label), generator)
-            assert crop is not None
-            window = T.source_window(size, target, box)
-            plan.append((target, box, crop, window))
-            return window
-
-        region, size = read_image_region(frame.image_path, region_of)
-        target, box, crop, (top, left, _, _) = plan[0]
-        with warnings.catch_warnings():  # resize_region never writes to its input
-            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-            source = torch.from_numpy(region)
-        image = T.resize_region(source, size, (top, left), target, box)
-        sample: Sample = {
-            "image": image,
-            "label": crop.to(torch.int64),
-            "name": frame.name,
-            "image_path": str(frame.image_path),
-            "label_path": str(label_path),
-            "ori_size": size,
-        }
-        for t in compose.transforms[1:]:
-            sample = t(sample, generator)
-        return sample
 
     def __repr__(self) -> str:
         labelled = "" if self.has_labels else ", unlabelled (label=None)"

@@ -11,7 +11,6 @@ collate function that understands `Sample` (including ``label=None``).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import random
@@ -353,7 +352,6 @@ def build_dataloader(
     pin_memory: bool | None = None,
     drop_last: bool = False,
     persistent_workers: bool | None = None,
-    compact_transfer: bool = True,
 ) -> DataLoader[Sample]:
     """A DataLoader with seeded workers, `collate_samples` and sensible defaults.
 
@@ -372,16 +370,9 @@ def build_dataloader(
         pin_memory: Defaults to ``torch.cuda.is_available()``.
         drop_last: Drop the last incomplete batch.
         persistent_workers: Defaults to ``num_workers > 0``.
-        compact_transfer: With workers, when ``dataset.transform`` is a pipeline ending in
-            ``Normalize`` (+ ``Pad``), as `~gmmseg.data.transforms.train_pipeline` does, run
-            that tail in the main process after the transfer
-            (`~gmmseg.data.transfer.CompactTransfer`): workers send uint8 images and labels,
-            about a fifth of the bytes. The batches are identical. ``dataset`` itself is not
-            modified (the workers get a shallow copy with the shortened transform).
 
     Returns:
-        The DataLoader (a `~gmmseg.data.transfer.FinishingDataLoader` when the compact
-        transfer applies).
+        The DataLoader.
 
     Raises:
         ValueError: ``sampler`` together with ``shuffle``, or non-positive ``batch_size``.
@@ -390,28 +381,16 @@ def build_dataloader(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if sampler is not None and shuffle:
         raise ValueError("pass either sampler or shuffle=True, not both")
-    kwargs: dict[str, Any] = {
-        "batch_size": batch_size,
-        "sampler": sampler,
-        "shuffle": shuffle,
-        "num_workers": num_workers,
-        "pin_memory": torch.cuda.is_available() if pin_memory is None else pin_memory,
-        "drop_last": drop_last,
-        "worker_init_fn": seed_worker,
-        "generator": torch.Generator().manual_seed(seed),
-        "persistent_workers": (
-            num_workers > 0 if persistent_workers is None else persistent_workers
-        ),
-    }
-    from gmmseg.data.transfer import transfer_loader  # imports this module
-
-    transform = getattr(dataset, "transform", None)
-
-    def with_transform(t: object) -> Dataset[Sample]:
-        if t is transform:
-            return dataset
-        worker_dataset = copy.copy(dataset)
-        worker_dataset.transform = t  # type: ignore[attr-defined]
-        return worker_dataset
-
-    return transfer_loader(with_transform, transform, compact=compact_transfer, **kwargs)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=collate_samples,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=drop_last,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=num_workers > 0 if persistent_workers is None else persistent_workers,
+    )

@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -204,8 +203,8 @@ def resize_region(
 
     Bit-identical to ``resize_image(full, size, window)`` whenever ``region`` is
     ``full.permute(1, 2, 0)[top:top+hr, left:left+wr]`` for an ``origin`` (top, left) and a
-    region that holds the `source_window` of ``window``. Lets a loader decode only the rows
-    and columns a crop needs. ``region`` is never written to (it may be read-only).
+    region that holds the `source_window` of ``window``. ``region`` is never written to (it may
+    be read-only).
 
     Args:
         region: (hr, wr, 3) uint8 or float, channels-last, the source rows
@@ -284,11 +283,6 @@ def resize_label(
     top, left, wh, ww = (0, 0, h, w) if window is None else window
     ys = _nearest_axis(label.shape[0], h, top, wh, label.device)
     xs = _nearest_axis(label.shape[1], w, left, ww, label.device)
-    if label.device.type == "cpu":
-        # numpy's take gathers the columns of small integer rows about 4x faster than
-        # index_select on the last dimension; the result is the same gather.
-        rows = np.take(label.numpy(), ys.numpy(), axis=0)
-        return torch.from_numpy(np.take(rows, xs.numpy(), axis=1))
     return label.index_select(0, ys).index_select(1, xs)
 
 
@@ -410,8 +404,8 @@ class Compose(JointTransform):
     def resolve_generator(generator: torch.Generator | None) -> torch.Generator:
         """``generator``, or when None a fresh one seeded from torch's default generator.
 
-        `__call__` starts with this draw; a loader that runs the first step itself (see
-        `SegmentationDataset`) calls it to consume exactly the same random numbers.
+        `__call__` starts with this draw; code that runs the steps itself calls it to consume
+        exactly the same random numbers.
         """
         if generator is None:
             seed = int(torch.randint(0, 2**62, ()))
@@ -573,7 +567,7 @@ class RandomRescaleCrop(JointTransform):
         """Draw the rescaled size and the crop box, without touching the image.
 
         Consumes the same random numbers as `__call__`, which is ``plan`` followed by the
-        resampling; a loader can therefore decode only the `source_window` of the box.
+        resampling.
 
         Args:
             image_size: (H, W) of the image (and label).
@@ -624,105 +618,64 @@ class RandomFlip(JointTransform):
         return _replace(sample, image.flip(-1), None if label is None else label.flip(-1))
 
 
-# The colour steps below run on (3, H, W) float planes of a whole crop, so they avoid the
-# element-wise operations that are slow on CPU: boolean masks and ``torch.where`` (a comparison
-# writes its 0/1 result into a float tensor instead, and ``lerp`` with 0/1 weights selects
-# exactly), ``remainder`` (the hue is reduced modulo 6 with one ``floor``) and fresh temporaries.
+def _rgb_to_hsv(rgb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(3, H, W) float RGB -> hue, saturation, value planes, as :func:`colorsys.rgb_to_hsv`.
 
-
-def _value_chroma(rgb: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Planes r, g, b of (3, H, W) float RGB, its value v = max and chroma c = max − min."""
+    The hue is in sixths of a turn, [0, 6) (colorsys divides it by 6); the value keeps the
+    scale of the input. On ties red wins, then green; grey pixels (max = min) get hue 0 and
+    saturation 0.
+    """
     r, g, b = rgb.unbind(0)
-    v = torch.maximum(r, g)
-    torch.maximum(v, b, out=v)
-    c = torch.minimum(r, g)
-    torch.minimum(c, b, out=c)
-    return r, g, b, v, torch.sub(v, c, out=c)
+    v = rgb.amax(dim=0)
+    chroma = v - rgb.amin(dim=0)
+    c = chroma.clamp(min=1e-12)  # grey pixels: any finite hue, their zero chroma hides it
+    hue = torch.where(
+        v == r, (g - b) / c, torch.where(v == g, 2.0 + (b - r) / c, 4.0 + (r - g) / c)
+    )
+    return torch.remainder(hue, 6.0), chroma / v.clamp(min=1e-12), v
 
 
-def _hue6(r: Tensor, g: Tensor, b: Tensor, v: Tensor, c: Tensor) -> Tensor:
-    """HSV hue / 60° of the planes r, g, b with value v = max and chroma c = max − min.
+def _hsv_to_rgb(hue: Tensor, saturation: Tensor, value: Tensor) -> Tensor:
+    """Inverse of `_rgb_to_hsv` (any real hue, in sixths of a turn): (3, H, W) RGB.
 
-    Not reduced modulo 6: the result lies in [−1, 5] (red sector: (g − b)/c in [−1, 1]; green:
-    2 + (b − r)/c; blue: 4 + (r − g)/c; on ties red wins, then green). Grey pixels (c = 0)
-    get an arbitrary hue, which their zero chroma makes irrelevant.
+    Each channel is ``v − c · clamp(min(k, 4 − k), 0, 1)`` with chroma ``c = s · v`` and
+    ``k = (hue + n) mod 6``, n = 5 (red), 3 (green), 1 (blue).
     """
-    inv = c.clamp(min=1e-12).reciprocal_()
-    h = torch.sub(r, g).mul_(inv).add_(4.0)
-    other = torch.sub(b, r).mul_(inv).add_(2.0)
-    pick = torch.eq(v, g, out=torch.empty_like(v))  # 1.0 where green is the maximum
-    torch.lerp(h, other, pick, out=h)  # lerp with weight 0 or 1 selects exactly
-    torch.sub(g, b, out=other).mul_(inv)
-    torch.eq(v, r, out=pick)
-    return torch.lerp(h, other, pick, out=h)
-
-
-def _from_hue6(h6: Tensor, shift: float, v: Tensor, c: Tensor, like: Tensor) -> Tensor:
-    """(3, H, W) RGB of hue ``h6 + shift`` (60° units, h6 ≥ −1, any shift), value v, chroma c.
-
-    Each channel is v − c · clamp(min(k, 4 − k), 0, 1) with k = (h6 + shift + n) mod 6,
-    n = 5, 3, 1. The modulo is k − 6⌊k/6⌋; where rounding puts k a hair outside [0, 6) the
-    (continuous, 6-periodic) channel function gives the same value.
-    """
-    out = torch.empty_like(like)
-    k, f = torch.empty_like(v), torch.empty_like(v)
-    offset = shift % 6.0  # in [0, 6] (Python may round a tiny negative up to 6.0): k ≥ 0 below
-    for i, n in enumerate((5.0, 3.0, 1.0)):
-        torch.add(h6, n + offset, out=k)
-        torch.mul(k, 1.0 / 6.0, out=f).floor_()
-        k.sub_(f, alpha=6.0)
-        torch.sub(k, 4.0, out=f).neg_()
-        torch.minimum(k, f, out=f).clamp_(0.0, 1.0).mul_(c)
-        torch.sub(v, f, out=out[i])
-    return out
+    chroma = saturation * value
+    channels = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(hue + n, 6.0)
+        channels.append(value - chroma * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
+    return torch.stack(channels)
 
 
 def _shift_hue(rgb: Tensor, degrees: float) -> Tensor:
     """Rotate the HSV hue of (3, H, W) float RGB by ``degrees``, keeping saturation and value."""
-    r, g, b, v, c = _value_chroma(rgb)
-    return _from_hue6(_hue6(r, g, b, v, c), degrees / 60.0, v, c, rgb)
+    hue, saturation, value = _rgb_to_hsv(rgb)
+    return _hsv_to_rgb(hue + degrees / 60.0, saturation, value)
 
 
 def _quantised_saturation(s: Tensor, alpha: float) -> Tensor:
-    """Saturation ``s`` scaled by ``alpha`` on the 8-bit grid, in place: ⌊clamp(255·α·s)⌋ / 255."""
-    return s.mul_(255.0 * alpha).clamp_(0, 255).floor_().div_(255.0)
-
-
-def _scaled_saturation(c: Tensor, v: Tensor, alpha: float) -> Tensor:
-    """HSV saturation s = c / v scaled by ``alpha`` on the 8-bit grid (a new plane)."""
-    return _quantised_saturation(torch.div(c, v.clamp(min=1e-12)), alpha)
-
-
-def _saturate_and_shift_hue(rgb: Tensor, alpha: float, degrees: float) -> Tensor:
-    """`_scale_saturation` then `_shift_hue`, sharing one max/min/hue computation.
-
-    Scaling the saturation keeps hue and value and changes the chroma c = max − min to
-    c' = s' · v, so the rotated pixel is built from the original one's hue with chroma c'.
-    Equal to the two steps in sequence up to float rounding.
-    """
-    r, g, b, v, c = _value_chroma(rgb)
-    h6 = _hue6(r, g, b, v, c)
-    return _from_hue6(h6, degrees / 60.0, v, _scaled_saturation(c, v, alpha).mul_(v), rgb)
-
-
-def _lookup(table: Tensor, image: Tensor) -> Tensor:
-    """``table[image]`` for a uint8 image, in planar (3, H, W) layout (numpy's take on CPU)."""
-    if image.device.type == "cpu":
-        return torch.from_numpy(np.take(table.numpy(), image.numpy()))
-    return table[image.long()].contiguous()
+    """Saturation ``s`` scaled by ``alpha`` on the 8-bit grid: ⌊clamp(255·α·s)⌋ / 255."""
+    return (s * (255.0 * alpha)).clamp(0, 255).floor() / 255.0
 
 
 def _scale_saturation(rgb: Tensor, alpha: float) -> Tensor:
     """Multiply the HSV saturation by ``alpha`` (quantised to 1/255 as OpenCV's uint8 S).
 
-    Hue and value are kept: rgb' = v − (v − rgb) · s'/s, which is the HSV round trip in RGB.
-    Where s' = s (e.g. α = 1 and 255·s an integer) the ratio is exactly 1 and the pixel is
-    unchanged; grey pixels have s = s' = 0, ratio 0, and stay grey.
+    Hue and value are kept, so the HSV round trip reduces to moving every channel towards the
+    value: rgb' = v − (v − rgb) · s'/s. Where s' = s (e.g. α = 1 and 255·s an integer) the ratio
+    is exactly 1 and the pixel is unchanged; grey pixels have s = s' = 0, ratio 0, and stay
+    grey.
     """
-    *_, v, c = _value_chroma(rgb)
-    s = torch.div(c, v.clamp(min=1e-12))
-    ratio = _quantised_saturation(s.clone(), alpha).div_(s.clamp_(min=1e-12))
-    return torch.sub(v, rgb).mul_(ratio).neg_().add_(v)
+    _, s, v = _rgb_to_hsv(rgb)
+    ratio = _quantised_saturation(s, alpha) / s.clamp(min=1e-12)
+    return v - (v - rgb) * ratio
+
+
+def _lookup(table: Tensor, image: Tensor) -> Tensor:
+    """``table[image]`` for a uint8 image: a 256-entry table applied to every value."""
+    return table[image.long()]
 
 
 class PhotoMetricDistortion(JointTransform):
@@ -796,13 +749,11 @@ class PhotoMetricDistortion(JointTransform):
                 pre = self._quantise(pre * alpha_last)
             return _replace(sample, _lookup(pre.to(torch.uint8), image), label)
         img = _lookup(pre, image)
-        if sat is not None and hue is not None:
-            img = _saturate_and_shift_hue(img, sat, 2.0 * hue)
-        elif sat is not None:
+        if sat is not None:
             img = _scale_saturation(img, sat)
-        elif hue is not None:
+        if hue is not None:
             img = _shift_hue(img, 2.0 * hue)
-        img = self._quantise(img.add_(0.5))  # round to nearest (ties up)
+        img = self._quantise(img + 0.5)  # round to nearest (ties up)
         if alpha_last is not None:
             img = self._quantise(img * alpha_last)
         return _replace(sample, img.to(torch.uint8), label)

@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from gmmseg.data import Sample
 from gmmseg.data.samplers import collate_samples, seed_worker
-from gmmseg.data.transfer import transfer_loader
 from gmmseg.data.transforms import JointTransform
 from gmmseg.engine import (
     AugmentedView,
@@ -120,23 +119,20 @@ def _train_loader(
     pin_memory: bool,
     seed: int,
 ) -> DataLoader[Sample]:
-    """The training loader over ``stream``: batches depend on the seed, not on the workers.
-
-    With workers and a pipeline ending in ``Normalize`` (+ ``Pad``), the workers send uint8
-    crops and the normalisation and padding run here (`CompactTransfer`; identical batches).
-    """
-    kwargs: dict[str, Any] = {
-        "batch_size": batch_size,
-        "sampler": stream,
-        "num_workers": num_workers,
-        "pin_memory": pin_memory,
-        "worker_init_fn": seed_worker,
-        "persistent_workers": num_workers > 0,
+    """The training loader over ``stream``: batches depend on the seed, not on the workers."""
+    return DataLoader(
+        AugmentedView(train_set, transform, seed),
+        batch_size=batch_size,
+        sampler=stream,
+        num_workers=num_workers,
+        collate_fn=collate_samples,
+        pin_memory=pin_memory,
+        worker_init_fn=seed_worker,
+        persistent_workers=num_workers > 0,
         # Its own generator: creating the iterator must not draw from the global RNG
         # (that would shift dropout after a resume, which restores the global state).
-        "generator": torch.Generator().manual_seed(seed),
-    }
-    return transfer_loader(lambda t: AugmentedView(train_set, t, seed), transform, **kwargs)
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def _eval_batch(recipe: Recipe) -> int:

@@ -174,10 +174,16 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         values += [*s[score].values(), *s["near"][score].values()]
     assert all(0.0 <= v <= 1.0 for v in values)
     assert set(g["near"]) == {"ap", "auroc", "fpr95"}
+    for key in ("softmax_posthoc", "gmmseg_posthoc"):
+        p = metrics[key]
+        for score in ("posthoc_likelihood", "posthoc_marginal"):
+            assert all(0.0 <= v <= 1.0 for v in [*p[score].values(), *p["near"][score].values()])
+        assert p["fit"]["seconds"] > 0 and Path(p["fit"]["file"]).is_file()
     assert metrics["seconds"] > 0
     for name in ("report.md", "figure.png", "curves_ood.png", "curves_ood_near.png"):
         assert (out / name).stat().st_size > 0
     assert "| GMMSeg |" in (out / "report.md").read_text() and "| GMMSeg |" in stdout
+    assert "| softmax + post-hoc mixtures |" in stdout
 
 
 @pytest.mark.slow

@@ -5,11 +5,15 @@ SegFormer decoder, the data order, the augmentation and the schedule (recipes ``
 ``demo_softmax``); only the classifier differs. The closed-set mIoU is measured on ``val``, the
 anomaly metrics on ``ood`` (faces and photographs pasted into the scenes) and ``ood_near``
 (held-out digits 8 and 9). GMMSeg's anomaly score is its likelihood, −max_c log p(x | c); the
-softmax model is scored with MSP, max-logit and energy.
+softmax model is scored with MSP, max-logit and energy. After training, each model also gets
+post-hoc class-conditional mixtures (:data:`POSTHOC_SETTINGS`) fitted to its training pixels'
+features (the softmax model's decoder features, GMMSeg's embeddings), scored by
+−max_c log p(x | c) and −log p(x).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -26,6 +30,7 @@ from gmmseg.data.meta import ANOMALY_PALETTE
 from gmmseg.data.samplers import collate_samples
 from gmmseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from gmmseg.engine import anomaly_score_maps, latest_checkpoint
+from gmmseg.heads import PosthocMixtures, PosthocSettings
 from gmmseg.metrics import AnomalyResult
 from gmmseg.recipes import (
     Recipe,
@@ -36,11 +41,12 @@ from gmmseg.recipes import (
     load_trained,
 )
 from gmmseg.recipes.build import build_anomaly_datasets
+from gmmseg.recipes.posthoc import default_posthoc_path, fit_recipe_posthoc
 from gmmseg.recipes.run import anomaly_summary, train_recipe
 from gmmseg.segmentor import Segmentor
 from gmmseg.viz import colorize, heatmap, image_grid, plot_curves, to_uint8_image
 
-__all__ = ["QUICK_OVERRIDES", "demo_recipes", "results_table", "run_demo"]
+__all__ = ["POSTHOC_SETTINGS", "QUICK_OVERRIDES", "demo_recipes", "results_table", "run_demo"]
 
 #: What ``--quick`` changes (CI budget: under a minute).
 QUICK_OVERRIDES = (
@@ -51,6 +57,9 @@ QUICK_OVERRIDES = (
     "optim.warmup_iters=15",
 )
 _SOFTMAX_SCORES = ("msp", "max_logit", "energy")
+#: The post-hoc mixtures fitted on both trained models (chosen on ``val``: docs/demo.md).
+POSTHOC_SETTINGS = PosthocSettings(num_components=5, covariance_type="full")
+_POSTHOC_ROWS = (("posthoc_likelihood", "−max log p(x∣c)"), ("posthoc_marginal", "−log p(x)"))
 
 
 def demo_recipes(quick: bool = False, seed: int = 0) -> tuple[Recipe, Recipe]:
@@ -122,25 +131,53 @@ def results_table(metrics: dict[str, Any]) -> str:
             f"| softmax | {score} | {_pct(s['mIoU'])} | {_pct(a['ap'])} | {_pct(a['auroc'])} | "
             f"{_pct(a['fpr95'])} | {_pct(b['ap'])} | {_pct(b['auroc'])} | {_pct(b['fpr95'])} |"
         )
+    for key, model in (("softmax_posthoc", "softmax"), ("gmmseg_posthoc", "GMMSeg")):
+        if key not in metrics:  # runs from before the post-hoc rows
+            continue
+        p = metrics[key]
+        for score, label in _POSTHOC_ROWS:
+            a, b = p[score], p["near"][score]
+            lines.append(
+                f"| {model} + post-hoc mixtures | {label} | {_pct(p['mIoU'])} | "
+                f"{_pct(a['ap'])} | {_pct(a['auroc'])} | {_pct(a['fpr95'])} | "
+                f"{_pct(b['ap'])} | {_pct(b['auroc'])} | {_pct(b['fpr95'])} |"
+            )
     return "\n".join(lines)
 
 
 def _train_one(
     recipe: dict[str, Any], work_dir: str, progress: bool, label: str, position: int
 ) -> dict[str, Any]:
-    """Train one demo model on one CPU thread (deterministic whatever the machine's cores)."""
+    """Train one demo model on one CPU thread (deterministic whatever the machine's cores).
+
+    Then fit its post-hoc mixtures (:data:`POSTHOC_SETTINGS`) on the training split and write
+    them beside the checkpoint.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         r = from_dict(Recipe, recipe)
-        _, result = train_recipe(
+        model, result = train_recipe(
             r, work_dir, progress=progress, progress_label=label, progress_position=position
+        )
+        found = latest_checkpoint(work_dir)
+        assert found is not None
+        head, path = fit_recipe_posthoc(
+            r, model=model, out=default_posthoc_path(found), settings=POSTHOC_SETTINGS, device="cpu"
         )
     finally:
         torch.set_num_threads(threads)
-    found = latest_checkpoint(work_dir)
-    assert found is not None
+    assert path is not None
     result["checkpoint"] = str(found)
+    result["posthoc"] = {
+        "file": str(path),
+        "file_bytes": path.stat().st_size,
+        "space": head.info["space"],
+        "seconds": head.info["seconds"],
+        "reservoir_bytes": head.info["reservoir_bytes"],
+        "samples": int(head.sample_counts.sum()),
+        "settings": dataclasses.asdict(POSTHOC_SETTINGS),
+    }
     return result
 
 
@@ -157,7 +194,8 @@ def run_demo(
 
     Writes into ``out``: ``metrics.json``, ``report.md``, ``figure.png`` (image, anomaly ground
     truth, both predictions, both anomaly maps on ``ood`` frames), ``curves_ood.png`` and
-    ``curves_ood_near.png`` (ROC and precision-recall), and each model's training folder.
+    ``curves_ood_near.png`` (ROC and precision-recall), and each model's training folder (with
+    its post-hoc mixtures beside the checkpoint).
 
     Args:
         out: output folder.
@@ -171,8 +209,10 @@ def run_demo(
 
     Returns:
         The ``metrics.json`` content: ``{"gmmseg": {"mIoU", "ap", "auroc", "fpr95", "near"},
-        "softmax": {"mIoU", "msp", "max_logit", "energy", "near"}, "seconds", ...}`` with
-        fractions in [0, 1].
+        "softmax": {"mIoU", "msp", "max_logit", "energy", "near"}, "softmax_posthoc" and
+        "gmmseg_posthoc": {"mIoU", "posthoc_likelihood", "posthoc_marginal", "near", "fit"},
+        "seconds", ...}`` with fractions in [0, 1] (``fit``: the post-hoc fit's seconds,
+        reservoir and file bytes).
     """
     start = time.perf_counter()
     out = Path(out)
@@ -193,8 +233,14 @@ def run_demo(
     gmm, _ = load_trained(Path(g_train["checkpoint"]), gmm_recipe)
     soft, _ = load_trained(Path(s_train["checkpoint"]), soft_recipe)
     train_seconds = time.perf_counter() - start
-    g_raw = evaluate_recipe_anomaly(gmm_recipe, model=gmm, device="cpu", return_raw=True)
-    s_raw = evaluate_recipe_anomaly(soft_recipe, model=soft, device="cpu", return_raw=True)
+    g_head = PosthocMixtures.load(g_train["posthoc"]["file"])
+    s_head = PosthocMixtures.load(s_train["posthoc"]["file"])
+    g_raw = evaluate_recipe_anomaly(
+        gmm_recipe, model=gmm, device="cpu", return_raw=True, posthoc=g_head
+    )
+    s_raw = evaluate_recipe_anomaly(
+        soft_recipe, model=soft, device="cpu", return_raw=True, posthoc=s_head
+    )
     g_ood, g_near = g_raw["demo_ood"]["likelihood"], g_raw["demo_ood_near"]["likelihood"]
     metrics: dict[str, Any] = {
         "gmmseg": {
@@ -208,6 +254,16 @@ def run_demo(
             "near": {k: anomaly_summary(s_raw["demo_ood_near"][k]) for k in _SOFTMAX_SCORES},
         },
     }
+    for key, train, raw in (
+        ("softmax_posthoc", s_train, s_raw),
+        ("gmmseg_posthoc", g_train, g_raw),
+    ):
+        metrics[key] = {
+            "mIoU": train["eval"]["mIoU"],
+            **{k: anomaly_summary(raw["demo_ood"][k]) for k, _ in _POSTHOC_ROWS},
+            "near": {k: anomaly_summary(raw["demo_ood_near"][k]) for k, _ in _POSTHOC_ROWS},
+            "fit": train["posthoc"],
+        }
     if figures:
         _figure(gmm, soft, gmm_recipe, out)
         _curves(
@@ -215,6 +271,12 @@ def run_demo(
                 split: {
                     "GMMSeg likelihood": g_raw[f"demo_{split}"]["likelihood"],
                     **{f"softmax {k}": s_raw[f"demo_{split}"][k] for k in _SOFTMAX_SCORES},
+                    "softmax + post-hoc −max log p(x|c)": s_raw[f"demo_{split}"][
+                        "posthoc_likelihood"
+                    ],
+                    "GMMSeg + post-hoc −max log p(x|c)": g_raw[f"demo_{split}"][
+                        "posthoc_likelihood"
+                    ],
                 }
                 for split in ("ood", "ood_near")
             },

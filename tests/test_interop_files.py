@@ -114,6 +114,50 @@ def test_legacy_format_and_damage(tmp_path: Path) -> None:
         read_checkpoint(path)
 
 
+def test_every_cut_of_a_legacy_file_is_refused_as_damaged(tmp_path: Path) -> None:
+    """Cut anywhere (inside a pickle, a GLOBAL's name, the tensor bytes): damaged, one line,
+    never reported as untrusted and never a raw exception from the reader."""
+    path = tmp_path / "legacy.pth"
+    sd = {"meta": {"iter": 1}, "state_dict": {"backbone.x": torch.arange(4.0)}}
+    torch.save(sd, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    for n in range(len(data)):
+        path.write_bytes(data[:n])
+        with pytest.raises(ValueError, match="truncated or damaged") as info:
+            read_checkpoint(path)
+        assert not isinstance(info.value, UntrustedCheckpointError), n
+        assert "\n" not in str(info.value), n
+
+
+def test_legacy_file_with_an_untrusted_object_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.pth"
+    meta = {"message_hub": HistoryBuffer()}
+    torch.save(
+        {"meta": meta, "state_dict": {"a": torch.ones(2)}},
+        path,
+        _use_new_zipfile_serialization=False,
+    )
+    with pytest.raises(UntrustedCheckpointError, match=r"test_interop_files\.HistoryBuffer"):
+        read_checkpoint(path)
+    assert torch.equal(read_checkpoint(path, trust=True).tensors["a"], torch.ones(2))
+
+
+@pytest.mark.parametrize("error", [KeyError("x"), TypeError("x"), AttributeError("x")])
+def test_other_errors_are_not_reported_as_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """Only read and unpickling failures become "truncated or damaged"; a bug surfaces as itself."""
+    path = tmp_path / "ok.pth"
+    mmcv_file(path, {"iter": 1})
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(torch, "load", broken)
+    with pytest.raises(type(error)):
+        read_checkpoint(path)
+
+
 def test_safetensors_folders_and_missing_files(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 

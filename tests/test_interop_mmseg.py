@@ -290,6 +290,9 @@ def test_refuses_a_mismatched_tensor_naming_both_shapes(tmp_path: Path) -> None:
     text = str(info.value)
     assert "decode_head.c1_bottleneck.conv.weight" in text
     assert "(40, 32, 1, 1)" in text and "(48, 32, 1, 1)" in text
+    assert text.endswith(
+        "the model's architecture differs from the file's, and no recipe setting changes this"
+    )
 
 
 def test_refuses_unknown_and_missing_tensors(tmp_path: Path) -> None:

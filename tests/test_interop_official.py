@@ -128,10 +128,9 @@ def test_inference_load_leaves_the_bank_out(release, caplog) -> None:
     path, _, _ = release
     with caplog.at_level("INFO", logger="gmmseg"):
         model, _ = load_trained(path, get_recipe(RECIPE), tiny=True)
-    bank = model.classifier.memory.bank
-    queue = torch.load(path, weights_only=True)["state_dict"]["decode_head.queue"]
-    assert not torch.equal(bank, queue.reshape(171, 5, 8, 64).transpose(-1, -2))
-    assert int(model.classifier.memory.ptr.abs().sum()) == 0
+    # a one-slot placeholder (C, M, 1, D), not the file's 64 slots; that the file's bank is
+    # never read is measured by test_inference_load_never_reads_the_bank
+    assert tuple(model.classifier.memory.bank.shape) == (171, 5, 1, 8)
     for reason in ("memory bank, needed only to continue training", "eye_matrix", "conv_seg"):
         assert reason in caplog.text
 
@@ -212,3 +211,39 @@ def test_inference_load_never_reads_the_bank(tmp_path: Path) -> None:
     grew = grown_mb(path)
     assert grew < 100, grew
     assert grown_mb(path, "control") > 300  # the measurement sees a bank that is read
+
+
+@pytest.mark.parametrize(
+    ("d", "overrides", "message"),
+    [
+        (
+            8,
+            ["model.gmm.num_components=3"],
+            r"'decode_head\.means' has shape \(171, 5, 8\), the model's 'classifier\.means' has "
+            r"\(171, 3, 8\): the file has 5 components per class: use --set "
+            r"model.gmm.num_components=5$",
+        ),
+        (
+            16,
+            [],
+            r"'decode_head\.projection\.conv\.weight' has shape \(16, 16, 1, 1\), the model's "
+            r"'classifier\.projection\.0\.weight' has \(8, 16, 1, 1\): the file's embedding width "
+            r"is 16: use --set model.gmm.embed_dim=16$",
+        ),
+    ],
+    ids=["components", "embed_dim"],
+)
+def test_gmm_shape_mismatch_names_the_setting(
+    tmp_path: Path, d: int, overrides: list[str], message: str
+) -> None:
+    """load_converted (the loader under load_trained) names the GMM setting that fixes a shape."""
+    from gmmseg.interop import convert_checkpoint, load_converted, read_checkpoint
+    from gmmseg.recipes import apply_overrides
+
+    path = tmp_path / "release.pth"
+    official_file(path, d=d, k=4)
+    recipe = apply_overrides(get_recipe(RECIPE), ["model.mit_norm=mmseg", *overrides])
+    model = build_model(recipe.model, 171, tiny=True)  # the miniature's embedding width is 8
+    conversion = convert_checkpoint(read_checkpoint(path).tensors)
+    with pytest.raises(ValueError, match=message):
+        load_converted(model, conversion)

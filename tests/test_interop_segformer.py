@@ -124,7 +124,11 @@ def test_nvlabs_file_matches_its_forward(tmp_path: Path, caplog: pytest.LogCaptu
 def test_layout_can_be_named(saved: tuple[Path, Path, torch.nn.Module]) -> None:
     st, _, _ = saved
     load_trained(st, get_recipe(RECIPE), tiny=True, layout="hf")
-    with pytest.raises(ValueError, match="nvlabs"):
+    with pytest.raises(
+        ValueError,
+        match=r"^the checkpoint has no backbone tensors under 'backbone\.': it is not a 'nvlabs' "
+        r"file \(its keys look like the 'hf' layout\)$",
+    ):
         load_trained(st, get_recipe(RECIPE), tiny=True, layout="nvlabs")
 
 

@@ -13,8 +13,9 @@
   a tensor's bytes are read from disk only when the tensor is used. The 6.5 GiB memory bank of the
   official GMMSeg release is therefore never read unless a caller asks for it. Files in the legacy
   (pre-1.6, non-zip) format are read whole.
-* **Damage.** A truncated zip file (no central directory) or an unreadable file raises
-  :class:`ValueError` with one line naming the file.
+* **Damage.** A truncated or damaged file raises :class:`ValueError` with one line naming the
+  file and what the reader found. Only read and unpickling failures are reported so; any other
+  exception surfaces as itself.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import pickletools
+import re
 import struct
 import zipfile
 from collections.abc import Mapping
@@ -84,24 +87,26 @@ class CheckpointFile:
 
 
 def _numpy_safe_globals() -> list[Any]:
-    """Numpy arrays, scalars and dtypes, under numpy 1.x's and 2.x's pickled names."""
-    from numpy._core import multiarray
+    """Numpy arrays, scalars and dtypes, under the names numpy 1.x and 2.x pickle them with.
 
-    dtypes = [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDGSU"]
-    return [
-        np.ndarray,
-        np.dtype,
-        multiarray._reconstruct,
-        multiarray.scalar,
-        (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
-        (multiarray.scalar, "numpy.core.multiarray.scalar"),
-        *dtypes,
-    ]
+    The reconstruct functions are taken from numpy's public ``__reduce__`` results, not from its
+    private modules; numpy 1.x pickles them as ``numpy.core.multiarray.*``, numpy 2.x as
+    ``numpy._core.multiarray.*``, and each is allowed under both names (``(callable, name)``
+    entries). The dtype classes (``numpy.dtypes.Float64DType``, ...) are what an unpickled
+    ``numpy.dtype`` is, so restoring its state needs them.
+    """
+    reconstruct = np.zeros(1).__reduce__()[0]  # builds an ndarray
+    scalar = np.float64(0).__reduce__()[0]  # builds a numpy scalar
+    entries: list[Any] = [np.ndarray, np.dtype]
+    entries += sorted({type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDGSU"}, key=str)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        entries += [(reconstruct, f"{module}._reconstruct"), (scalar, f"{module}.scalar")]
+    return entries
 
 
-def _allowed_names() -> set[str]:
+def _allowed_names(entries: list[Any]) -> set[str]:
     names: set[str] = set()
-    for entry in _numpy_safe_globals():
+    for entry in entries:
         if isinstance(entry, tuple):
             names.add(entry[1])
         else:
@@ -110,11 +115,65 @@ def _allowed_names() -> set[str]:
 
 
 def _damaged(path: Path, why: str) -> ValueError:
+    # PyTorch's weights-only message spans lines around its one informative part
+    why = why.split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
+    why = " ".join(why.split())
     size = path.stat().st_size
     return ValueError(
         f"checkpoint {str(path)!r} ({size} bytes) is truncated or damaged ({why}); "
         f"download or copy it again"
     )
+
+
+# What torch.load raises for a file it cannot read: a damaged zip (BadZipFile; RuntimeError
+# from PyTorch's zip reader "PytorchStreamReader failed ...", or "unexpected EOF" / "Invalid
+# magic number" for the legacy format), a pickle stream that ends early or is malformed
+# (EOFError, UnpicklingError, struct.error from its binary headers). Nothing else is caught:
+# any other exception is a bug, not a damaged file, and is left to surface as itself.
+_READ_ERRORS: tuple[type[Exception], ...] = (
+    zipfile.BadZipFile,
+    RuntimeError,
+    EOFError,
+    pickle.UnpicklingError,
+    struct.error,
+)
+# The legacy (non-zip) format's pickle is read straight from the file, and PyTorch's
+# weights-only unpickler reads each pickle's protocol byte as ``read(1)[0]``: a file cut at the
+# start of one of its pickles raises IndexError there. Zip files never reach the unpickler cut.
+_LEGACY_READ_ERRORS: tuple[type[Exception], ...] = (*_READ_ERRORS, IndexError)
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _refused_globals(path: Path, is_zip: bool, error: pickle.UnpicklingError) -> list[str]:
+    """The globals outside the allow-list that a weights-only load of ``path`` stopped at."""
+    if is_zip:
+        allowed = _allowed_names(_numpy_safe_globals())
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except _READ_ERRORS:  # its pickle is damaged, not untrusted
+            return []
+        return [g for g in found if g not in allowed]
+    # A legacy file cannot be scanned by PyTorch; its message names the first refused global,
+    # which is the file's only when the pickles are whole (a cut file stops mid-name).
+    if not _legacy_pickles_whole(path):
+        return []
+    return _REFUSED_GLOBAL.findall(str(error))[:1]
+
+
+def _legacy_pickles_whole(path: Path) -> bool:
+    """Whether the five pickles that open a legacy-format file each end with STOP.
+
+    (Magic number, protocol, system info, the object, its storage keys.) Walked with
+    :func:`pickletools.genops`, which decodes opcodes without importing or calling anything.
+    """
+    with path.open("rb") as f:
+        for _ in range(5):
+            try:
+                for _op in pickletools.genops(f):
+                    pass
+            except ValueError:  # the stream ends (or breaks) before STOP
+                return False
+    return True
 
 
 def _torch_load(path: Path, trust: bool) -> tuple[Any, bool]:
@@ -124,39 +183,28 @@ def _torch_load(path: Path, trust: bool) -> tuple[Any, bool]:
     is_zip = head == _ZIP_MAGIC
     if is_zip and not zipfile.is_zipfile(path):
         raise _damaged(path, "its zip directory is missing")
+    allow = _numpy_safe_globals()
+    errors = _READ_ERRORS if is_zip else _LEGACY_READ_ERRORS
     try:
         if trust:
             obj = torch.load(path, map_location="cpu", weights_only=False, mmap=is_zip)
         else:
-            with torch.serialization.safe_globals(_numpy_safe_globals()):
+            with torch.serialization.safe_globals(allow):
                 obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
         if not trust and "Weights only load failed" in str(e):
-            refused: list[str] = []
-            if is_zip:
-                allowed = _allowed_names()
-                found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-                refused = [g for g in found if g not in allowed]
-            if refused or not is_zip:
+            refused = _refused_globals(path, is_zip, e)
+            if refused:
                 raise UntrustedCheckpointError(path, refused) from None
         raise _damaged(path, f"{type(e).__name__}: {e}") from None
     except ModuleNotFoundError as e:
+        if not trust:  # the weights-only unpickler imports nothing
+            raise
         raise ValueError(
             f"unpickling checkpoint {str(path)!r} needs the Python module {e.name!r}, which is "
             f"not installed: install it, or re-save the file's state_dict alone"
         ) from None
-    except (
-        EOFError,
-        RuntimeError,
-        zipfile.BadZipFile,
-        struct.error,
-        OSError,
-        ValueError,
-        KeyError,
-        IndexError,
-        TypeError,
-        AttributeError,
-    ) as e:
+    except errors as e:
         raise _damaged(path, f"{type(e).__name__}: {e}") from None
     return obj, is_zip
 

@@ -506,6 +506,8 @@ def _convert_linear_segformer(tensors: Mapping[str, Tensor], layout: str) -> Con
         ]
         prefix, classifier = "segformer.", "classifier.weight"
     else:
+        # The backbone converters' source "official" is NVlabs' SegFormer release (the MiT's
+        # original code), not the GMMSeg release that this module's layout "official" names.
         family, bb = _convert_backbone(tensors, "backbone.", "official", layout)
         head, rest = _split(tensors, "decode_head.")
         head = {
@@ -588,6 +590,76 @@ def convert_checkpoint(tensors: Mapping[str, Tensor], layout: Layout = "auto") -
 
 # ---------------------------------------------------------------------------------------- load
 
+_DATASETS_BY_CLASSES = {19: "cityscapes", 150: "ade20k", 171: "coco_stuff10k"}
+
+
+def _classes_fix(c: int) -> str:
+    dataset = _DATASETS_BY_CLASSES.get(c)
+    if dataset is None:
+        return f"the file has {c} classes, which no gmmseg dataset has"
+    return f"the file has {c} classes: use --set data.dataset={dataset}"
+
+
+def _shape_fix(
+    key: str, have: tuple[int, ...], want: tuple[int, ...], file: FileModel, model: Segmentor
+) -> str:
+    """The recipe setting that makes the model's ``key`` take the file's shape, in words."""
+    differs = [i for i, (a, b) in enumerate(zip(have, want, strict=False)) if a != b]
+    if len(have) != len(want) or not differs:
+        return "the model's architecture differs from the file's"
+    first = differs[0]
+    if key.startswith("classifier."):
+        part = key.removeprefix("classifier.")
+        if part in ("means", "scales"):  # (C, M, D)
+            setting = {
+                0: _classes_fix(have[0]),
+                1: f"the file has {have[1]} components per class: use --set "
+                f"model.gmm.num_components={have[1]}",
+                2: f"the file's embedding width is {have[2]}: use --set "
+                f"model.gmm.embed_dim={have[2]}",
+            }
+            return setting[first]
+        if part.startswith(("classifier.", "logit_norm.")) and first == 0:
+            return _classes_fix(have[0])
+        if part.startswith(("projection.", "feature_norm.")) and first == 0:
+            return (
+                f"the file's embedding width is {have[0]}: use --set model.gmm.embed_dim={have[0]}"
+            )
+        if part.startswith(("classifier.", "projection.0.")) and first == 1:
+            return (
+                f"the file's decoder width is {have[1]}: use --set model.decoder_channels={have[1]}"
+            )
+    width = int(getattr(model.decoder, "out_channels", file.decoder_channels))
+    if key.startswith("decoder.") and width != file.decoder_channels:
+        return (
+            f"the file's decoder width is {file.decoder_channels}: use --set "
+            f"model.decoder_channels={file.decoder_channels}"
+        )
+    if key.endswith("relative_position_bias_table") and file.window_size is not None:
+        return (
+            f"the file's Swin window is {file.window_size}: use --set "
+            f"model.window_size={file.window_size}"
+        )
+    if key.startswith("backbone.") and file.backbone is not None:
+        return (
+            f"the file holds a {file.backbone} backbone ({file.backbone_shape}): use --set "
+            f"model.backbone={file.backbone}"
+        )
+    return "the model's architecture differs from the file's, and no recipe setting changes this"
+
+
+def _structure_hint(key: str, file: FileModel) -> str:
+    """A clause for a tensor the model lacks or the file does not fill."""
+    if key.startswith("decoder.") and file.decoder == "fcn":
+        return (
+            " (gmmseg's FCN recipes build FCNHead with 2 convolutions and concat_input; a file "
+            "with another structure loads only into an FCNDecoder built to match it)"
+        )
+    if key.startswith("backbone.") and file.backbone is not None:
+        name = file.backbone
+        return f" (the file holds a {name} backbone: use --set model.backbone={name})"
+    return ""
+
 
 def _optional(key: str) -> bool:
     """Model tensors a file need not fill: BatchNorm counters (unused in evaluation)."""
@@ -634,12 +706,13 @@ def load_converted(
             raise ValueError(
                 f"checkpoint tensor {src!r} (gmmseg name {key!r}, shape {tuple(value.shape)}) "
                 f"has no place in the model: the model's architecture differs from the file's"
+                f"{_structure_hint(key, conversion.model)}"
             )
         if tuple(value.shape) != tuple(target[key].shape):
+            have, want = tuple(value.shape), tuple(target[key].shape)
             raise ValueError(
-                f"checkpoint tensor {src!r} has shape {tuple(value.shape)}, the model's "
-                f"{key!r} has {tuple(target[key].shape)}: the model's architecture differs "
-                f"from the file's"
+                f"checkpoint tensor {src!r} has shape {have}, the model's {key!r} has {want}: "
+                f"{_shape_fix(key, have, want, conversion.model, model)}"
             )
         to_load[key] = value
     dropped = dict(conversion.dropped)
@@ -666,7 +739,8 @@ def load_converted(
     missing = [k for k in target if k not in to_load and not _optional(k) and k not in memory_keys]
     if missing:
         raise ValueError(
-            f"the checkpoint does not fill {len(missing)} tensors of the model: {_listing(missing)}"
+            f"the checkpoint does not fill {len(missing)} tensors of the model: "
+            f"{_listing(missing)}{_structure_hint(missing[0], conversion.model)}"
         )
     result = model.load_state_dict(to_load, strict=False)
     assert not result.unexpected_keys

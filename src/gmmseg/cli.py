@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -96,15 +97,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A log handler writing to the ``sys.stderr`` of the moment (a redirected one included)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _show_load_reports() -> None:
     """Print what loading a checkpoint made by another project converted and dropped."""
-    import logging
-
     logger = logging.getLogger("gmmseg")
-    if not any(getattr(h, "_gmmseg_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler._gmmseg_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    if not any(isinstance(h, _CurrentStderr) for h in logger.handlers):
+        logger.addHandler(_CurrentStderr())
     logger.setLevel(logging.INFO)
 
 

@@ -34,6 +34,7 @@ from torch import Tensor
 __all__ = [
     "CovarianceType",
     "all_finite",
+    "diag_log_prob_from_features",
     "gaussian_log_prob",
     "log_prob_from_precision_cholesky",
     "mixture_log_prob",
@@ -194,27 +195,47 @@ def _rows_per_chunk(chunk_size: int | None, n: int, width: int) -> int:
     return max(1, min(max(n, 1), _CHUNK_ELEMENTS // max(width, 1)))
 
 
-def _diag_log_prob(x: Tensor, means: Tensor, prec: Tensor, chunk_size: int | None) -> Tensor:
-    """Diagonal log-density as one matrix product per chunk of rows. ``prec`` (K, D) is 1/σ².
+def diag_log_prob_from_features(features: Tensor, means: Tensor, precisions: Tensor) -> Tensor:
+    """Diagonal log-densities from the features ``[x², x]`` of the samples: one matrix product.
 
     ``−½ Σ_d (x_d − μ_d)² / σ_d²`` expands into ``[x², x] · [−½σ⁻²; μσ⁻²]`` plus a bias per
-    component, so the whole (N, K) block is one ``addmm`` on the (chunk, 2D) features. The data
-    and the means are first shifted by the mean of the means (the density is translation
-    invariant), which keeps the expanded square from cancelling when the data sit far from the
-    origin.
+    component, so the (N, K) block is one ``addmm``. The expansion is accurate when ``x`` and
+    ``μ`` are near the origin relative to their spread: callers shift both by a common centre
+    first (the density is translation invariant). :func:`log_prob_from_precision_cholesky`
+    shifts by the mean of the means; an EM loop, whose data is fixed, shifts the data once by
+    its mean and keeps the features for every iteration.
+
+    Args:
+        features: (N, 2D) ``[x², x]`` of the (shifted) samples.
+        means: (K, D) means, shifted like the samples.
+        precisions: (K, D) inverse variances 1/σ².
+
+    Returns:
+        (N, K) log-densities ``log N(x_n | μ_k, diag(σ_k²))``.
     """
-    n, d = x.shape
-    center = means.mean(dim=0)
-    mu = means - center
-    weight = torch.cat([-0.5 * prec, mu * prec], dim=1).T  # (2D, K)
+    d = means.shape[1]
+    weight = torch.cat([-0.5 * precisions, means * precisions], dim=1).T  # (2D, K)
     bias = -0.5 * (
-        (mu * mu * prec).sum(dim=1) - torch.log(prec).sum(dim=1) + d * math.log(2 * math.pi)
+        (means * means * precisions).sum(dim=1)
+        - torch.log(precisions).sum(dim=1)
+        + d * math.log(2 * math.pi)
     )
-    rows = _rows_per_chunk(chunk_size, n, 2 * d)
+    return torch.addmm(bias, features, weight)
+
+
+def _diag_log_prob(x: Tensor, means: Tensor, prec: Tensor, chunk_size: int | None) -> Tensor:
+    """Diagonal log-density by chunks of rows (see :func:`diag_log_prob_from_features`).
+
+    The data and the means are shifted by the mean of the means, which keeps the expanded
+    square from cancelling when the data sit far from the origin.
+    """
+    center = means.mean(dim=0)
+    rows = _rows_per_chunk(chunk_size, x.shape[0], 2 * x.shape[1])
     parts = []
-    for start in range(0, n, rows):
+    for start in range(0, x.shape[0], rows):
         xc = x[start : start + rows] - center
-        parts.append(torch.addmm(bias, torch.cat([xc * xc, xc], dim=1), weight))
+        features = torch.cat([xc * xc, xc], dim=1)
+        parts.append(diag_log_prob_from_features(features, means - center, prec))
     if not parts:
         return x.new_empty((0, means.shape[0]))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)

@@ -19,11 +19,14 @@ This module is private: its names may change without notice.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from gmmseg.distributions import (
     CovarianceType,
+    diag_log_prob_from_features,
     log_prob_from_precision_cholesky,
     precision_cholesky,
 )
@@ -31,6 +34,7 @@ from gmmseg.distributions import (
 __all__ = [
     "compute_precision_cholesky",
     "covariances_from_cholesky",
+    "diag_features",
     "estimate_gaussian_covariances_diag",
     "estimate_gaussian_covariances_full",
     "estimate_gaussian_covariances_tied",
@@ -39,6 +43,7 @@ __all__ = [
     "n_parameters",
     "precision_cholesky_from_precisions",
     "precisions_from_cholesky",
+    "responsibilities",
 ]
 
 #: The GEMM form of the diagonal/tied M-step is trusted while eps · E[x²] / Var stays below this.
@@ -51,6 +56,41 @@ EXACT_ROWS = 4096
 # E-step
 
 
+def diag_features(X: Tensor) -> Tensor:
+    """(N, 2D) ``[x², x]``: what the diagonal E-step and M-step read of the samples.
+
+    The diagonal log-density is one matrix product with these features and the M-step's
+    moments ``Σ r x²`` and ``Σ r x`` are one more, so a fit computes them once, not at every
+    iteration. Pass samples centred near their mean (the expanded square then keeps its digits).
+    """
+    return torch.cat([X * X, X], dim=1)
+
+
+def _log_floor(dtype: torch.dtype) -> float:
+    """A log-value whose exponential is far above the subnormal range of ``dtype``.
+
+    ``exp`` of anything below ``log(tiny)`` produces subnormal numbers, whose arithmetic is many
+    times slower on x86 CPUs, and EM routinely meets such responsibilities (log-resp ≈ −90 in
+    float32 for well-separated components). Clamping there changes a responsibility by less
+    than ``e^(log tiny + 30)`` (1e-25 in float32, 1e-295 in float64), far below the ``10·eps``
+    added to every n_k.
+    """
+    return math.log(torch.finfo(dtype).tiny) + 30.0
+
+
+def _logsumexp_rows(weighted: Tensor) -> Tensor:
+    """(N, K) -> (N,) ``log Σ_k exp``, the exponentials clamped as in :func:`_log_floor`."""
+    top = weighted.amax(dim=1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    shifted = (weighted - top).clamp_min(_log_floor(weighted.dtype))
+    return torch.log(torch.exp(shifted).sum(dim=1)) + top[:, 0]
+
+
+def responsibilities(log_resp: Tensor) -> Tensor:
+    """(N, K) ``exp(log_resp)``, clamped as in :func:`_log_floor`."""
+    return torch.exp(log_resp.clamp_min(_log_floor(log_resp.dtype)))
+
+
 def estimate_log_prob_resp(
     X: Tensor,
     weights: Tensor,
@@ -58,12 +98,13 @@ def estimate_log_prob_resp(
     precisions_chol: Tensor,
     covariance_type: CovarianceType,
     chunk_size: int | None = None,
+    features: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """E-step: the log-likelihood of each sample and its log-responsibilities.
 
     ``log p(x_n) = logsumexp_k (log w_k + log N(x_n | μ_k, Σ_k))`` with the component
-    log-densities of :func:`gmmseg.distributions.log_prob_from_precision_cholesky` (the
-    library's one implementation of each density); ``log r_nk`` is the difference.
+    log-densities of :mod:`gmmseg.distributions` (the library's one implementation of each
+    density); ``log r_nk`` is the difference.
 
     Args:
         X: (N, D) samples, already validated.
@@ -72,15 +113,21 @@ def estimate_log_prob_resp(
         precisions_chol: Cholesky factors of the precisions (module table).
         covariance_type: one of the four types.
         chunk_size: rows per chunk of the density's temporaries (``None``: a fixed budget).
+        features: (N, 2D) :func:`diag_features` of ``X`` for diag/spherical, if computed.
 
     Returns:
         ``(log_prob_norm (N,), log_resp (N, K))``.
     """
-    log_prob = log_prob_from_precision_cholesky(
-        X, means, precisions_chol, covariance_type, chunk_size=chunk_size, check_finite=False
-    )
+    if features is not None and covariance_type in ("diag", "spherical"):
+        prec = precisions_chol * precisions_chol
+        prec = prec.unsqueeze(1).expand_as(means) if covariance_type == "spherical" else prec
+        log_prob = diag_log_prob_from_features(features, means, prec)
+    else:
+        log_prob = log_prob_from_precision_cholesky(
+            X, means, precisions_chol, covariance_type, chunk_size=chunk_size, check_finite=False
+        )
     weighted = log_prob + torch.log(weights)
-    log_prob_norm = torch.logsumexp(weighted, dim=1)
+    log_prob_norm = _logsumexp_rows(weighted)
     return log_prob_norm, weighted - log_prob_norm[:, None]
 
 
@@ -149,7 +196,12 @@ def estimate_gaussian_covariances_tied(
 
 
 def estimate_gaussian_covariances_diag(
-    resp: Tensor, X: Tensor, nk: Tensor, means: Tensor, reg_covar: float
+    resp: Tensor,
+    X: Tensor,
+    nk: Tensor,
+    means: Tensor,
+    reg_covar: float,
+    second: Tensor | None = None,
 ) -> Tensor:
     """Diagonal variances ``Σ_n r_nk (x_n − μ_k)² / n_k + reg_covar``: (K, D).
 
@@ -158,10 +210,13 @@ def estimate_gaussian_covariances_diag(
     ``CANCELLATION_RTOL`` of the variance (a tight component far from the data mean, e.g. a
     singleton) the exact two-pass sum replaces that component's variances. scikit-learn's
     one-pass form cancels there: in float32 a variance of 0.1 can come out as 112, or negative.
+    ``second`` is (K, D) ``Σ_n r_nk x_n²`` when the caller already has it.
     """
     eps = torch.finfo(means.dtype).eps
     mass = resp.sum(dim=0)
-    mean_sq = (resp.T @ (X * X)) / nk[:, None]
+    if second is None:
+        second = resp.T @ (X * X)
+    mean_sq = second / nk[:, None]
     var = mean_sq - means * means * (2.0 - mass / nk)[:, None]
     lossy = (eps * mean_sq > CANCELLATION_RTOL * var).any(dim=1)
     if bool(lossy.any()):
@@ -171,7 +226,11 @@ def estimate_gaussian_covariances_diag(
 
 
 def estimate_gaussian_parameters(
-    X: Tensor, resp: Tensor, reg_covar: float, covariance_type: CovarianceType
+    X: Tensor,
+    resp: Tensor,
+    reg_covar: float,
+    covariance_type: CovarianceType,
+    features: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """M-step: weighted counts, means and covariances from the responsibilities.
 
@@ -180,6 +239,8 @@ def estimate_gaussian_parameters(
         resp: (N, K) responsibilities times sample weights.
         reg_covar: added to the covariance diagonals.
         covariance_type: one of the four types.
+        features: (N, 2D) :func:`diag_features` of ``X`` for diag/spherical, if computed: the
+            moments ``Σ r x²`` and ``Σ r x`` are then one product.
 
     Returns:
         ``(nk (K,), means (K, D), covariances)`` with ``nk = Σ_n resp_nk + 10·eps`` (as
@@ -187,12 +248,15 @@ def estimate_gaussian_parameters(
         variance is the mean of the diagonal ones.
     """
     nk = resp.sum(dim=0) + 10 * torch.finfo(resp.dtype).eps
-    means = (resp.T @ X) / nk[:, None]
-    if covariance_type == "full":
-        return nk, means, estimate_gaussian_covariances_full(resp, X, nk, means, reg_covar)
-    if covariance_type == "tied":
+    if covariance_type in ("full", "tied"):
+        means = (resp.T @ X) / nk[:, None]
+        if covariance_type == "full":
+            return nk, means, estimate_gaussian_covariances_full(resp, X, nk, means, reg_covar)
         return nk, means, estimate_gaussian_covariances_tied(resp, X, nk, means, reg_covar)
-    var = estimate_gaussian_covariances_diag(resp, X, nk, means, reg_covar)
+    d = X.shape[1]
+    moments = resp.T @ (diag_features(X) if features is None else features)  # (K, 2D)
+    means = moments[:, d:] / nk[:, None]
+    var = estimate_gaussian_covariances_diag(resp, X, nk, means, reg_covar, moments[:, :d])
     return nk, means, var if covariance_type == "diag" else var.mean(dim=1)
 
 

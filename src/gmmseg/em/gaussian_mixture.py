@@ -47,11 +47,13 @@ from gmmseg.em._kmeans import draw_distinct_rows, kmeans_labels, kmeans_plusplus
 from gmmseg.em._steps import (
     compute_precision_cholesky,
     covariances_from_cholesky,
+    diag_features,
     estimate_gaussian_parameters,
     estimate_log_prob_resp,
     n_parameters,
     precision_cholesky_from_precisions,
     precisions_from_cholesky,
+    responsibilities,
 )
 from gmmseg.em._validation import (
     Inits,
@@ -368,6 +370,8 @@ class GaussianMixture:
         # quadratic forms of the densities and of the GEMM M-step accurate in float32.
         centre = (w @ x) / w.sum()
         xc = x - centre
+        diagonal = self.covariance_type in ("diag", "spherical")
+        features = diag_features(xc) if diagonal else None  # [x², x], read by both steps
         generator = _generator(self.random_state)
         best: tuple[_Params, int, bool, list[float]] | None = None
         max_lower_bound = -math.inf
@@ -382,8 +386,8 @@ class GaussianMixture:
             converged = False
             for _ in range(self.max_iter):
                 previous = lower_bound
-                log_prob_norm, log_resp = self._e_step(xc, params)
-                params = self._m_step(xc, w, log_resp, where)
+                log_prob_norm, log_resp = self._e_step(xc, params, features)
+                params = self._m_step(xc, w, log_resp, where, features)
                 lower_bound = _weighted_mean(log_prob_norm, w)
                 history.append(lower_bound)
                 if abs(lower_bound - previous) < self.tol:
@@ -401,7 +405,7 @@ class GaussianMixture:
             params.weights, params.means + centre, params.covariances, params.precisions_cholesky
         )
 
-    def _e_step(self, x: Tensor, params: _Params) -> tuple[Tensor, Tensor]:
+    def _e_step(self, x: Tensor, params: _Params, features: Tensor | None) -> tuple[Tensor, Tensor]:
         """``(log_prob_norm (N,), log_resp (N, K))`` of the centred rows."""
         return estimate_log_prob_resp(
             x,
@@ -410,13 +414,16 @@ class GaussianMixture:
             params.precisions_cholesky,
             self.covariance_type,
             self.chunk_size,
+            features,
         )
 
-    def _m_step(self, x: Tensor, w: Tensor, log_resp: Tensor, where: str) -> _Params:
+    def _m_step(
+        self, x: Tensor, w: Tensor, log_resp: Tensor, where: str, features: Tensor | None
+    ) -> _Params:
         """New parameters from the log-responsibilities (weighted by ``w``)."""
-        resp = torch.exp(log_resp) * w[:, None]
+        resp = responsibilities(log_resp) * w[:, None]
         nk, means, covariances = estimate_gaussian_parameters(
-            x, resp, self.reg_covar, self.covariance_type
+            x, resp, self.reg_covar, self.covariance_type, features
         )
         prec_chol = compute_precision_cholesky(covariances, self.covariance_type, where)
         return _Params(nk / nk.sum(), means, covariances, prec_chol)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from gmmseg.cli import main
 from gmmseg.data import SMIYCObstacleTrack, write_fixture
@@ -26,18 +27,37 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 12-class model (the demo scenes): fits SMIYC only."""
     work = tmp_path_factory.mktemp("ckpt") / "w"
     assert main(["train", "demo", "--dry-run", "--no-progress", "--work-dir", str(work)]) == 0
     return work / "iter_00000002.pt"
 
 
+@pytest.fixture(scope="module")
+def cityscapes_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 19-class model (a Cityscapes recipe's dry run)."""
+    work = tmp_path_factory.mktemp("ckpt19") / "w"
+    argv = ["train", "segformer_b5_cityscapes_gmm", "--dry-run", "--no-progress"]
+    assert main([*argv, "--work-dir", str(work)]) == 0
+    return work / "iter_00000002.pt"
+
+
+def image(path: Path, size: tuple[int, int] = (40, 56)) -> Path:
+    rgb = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(path)
+    return path
+
+
 def test_predict_write_smiyc_and_fishyscapes(
-    demo_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    demo_checkpoint: Path,
+    cityscapes_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     root = write_fixture("smiyc_anomaly_track", tmp_path, size=(40, 56))
     images = sorted((root / "dataset_AnomalyTrack" / "images").glob("validation*.jpg"))[:2]
     out = tmp_path / "sub"
-    code, _, err = run(
+    code, out_text, err = run(
         capsys,
         "predict",
         "--checkpoint",
@@ -53,13 +73,14 @@ def test_predict_write_smiyc_and_fishyscapes(
         "AnomalyTrack-validation",
     )
     assert code == 0, err
+    assert out_text.startswith("anomaly score: likelihood\n")  # which score was written
     folder = out / "anomaly_p" / "demo-gmm" / "AnomalyTrack-validation"
     assert sorted(p.name for p in folder.glob("*.hdf5")) == [f"{p.stem}.hdf5" for p in images]
     assert read_smiyc(folder / f"{images[0].stem}.hdf5").shape == (40, 56)  # full resolution
     fs_out = tmp_path / "fs"
     code, _, err = run(
-        capsys, "predict", "--checkpoint", str(demo_checkpoint), str(images[0]),
-        "--out", str(fs_out), "--write", "fishyscapes",
+        capsys, "predict", "--checkpoint", str(cityscapes_checkpoint), str(images[0]),
+        "--out", str(fs_out), "--write", "fishyscapes", "--device", "cpu",
     )  # fmt: skip
     assert code == 0, err
     seg = np.load(fs_out / f"{images[0].stem}_segmentation.npy")
@@ -108,3 +129,123 @@ def test_score_command_reproduces_in_memory_metrics(
         capsys, "score", "smiyc", str(tmp_path / "r"), "--data", str(root), "--track", "obstacle"
     )
     assert code == 2 and ds.names[0] in err and "lacks the .hdf5 of 1 of" in err
+
+
+def test_predict_write_smiyc_lostandfound_uses_the_toolkits_frame_id(
+    demo_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = image(tmp_path / "04_Maurener_Weg_8_000002_000140_leftImg8bit.png")
+    code, _, err = run(
+        capsys, "predict", "--checkpoint", str(demo_checkpoint), str(img), "--out",
+        str(tmp_path / "r"), "--write", "smiyc", "--smiyc-dataset", "LostAndFound-testNoKnown",
+    )  # fmt: skip
+    assert code == 0, err
+    folder = tmp_path / "r" / "anomaly_p" / "gmmseg" / "LostAndFound-test"
+    assert [p.name for p in folder.glob("*.hdf5")] == ["04_Maurener_Weg_8_000002_000140.hdf5"]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "classes"), [("cityscapes", 19), ("fishyscapes", 19), ("ade20k", 150)]
+)
+def test_predict_write_checks_the_model_classes_before_any_work(
+    demo_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt, classes
+) -> None:
+    img = image(tmp_path / "frankfurt_000000_000294_leftImg8bit.png")
+    out = tmp_path / "out"
+    code, _, err = run(
+        capsys, "predict", "--checkpoint", str(demo_checkpoint), str(img), "--out", str(out),
+        "--write", fmt,
+    )  # fmt: skip
+    assert code == 2
+    assert f"--write {fmt} takes the {classes} classes" in err and "has 12 classes" in err
+    assert not out.exists()
+
+
+def test_a_failed_load_leaves_nothing_and_unknown_scores_are_refused_first(
+    demo_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = image(tmp_path / "validation0000.jpg")
+    out = tmp_path / "out"
+    smiyc = ["--write", "smiyc", "--smiyc-dataset", "AnomalyTrack-all", "--out", str(out)]
+    code, _, err = run(capsys, "predict", "--checkpoint", "/missing.pt", str(img), *smiyc)
+    assert code == 2 and "missing.pt" in err
+    assert not out.exists()
+    code, _, err = run(
+        capsys, "predict", "--checkpoint", "/missing.pt", str(img), *smiyc, "--score", "bogus"
+    )
+    assert code == 2 and "--score 'bogus' is not one of" in err and "missing.pt" not in err
+    # The folder is free: another method writes there.
+    code, _, err = run(
+        capsys, "predict", "--checkpoint", str(demo_checkpoint), str(img), *smiyc,
+        "--method", "other", "--score", "energy",
+    )  # fmt: skip
+    assert code == 0, err
+    assert (out / "anomaly_p" / "other" / "AnomalyTrack-all" / "validation0000.hdf5").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["predict", "--method", "m"], "--method is only used with --write FORMAT"),
+        (["predict", "--smiyc-dataset", "AnomalyTrack-all"], "--smiyc-dataset is only used"),
+        (["predict", "--score", "energy"], "--score is only used with --write FORMAT"),
+        (
+            ["predict", "--write", "fishyscapes", "--smiyc-dataset", "AnomalyTrack-all"],
+            "--smiyc-dataset is only used with --write smiyc, not fishyscapes",
+        ),
+        (["predict", "--write", "ade20k", "--score", "energy"], "--score is only used with"),
+        (["predict", "--device", "gpu0"], "device 'gpu0'"),
+        (["predict", "--write", "ade20k", "--device", "gpu0"], "device 'gpu0'"),
+        (
+            ["score", "ade20k", "x", "--method", "m"],
+            "--method is only used by 'gmmseg score smiyc'",
+        ),
+        (["score", "cityscapes", "x", "--smiyc-dataset", "A"], "--smiyc-dataset is only used"),
+        (["score", "fishyscapes", "x", "--track", "obstacle"], "--track is only used"),
+        (["score", "smiyc", "x", "--fs", "static"], "--fs is only used by 'gmmseg score fish"),
+    ],
+)
+def test_flags_of_another_mode_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    img = image(tmp_path / "frankfurt_000000_000294_leftImg8bit.png")
+    if argv[0] == "predict":
+        argv = [*argv, "--checkpoint", "/missing.pt", str(img), "--out", str(tmp_path / "o")]
+    else:
+        argv = [*argv, "--data", str(tmp_path)]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err, err
+    assert "missing.pt" not in err and not (tmp_path / "o").exists()
+
+
+def test_predict_says_posthoc_mixtures_beside_the_checkpoint_are_not_used(
+    demo_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gmmseg.recipes.posthoc import default_posthoc_path
+
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(demo_checkpoint.read_bytes())
+    default_posthoc_path(ckpt).write_bytes(b"")
+    img = image(tmp_path / "validation0000.jpg")
+    code, out, err = run(
+        capsys, "predict", "--checkpoint", str(ckpt), str(img), "--out", str(tmp_path / "r"),
+        "--write", "smiyc", "--smiyc-dataset", "AnomalyTrack-all", "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "anomaly score: likelihood"
+    assert lines[1] == (
+        f"note: predict --write does not use the post-hoc mixtures {default_posthoc_path(ckpt)}"
+    )
+
+
+def test_predict_overlays_take_a_device(
+    demo_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = image(tmp_path / "x.png")
+    code, _, err = run(
+        capsys, "predict", "--checkpoint", str(demo_checkpoint), str(img), "--out",
+        str(tmp_path / "o"), "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "o" / "x_seg.png").is_file()

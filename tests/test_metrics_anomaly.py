@@ -604,3 +604,70 @@ def test_smiyc_levels_are_linspace_not_i_over_k_minus_1() -> None:
     got = metric_curve(m)
     assert got == smiyc_curve_reference(frames, spec_quantiles)
     assert got != smiyc_curve_reference(frames, old_quantiles)
+
+
+def toolkit_frame_bins(scores: np.ndarray, labels: np.ndarray, levels: int = 384):
+    """The SMIYC toolkit's per-frame binning ("percentiles" strategy), restated.
+
+    On the array as read from the submission file (float16): edges = the outer pair
+    v_min − ε, v_max + ε and ``np.quantile`` of each class at linspace levels, deduplicated;
+    ``np.histogram`` counts each class per bin. Returns (lower edge, #pos, #neg) of every bin.
+    """
+    roi = labels < 255
+    prob, gt = scores[roi], labels[roi].astype(bool)
+    vmin, vmax = float(np.min(prob)), float(np.max(prob))
+    eps = max((vmax - vmin) * 1e-2, 1e-2)  # float64 scalars under the toolkit's NumPy 1.23
+    bins = [np.array([vmin - eps, vmax + eps])]
+    for x in (prob[gt], prob[~gt]):
+        if x.size:
+            bins.append(np.quantile(x, np.linspace(0, 1, min(levels, x.size))))
+    edges = np.unique(np.concatenate(bins))
+    tp_rel, _ = np.histogram(prob[gt], bins=edges)
+    fp_rel, _ = np.histogram(prob[~gt], bins=edges)
+    return edges[:-1], tp_rel, fp_rel
+
+
+def test_smiyc_float16_edges_are_the_toolkits_float16_quantiles() -> None:
+    # numpy interpolates a quantile as x_i + γ·(x_{i+1} − x_i) with the difference computed in
+    # the array's dtype: on the float16 array the toolkit reads, wide gaps between consecutive
+    # scores give other edge values (thresholds, hence δ) than on a float64 copy.
+    assert np.quantile(np.array([0.001, 1000], np.float16), [0.3])[0] == pytest.approx(
+        300.0010004, abs=1e-7
+    )
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(2):
+        pos = 1e-3 * 2.5 ** rng.integers(0, 20, 400) * rng.uniform(1, 1.2, 400)
+        neg = rng.uniform(0, 60000, 3000)
+        s = np.concatenate([pos, neg]).astype(np.float16)[None]
+        y = np.r_[np.ones(400, np.int64), np.zeros(3000, np.int64)][None]
+        y[0, ::97] = 255
+        frames.append((s, y))
+    counts: dict[float, list[int]] = {}
+    for s, y in frames:
+        for e, p, n in zip(*toolkit_frame_bins(s[0], y[0]), strict=True):
+            if p + n:
+                c = counts.setdefault(float(e), [0, 0])
+                c[0] += int(p)
+                c[1] += int(n)
+    thr = sorted(counts, reverse=True)
+    want = (thr, [counts[t][0] for t in thr], [counts[t][1] for t in thr])
+    for score_dtype, given_dtype in ((torch.float16, np.float64), (None, np.float16)):
+        m = AnomalyMetrics(mode="smiyc_binned", score_dtype=score_dtype)
+        for s, y in frames:
+            m.update(s.astype(given_dtype), y)
+        assert metric_curve(m) == want
+    # The quantiles of a float64 copy (the rule before) give other thresholds on this data.
+    float64_copy = [(s.astype(np.float64), y) for s, y in frames]
+    assert want != smiyc_curve_reference(float64_copy, spec_quantiles)
+
+
+def test_smiyc_float16_quantile_overflow_is_an_error() -> None:
+    # Consecutive scores 60000 apart with opposite signs: their float16 difference overflows,
+    # numpy's quantile returns inf / NaN edges (the toolkit's histogram would be garbage).
+    s = np.array([[-40000.0] * 200 + [40000.0] * 250 + [0.0] * 10], np.float16)
+    y = np.array([[1] * 450 + [0] * 10])
+    m = AnomalyMetrics(mode="smiyc_binned", score_dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"frame 0 \(batch index 0\): a SMIYC bin edge is not"):
+        m.update(s, y)
+    assert m.num_frames == 0

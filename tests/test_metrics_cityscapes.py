@@ -9,16 +9,67 @@ works in train-id space (predicted ignored ids become void misses).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from gmmseg.data.converters import cityscapes_label_ids_to_train_ids
-from gmmseg.data.meta import CITYSCAPES_LABELS
 from gmmseg.metrics import CITYSCAPES_CATEGORIES, CityscapesMetrics, SegmentationMetrics
+from gmmseg.submit import read_cityscapes
 
-LABELS = [lab for lab in CITYSCAPES_LABELS if lab.id >= 0]
+
+class Label(NamedTuple):
+    id: int
+    name: str
+    train_id: int
+    category: str
+    ignore_in_eval: bool
+
+
+# cityscapesscripts' label table (helpers/labels.py), restated here rather than taken from
+# gmmseg.data.meta, so that an error in gmmseg's table cannot cancel out in the comparison.
+LABELS = [
+    Label(*row)
+    for row in (
+        (0, "unlabeled", 255, "void", True),
+        (1, "ego vehicle", 255, "void", True),
+        (2, "rectification border", 255, "void", True),
+        (3, "out of roi", 255, "void", True),
+        (4, "static", 255, "void", True),
+        (5, "dynamic", 255, "void", True),
+        (6, "ground", 255, "void", True),
+        (7, "road", 0, "flat", False),
+        (8, "sidewalk", 1, "flat", False),
+        (9, "parking", 255, "flat", True),
+        (10, "rail track", 255, "flat", True),
+        (11, "building", 2, "construction", False),
+        (12, "wall", 3, "construction", False),
+        (13, "fence", 4, "construction", False),
+        (14, "guard rail", 255, "construction", True),
+        (15, "bridge", 255, "construction", True),
+        (16, "tunnel", 255, "construction", True),
+        (17, "pole", 5, "object", False),
+        (18, "polegroup", 255, "object", True),
+        (19, "traffic light", 6, "object", False),
+        (20, "traffic sign", 7, "object", False),
+        (21, "vegetation", 8, "nature", False),
+        (22, "terrain", 9, "nature", False),
+        (23, "sky", 10, "sky", False),
+        (24, "person", 11, "human", False),
+        (25, "rider", 12, "human", False),
+        (26, "car", 13, "vehicle", False),
+        (27, "truck", 14, "vehicle", False),
+        (28, "bus", 15, "vehicle", False),
+        (29, "caravan", 255, "vehicle", True),
+        (30, "trailer", 255, "vehicle", True),
+        (31, "train", 16, "vehicle", False),
+        (32, "motorcycle", 17, "vehicle", False),
+        (33, "bicycle", 18, "vehicle", False),
+    )
+]
 BY_ID = {lab.id: lab for lab in LABELS}
 # The official table "hasInstances" (person … bicycle, caravan and trailer included).
 HAS_INSTANCES = {24, 25, 26, 27, 28, 29, 30, 31, 32, 33}
@@ -37,7 +88,7 @@ AVG_CLASS_SIZE = {  # evalPixelLevelSemanticLabeling's args.avgClassSize, by lab
 
 
 def ignored(label_id: int) -> bool:
-    return BY_ID[label_id].train_id == 255
+    return BY_ID[label_id].ignore_in_eval
 
 
 def official_reference(preds, gts, insts):
@@ -201,3 +252,36 @@ def test_hand_example_iiou_weights() -> None:
     tp = 3 * avg / 4
     fn = 1 * avg / 4 + 2 * avg / 2
     assert float(m.compute()["iIoU"][13]) == pytest.approx(tp / (tp + 1 + fn), rel=1e-15)
+
+
+@pytest.mark.parametrize("label_id", [29, 30])
+def test_predicted_caravan_or_trailer_is_a_miss_in_vehicle_iiou(tmp_path, label_id) -> None:
+    # The documented difference from the official script: it counts a predicted caravan (29) or
+    # trailer (30) on a car as "vehicle" in the category iIoU; gmmseg reads those label ids as
+    # ignored train ids (255) and counts them as misses.
+    gt = np.array([[26, 26, 26, 7]])
+    inst = np.array([[26001, 26001, 26001, 7]])
+    Image.fromarray(np.array([[label_id, label_id, 26, 7]], np.uint8)).save(tmp_path / "p.png")
+    pred = read_cityscapes(tmp_path / "p.png")
+    assert pred.tolist() == [[255, 255, 13, 0]]
+    m = CityscapesMetrics(void_predictions="miss")
+    m.update(pred, cityscapes_label_ids_to_train_ids(gt).astype(np.int64), inst)
+    vehicle = CITYSCAPES_CATEGORIES.index("vehicle")
+    got = float(m.compute()["category_iIoU"][vehicle])
+    w = AVG_CLASS_SIZE["car"] / 3
+    assert got == pytest.approx(1 * w / (1 * w + 2 * w), rel=1e-15)  # gmmseg: 1 of 3 px
+    _, _, _, official = official_reference([np.array([[label_id, label_id, 26, 7]])], [gt], [inst])
+    assert official["vehicle"] == 1.0  # the official script: all 3 px are "vehicle"
+
+
+@pytest.mark.parametrize("bad", [34, 999, 34001, 40007])
+def test_instance_ids_of_unknown_label_ids_are_an_error(bad: int) -> None:
+    y = np.zeros((1, 2, 2), np.int64)
+    inst = np.array([[[7, 7], [26001, bad]]])
+    m = CityscapesMetrics()
+    m.update(y, y, np.full((1, 2, 2), 7))
+    with pytest.raises(
+        ValueError, match=rf"instance_ids of frame 1 \(batch index 0\).*{bad} \(1 px\)"
+    ):
+        m.update(y, y, inst)
+    assert m.num_frames == 1

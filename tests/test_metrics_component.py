@@ -333,3 +333,30 @@ def test_from_pixel_result_float16_pipeline_matches_rounded_maps() -> None:
     b.update(s.astype(np.float16), y)
     assert quiet(a)["sIoU"] == quiet(b)["sIoU"] and quiet(a)["PPV"] == quiet(b)["PPV"]
     assert torch.equal(a.tp, b.tp) and torch.equal(a.fp, b.fp)
+
+
+class LegacyPromotion(np.ndarray):
+    """Scores under NumPy 1.x promotion: a float scalar operand takes the array's dtype.
+
+    NumPy >= 2 compares a float16 array with a NumPy float64 scalar in float64; NumPy 1.x
+    (value-based casting, as under the SMIYC toolkit's pinned NumPy 1.23) first rounds the
+    scalar to float16. gmmseg supports numpy >= 1.24, so its comparison must not rely on it.
+    """
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        args = [np.asarray(x) for x in inputs]
+        dtype = next(a.dtype for a in args if a.ndim)
+        args = [
+            a.astype(dtype) if a.ndim == 0 and a.dtype.kind == dtype.kind == "f" else a
+            for a in args
+        ]
+        return getattr(ufunc, method)(*args, **kwargs)
+
+
+def test_float16_threshold_is_exact_without_numpy2_promotion() -> None:
+    from gmmseg.metrics.component import frame_components
+
+    s = np.full((2, 2), np.float16(0.30004)).view(LegacyPromotion)
+    assert not (s > np.float64(0.30004)).any()  # the emulated NumPy 1.x comparison rounds δ
+    _, ppv = frame_components(s, np.ones((2, 2), np.int64), 0.30004, 1, 1)
+    assert ppv.size == 1  # compared in float64: 0.300048828125 > 0.30004

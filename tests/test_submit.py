@@ -18,7 +18,6 @@ from gmmseg.metrics import (
     AnomalyMetrics,
     CityscapesMetrics,
     ComponentMetrics,
-    SegmentationMetrics,
 )
 from gmmseg.submit import MANIFEST_NAME, SubmissionWriter, read_smiyc, score_submission
 
@@ -62,11 +61,30 @@ def test_smiyc_file_format_and_layout(tmp_path: Path) -> None:
     # the folders of their full sets.
     for name, folder in (
         ("ObstacleTrack-validation", "ObstacleTrack-all"),
-        ("LostAndFound-noKnown", "LostAndFound-test"),
         ("AnomalyTrack-validation", "AnomalyTrack-validation"),
     ):
         w2 = SubmissionWriter(tmp_path, "smiyc", method="m1", dataset=name)
         assert w2.files("x") == [tmp_path / "anomaly_p" / "m1" / folder / "x.hdf5"]
+
+
+@pytest.mark.parametrize(
+    "dataset", ["LostAndFound-test", "LostAndFound-testValid", "LostAndFound-testNoKnown"]
+)
+def test_smiyc_lostandfound_files_are_named_by_the_toolkits_frame_id(tmp_path, dataset) -> None:
+    # The toolkit finds <fid>_leftImg8bit.<ext> images and reads anomaly_p/<method>/
+    # LostAndFound-test/<fid>.hdf5 for all LostAndFound test subsets.
+    w = SubmissionWriter(tmp_path, "smiyc", method="m", dataset=dataset)
+    want = [tmp_path / "anomaly_p/m/LostAndFound-test/04_Maurener_Weg_8_000002_000140.hdf5"]
+    assert w.files("04_Maurener_Weg_8_000002_000140_leftImg8bit") == want
+    assert w.files("04_Maurener_Weg_8_000002_000140") == want  # the frame id itself
+    with pytest.raises(ValueError, match="would both write"):
+        w.prepare(
+            ["04_Maurener_Weg_8_000002_000140_leftImg8bit", "04_Maurener_Weg_8_000002_000140"]
+        )
+    with pytest.raises(ValueError, match="is not a LostAndFound frame"):
+        w.files("validation0001")
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        SubmissionWriter(tmp_path, "smiyc", dataset="LostAndFound-noKnown")  # not a toolkit name
 
 
 def test_fishyscapes_round_trip(tmp_path: Path) -> None:
@@ -150,6 +168,30 @@ def test_another_methods_folder_is_refused_before_any_work(tmp_path: Path) -> No
     assert manifest["files"] == ["x.png", "z.png"] and manifest["method"] == "A"
 
 
+def test_prepare_only_checks_and_the_first_write_records(tmp_path: Path) -> None:
+    # A run refused or failed after prepare (e.g. the model does not load) leaves nothing
+    # behind, so another method may use the folder.
+    out = tmp_path / "sub"
+    SubmissionWriter(out, "smiyc", method="A", dataset="AnomalyTrack-all").prepare(["a", "b"])
+    assert not out.exists()
+    w = SubmissionWriter(out, "smiyc", method="B", dataset="AnomalyTrack-all")
+    w.prepare(["a", "b"])
+    w.write("a", anomaly=np.zeros((2, 2), np.float32))
+    manifest = json.loads((w.folder / MANIFEST_NAME).read_text())
+    assert manifest["method"] == "B" and manifest["files"] == ["a.hdf5", "b.hdf5"]
+    w.write("c", anomaly=np.zeros((2, 2), np.float32))  # not prepared: checked, then recorded
+    manifest = json.loads((w.folder / MANIFEST_NAME).read_text())
+    assert manifest["files"] == ["a.hdf5", "b.hdf5", "c.hdf5"]
+    # A folder taken between prepare and the first write is still refused.
+    late = SubmissionWriter(tmp_path / "late", "ade20k", method="A")
+    late.prepare(["x"])
+    SubmissionWriter(tmp_path / "late", "ade20k", method="B").write(
+        "y", segmentation=np.zeros((2, 2), np.int64)
+    )
+    with pytest.raises(ValueError, match="already holds ade20k files of method 'B'"):
+        late.write("x", segmentation=np.zeros((2, 2), np.int64))
+
+
 def test_files_gmmseg_did_not_write_need_overwrite(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "theirs.png")
     w = SubmissionWriter(tmp_path, "ade20k")
@@ -172,7 +214,8 @@ def test_two_frames_writing_one_file_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fixture", ["smiyc_anomaly_track", "smiyc_obstacle_track"])
 def test_score_smiyc_equals_in_memory(tmp_path: Path, fixture: str) -> None:
-    ds = dataset(tmp_path, fixture, "validation", num_images=4, size=(48, 64))
+    # 120 x 160: the anomaly track's objects (824 px) pass its 500 px component filter.
+    ds = dataset(tmp_path, fixture, "validation", num_images=4, size=(120, 160))
     obstacle = fixture == "smiyc_obstacle_track"
     name = "ObstacleTrack-validation" if obstacle else "AnomalyTrack-validation"
     rng = np.random.default_rng(2)
@@ -182,7 +225,8 @@ def test_score_smiyc_equals_in_memory(tmp_path: Path, fixture: str) -> None:
     maps = []
     for i, n in enumerate(ds.names):
         label = ds.load_label(i)
-        maps.append((anomaly_scores(rng, label), label))
+        s = anomaly_scores(rng, label) * 0.3 + 2.0 * (label == 1)  # objects mostly found
+        maps.append((s.astype(np.float32), label))
         w.write(n, anomaly=maps[-1][0])
     got = score_submission(out, "smiyc", ds)
     pix = AnomalyMetrics(mode="smiyc_binned", score_dtype=torch.float16)
@@ -198,9 +242,13 @@ def test_score_smiyc_equals_in_memory(tmp_path: Path, fixture: str) -> None:
     assert got["method"] == "mine" and got["frames"] == len(ds)
     for key in ("ap", "auroc", "fpr95", "best_f1", "best_f1_threshold"):
         assert got["pixel"][key] == want[key], key
-    for key in ("sIoU", "PPV", "mean_F1"):
-        assert got["component"][key] == want_c[key] or np.isnan(want_c[key]), key
-    assert torch.equal(got["component"]["tp"], want_c["tp"])
+    assert want_c["num_gt_components"] > 0 and want_c["num_pred_components"] > 0
+    assert want_c["sIoU"] > 0.0 and want_c["tp"].sum() > 0
+    for key in ("sIoU", "PPV", "mean_F1", "threshold", "num_gt_components", "num_pred_components"):
+        a, b = got["component"][key], want_c[key]
+        assert a == b or (np.isnan(a) and np.isnan(b)), key
+    for key in ("tp", "fn", "fp"):
+        assert torch.equal(got["component"][key], want_c[key]), key
 
 
 def test_score_fishyscapes_equals_in_memory(tmp_path: Path) -> None:
@@ -217,6 +265,58 @@ def test_score_fishyscapes_equals_in_memory(tmp_path: Path) -> None:
     got, want = score_submission(out, "fishyscapes", ds)["pixel"], m.compute()
     for key in ("ap", "auroc", "fpr95"):
         assert got[key] == want[key], key
+
+
+@pytest.mark.parametrize("naming", ["frame id", "index", "container"])
+def test_score_fishyscapes_matches_outputs_by_leading_index(tmp_path: Path, naming: str) -> None:
+    # The Fishyscapes evaluation pairs outputs and labels NNNN_<frame>_labels.png by the leading
+    # integer: NNNN_anomaly.npy, or <input stem>_anomaly.npy for /input/NNNN_<frame>_rgb.png as
+    # gmmseg's own container writes them (gmmseg predict --write fishyscapes /input/*.png).
+    ds = dataset(tmp_path, "fishyscapes_lostandfound", "val")
+    rng = np.random.default_rng(6)
+    out = tmp_path / "output"
+    w = SubmissionWriter(out, "fishyscapes")
+    m = AnomalyMetrics()
+    for i, n in enumerate(ds.names):
+        label = ds.load_label(i)
+        s = anomaly_scores(rng, label)
+        name = {"frame id": n, "index": n.split("_")[0], "container": f"{n}_rgb"}[naming]
+        w.write(name, anomaly=s, segmentation=np.zeros(label.shape, np.int64))
+        m.update(s, label)
+    got, want = score_submission(out, "fishyscapes", ds)["pixel"], m.compute()
+    assert (got["ap"], got["auroc"], got["fpr95"]) == (want["ap"], want["auroc"], want["fpr95"])
+    # Two outputs of one index are refused, naming both.
+    first = ds.names[0]
+    other = f"{first.split('_')[0]}_copy" if naming != "index" else f"{first}_rgb"
+    label = ds.load_label(0)
+    w.write(other, anomaly=np.zeros(label.shape), segmentation=np.zeros(label.shape, np.int64))
+    with pytest.raises(ValueError, match=rf"holds 2 _anomaly\.npy results for frame {first}"):
+        score_submission(out, "fishyscapes", ds)
+
+
+def test_score_fishyscapes_refuses_bad_files(tmp_path: Path) -> None:
+    ds = dataset(tmp_path, "fishyscapes_lostandfound", "val")
+    out = tmp_path / "output"
+    out.mkdir()
+    for i, n in enumerate(ds.names):
+        shape = ds.load_label(i).shape
+        np.save(out / f"{n}_anomaly.npy", np.zeros(shape, np.float32))
+        seg = np.zeros(shape, np.int64)
+        seg[0, :3] = [19, 255, 19]  # out of range: the message lists these, not all values
+        np.save(out / f"{n}_segmentation.npy", seg)
+    with pytest.raises(ValueError, match=r"expected train ids 0–18, got \[19, 255\]$"):
+        score_submission(out, "fishyscapes", ds)
+    for n in ds.names:
+        (out / f"{n}_segmentation.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"lacks the _segmentation\.npy of 3 of 3"):
+        score_submission(out, "fishyscapes", ds)
+
+
+def test_score_smiyc_without_anomaly_p_names_the_folder(tmp_path: Path) -> None:
+    ds = dataset(tmp_path, "smiyc_obstacle_track", "validation", num_images=3)
+    (tmp_path / "results").mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'results' / 'anomaly_p'} not found"):
+        score_submission(tmp_path / "results", "smiyc", ds)
 
 
 def test_score_cityscapes_equals_in_memory_with_instances(tmp_path: Path) -> None:
@@ -253,19 +353,37 @@ def test_score_cityscapes_counts_ignored_label_ids_as_misses(tmp_path: Path) -> 
     assert got["IoU"][0] == m.compute()["IoU"][0]
 
 
-def test_score_ade20k_equals_in_memory(tmp_path: Path) -> None:
+def test_score_ade20k_counts_other_as_a_miss(tmp_path: Path) -> None:
+    # Files of another tool may hold 0 ("other"): a miss on every labelled pixel it covers.
     ds = dataset(tmp_path, "ade20k", "validation")
     rng = np.random.default_rng(5)
     out = tmp_path / "ade"
-    w = SubmissionWriter(out, "ade20k")
-    m = SegmentationMetrics(150)
+    out.mkdir()
+    inter, pred_area, label_area = np.zeros(150), np.zeros(150), np.zeros(150)
     for i, n in enumerate(ds.names):
-        label = ds.load_label(i).astype(np.int64)
-        pred = rng.integers(0, 150, label.shape)
-        w.write(n, segmentation=pred)
-        m.update(pred, label)
-    got, want = score_submission(out, "ade20k", ds)["segmentation"], m.compute()
-    assert got["mIoU"] == want["mIoU"] and got["aAcc"] == want["aAcc"]
+        label = ds.load_label(i).astype(np.int64)  # 0–149, 255 = "other" in the label
+        values = np.where(
+            rng.random(label.shape) < 0.5, label + 1, rng.integers(0, 151, label.shape)
+        )
+        values = np.where(label == 255, rng.integers(0, 151, label.shape), values)
+        values[0, :4] = 0
+        assert (values[label != 255] == 0).any()
+        Image.fromarray(values.astype(np.uint8)).save(out / f"{n}.png")
+        valid = label != 255
+        for c in range(150):  # a plain count per class, over labelled pixels only
+            p, y = values[valid] == c + 1, label[valid] == c
+            inter[c] += (p & y).sum()
+            pred_area[c] += p.sum()
+            label_area[c] += y.sum()
+    got = score_submission(out, "ade20k", ds)["segmentation"]
+    union = pred_area + label_area - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou, acc = inter / union, inter / label_area
+    assert got["aAcc"] == pytest.approx(inter.sum() / label_area.sum(), rel=1e-15)
+    assert got["mIoU"] == pytest.approx(np.nanmean(iou), rel=1e-14)
+    assert got["mAcc"] == pytest.approx(np.nanmean(acc), rel=1e-14)
+    np.testing.assert_allclose(got["IoU"].numpy(), iou, rtol=1e-15)
+    np.testing.assert_allclose(got["Acc"].numpy(), acc, rtol=1e-15)
 
 
 def test_missing_and_extra_files_are_listed(tmp_path: Path) -> None:

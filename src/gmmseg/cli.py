@@ -230,6 +230,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from gmmseg.data.meta import CITYSCAPES_PALETTE
     from gmmseg.data.transforms import Normalize, Resize
     from gmmseg.engine import anomaly_score_maps
+    from gmmseg.engine.distributed import select_device
     from gmmseg.recipes import load_trained
     from gmmseg.recipes.run import inference_settings
     from gmmseg.viz import colorize, heatmap, overlay
@@ -241,15 +242,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         )
     if args.write:
         return _predict_submission(args)
+    for flag in ("method", "smiyc_dataset", "score"):
+        if getattr(args, flag) is not None:
+            raise UserError(f"--{flag.replace('_', '-')} is only used with --write FORMAT")
     out = Path(args.out)
     images = [Path(p) for p in args.images]
     # Before any work: every input exists, no two collide, nothing is overwritten unasked.
     outputs = _prediction_outputs(images, out, overwrite=args.overwrite)
+    device = select_device(args.device)
     _show_load_reports()
     model, recipe = load_trained(
         args.checkpoint,
         _recipe(args.recipe, args.set) if args.recipe else None,
-        device="cpu",
+        device=device,
         layout=args.layout,
         trust=args.trust_checkpoint,
     )
@@ -276,8 +281,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if recipe.data.test_scale is not None:
             sample = Resize(recipe.data.test_scale, keep_ratio=True)(sample)
         sample = normalize(sample)
-        images = sample["image"][None]
-        pred = settings.predict(model, images)
+        pred = settings.predict(model, sample["image"][None].to(device))
         scores = anomaly_score_maps(model, pred)
         score = scores.get("likelihood", scores["max_logit"])[0]
         seg = pred.logits[0].argmax(0)
@@ -298,32 +302,66 @@ def _predict_submission(args: argparse.Namespace) -> int:
     from gmmseg.data._io import read_image
     from gmmseg.data.transforms import Normalize, Resize
     from gmmseg.engine import anomaly_score_maps
+    from gmmseg.engine.distributed import select_device
+    from gmmseg.heads import GMMClassifier
+    from gmmseg.heads.anomaly import LOGIT_SCORES
     from gmmseg.recipes import load_trained
+    from gmmseg.recipes.posthoc import default_posthoc_path
     from gmmseg.recipes.run import inference_settings
     from gmmseg.submit import SubmissionWriter
 
+    # Every refusal comes before the model is loaded, except those that need the model.
     images = [Path(p) for p in args.images]
     for path in images:
         if not path.is_file():
             raise UserError(f"image {str(path)!r} does not exist")
-    if args.write == "smiyc" and args.smiyc_dataset is None:
+    smiyc = args.write == "smiyc"
+    if smiyc and args.smiyc_dataset is None:
         raise UserError("--write smiyc needs --smiyc-dataset, e.g. AnomalyTrack-all")
+    if not smiyc and args.smiyc_dataset is not None:
+        raise UserError(f"--smiyc-dataset is only used with --write smiyc, not {args.write}")
+    has_scores = args.write in ("smiyc", "fishyscapes")
+    known = ["likelihood", *LOGIT_SCORES]
+    if args.score is not None and not has_scores:
+        raise UserError(f"--score is only used with --write smiyc or fishyscapes, not {args.write}")
+    if args.score is not None and args.score not in known:
+        raise UserError(f"--score {args.score!r} is not one of {known}")
+    device = select_device(args.device)
     writer = SubmissionWriter(
         args.out,
         args.write,
-        method=args.method,
-        dataset=args.smiyc_dataset if args.write == "smiyc" else None,
+        method=args.method or "gmmseg",
+        dataset=args.smiyc_dataset,
         overwrite=args.overwrite,
     )
-    writer.prepare([p.stem for p in images])  # refuses before the model is loaded
+    writer.prepare([p.stem for p in images])  # checks only: nothing is written yet
     _show_load_reports()
     model, recipe = load_trained(
         args.checkpoint,
         _recipe(args.recipe, args.set) if args.recipe else None,
-        device="cpu",
+        device=device,
         layout=args.layout,
         trust=args.trust_checkpoint,
     )
+    classes = {"fishyscapes": 19, "cityscapes": 19, "ade20k": 150}.get(args.write)
+    if classes is not None and model.num_classes != classes:
+        raise UserError(
+            f"--write {args.write} takes the {classes} classes of its benchmark, but the model "
+            f"of {args.checkpoint} has {model.num_classes} classes"
+        )
+    score_name = None
+    if has_scores:
+        gmm = isinstance(model.classifier, GMMClassifier)
+        score_name = args.score or ("likelihood" if gmm else "max_logit")
+        if score_name == "likelihood" and not gmm:
+            raise UserError(
+                f"--score likelihood needs a GMM classifier; this model has "
+                f"{type(model.classifier).__name__}: choose one of {sorted(LOGIT_SCORES)}"
+            )
+        print(f"anomaly score: {score_name}")
+        beside = default_posthoc_path(args.checkpoint)
+        if beside.is_file():
+            print(f"note: predict --write does not use the post-hoc mixtures {beside}")
     settings = inference_settings(recipe)
     normalize = Normalize()
     for path in images:
@@ -338,22 +376,20 @@ def _predict_submission(args: argparse.Namespace) -> int:
         }
         if recipe.data.test_scale is not None:
             sample = Resize(recipe.data.test_scale, keep_ratio=True)(sample)
-        pred = settings.predict(model, normalize(sample)["image"][None])
+        pred = settings.predict(model, normalize(sample)["image"][None].to(device))
         # Full resolution: bilinear logits / scores at the image size, then the argmax.
         size, corners = rgb.shape[:2], model.align_corners
         logits = F.interpolate(pred.logits.float(), size, mode="bilinear", align_corners=corners)
-        maps = anomaly_score_maps(model, pred)
-        name = args.score or ("likelihood" if "likelihood" in maps else "max_logit")
-        if name not in maps:
-            raise UserError(f"--score {name!r} is not one of {sorted(maps)}")
-        score = F.interpolate(
-            maps[name][:, None].float(), size, mode="bilinear", align_corners=corners
-        )[0, 0]
-        seg = logits[0].argmax(0)
+        score = None
+        if score_name is not None:
+            maps = anomaly_score_maps(model, pred)
+            score = F.interpolate(
+                maps[score_name][:, None].float(), size, mode="bilinear", align_corners=corners
+            )[0, 0]
         written = writer.write(
             path.stem,
-            anomaly=score if args.write in ("smiyc", "fishyscapes") else None,
-            segmentation=seg if args.write != "smiyc" else None,
+            anomaly=score,
+            segmentation=logits[0].argmax(0) if not smiyc else None,
         )
         print(f"{path} -> {', '.join(str(w) for w in written)}")
     return 0
@@ -363,6 +399,17 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from gmmseg import data
     from gmmseg.submit import score_submission
 
+    only = {
+        "smiyc": ("method", "smiyc_dataset", "track"),
+        "fishyscapes": ("fs", "laf_root", "cityscapes_root", "fs_version"),
+    }
+    for fmt, flags in only.items():
+        for flag in flags:
+            if args.format != fmt and getattr(args, flag) is not None:
+                raise UserError(
+                    f"--{flag.replace('_', '-')} is only used by 'gmmseg score {fmt}', "
+                    f"not {args.format}"
+                )
     root = Path(args.data)
     dataset: Any
     if args.format == "smiyc":
@@ -601,19 +648,30 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="write a benchmark's own result files at full resolution instead of PNG overlays",
     )
-    pr.add_argument("--method", default="gmmseg", help="method name (SMIYC folder; manifest)")
+    pr.add_argument(
+        "--method", default=None, help="--write: method name (SMIYC folder; manifest; gmmseg)"
+    )
     pr.add_argument("--smiyc-dataset", default=None, help="e.g. AnomalyTrack-all (--write smiyc)")
-    pr.add_argument("--score", default=None, help="anomaly score (default likelihood/max_logit)")
+    pr.add_argument(
+        "--score",
+        default=None,
+        help="--write smiyc/fishyscapes: anomaly score (default likelihood, else max_logit)",
+    )
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     pr.set_defaults(func=_cmd_predict)
 
     sc = sub.add_parser("score", help="score saved results in a benchmark's format")
     sc.add_argument("format", choices=("smiyc", "fishyscapes", "cityscapes", "ade20k"))
     sc.add_argument("folder", help="the results folder (SMIYC: the folder holding anomaly_p/)")
     sc.add_argument("--data", required=True, help="the dataset root with the labels")
-    sc.add_argument("--track", choices=("anomaly", "obstacle"), default="anomaly", help="SMIYC")
+    sc.add_argument(
+        "--track", choices=("anomaly", "obstacle"), default=None, help="SMIYC (default anomaly)"
+    )
     sc.add_argument("--method", default=None, help="SMIYC method folder")
     sc.add_argument("--smiyc-dataset", default=None, help="SMIYC dataset folder to read")
-    sc.add_argument("--fs", choices=("lostandfound", "static"), default="lostandfound")
+    sc.add_argument(
+        "--fs", choices=("lostandfound", "static"), default=None, help="default lostandfound"
+    )
     sc.add_argument("--laf-root", default=None, help="Fishyscapes L&F: LostAndFound root")
     sc.add_argument("--cityscapes-root", default=None, help="Fishyscapes Static: Cityscapes")
     sc.add_argument("--fs-version", type=int, default=None, help="Fishyscapes Static: 1, 2, 3")

@@ -1,8 +1,8 @@
 """Evaluation metrics: closed-set segmentation, pixel and component anomaly metrics, calibration.
 
-Definitions, edge cases and error rules follow ``spec/metrics.md``. Every metric is a small class
-holding mergeable state (``update`` → ``merge`` / ``all_reduce`` → ``compute``) over a pure
-functional core. This package depends on nothing else in gmmseg.
+Definitions, edge cases and error rules: the API reference and ``docs/anomaly.md``. Every metric
+is a small class holding mergeable state (``update`` → ``merge`` / ``all_reduce`` →
+``compute``) over a pure functional core. This package depends on nothing else in gmmseg.
 """
 
 from gmmseg.metrics._curve import AnomalyCurve, FPR95Rule

@@ -1,8 +1,8 @@
 """Functional core of the pixel anomaly metrics: tied-score curve → AP, AUROC, FPR95, best F1.
 
 All functions work on a curve given as distinct thresholds in decreasing order with the number
-of positive and negative pixels at each threshold (``spec/metrics.md`` §2.2). Counts are int64
-NumPy arrays, ratios float64.
+of positive and negative pixels at each threshold (``docs/anomaly.md``, "Pixel metrics"). Counts
+are int64 NumPy arrays, ratios float64.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 FPR95Rule = Literal["first_ge", "nearest", "first_gt", "interp"]
-"""FPR-at-95 %-TPR rule (``spec/metrics.md`` §2.5); ``"first_ge"`` is the default."""
+"""FPR-at-95 %-TPR rule (``docs/anomaly.md``); ``"first_ge"`` is the default."""
 FPR95_RULES: tuple[str, ...] = get_args(FPR95Rule)
 _TARGET = 0.95
 
@@ -124,7 +124,7 @@ def merge_triples(
 
 
 def _reduced(tp: IntArray, fp: IntArray) -> tuple[IntArray, IntArray]:
-    """The reduced curve of ``spec/metrics.md`` §2.5 (collinear interior points removed)."""
+    """scikit-learn's reduced ROC curve (collinear interior points removed)."""
     if tp.size > 2:
         keep = np.concatenate(([True], (np.diff(tp, 2) != 0) | (np.diff(fp, 2) != 0), [True]))
         tp, fp = tp[keep], fp[keep]
@@ -133,7 +133,7 @@ def _reduced(tp: IntArray, fp: IntArray) -> tuple[IntArray, IntArray]:
 
 
 def fpr_at_95(tp: IntArray, fp: IntArray, rule: str) -> float:
-    """FPR at 95 % TPR by one of the four rules of ``spec/metrics.md`` §2.5.
+    """FPR at 95 % TPR by one of the four rules of ``docs/anomaly.md``.
 
     Args:
         tp: (m,) int64 cumulative true positives, last entry N⁺ > 0.
@@ -167,14 +167,14 @@ def fpr_at_95(tp: IntArray, fp: IntArray, rule: str) -> float:
 
 
 def average_precision(tp: IntArray, fp: IntArray) -> float:
-    """AP = Σ_j (R_j − R_{j−1}) · Prec_j, the step sum of §2.3 (no interpolation)."""
+    """AP = Σ_j (R_j − R_{j−1}) · Prec_j, a step sum (no interpolation)."""
     n_pos = float(tp[-1])
     d_tp = np.diff(tp, prepend=0)
     return float(np.sum(d_tp / n_pos * (tp / (tp + fp))))
 
 
 def auroc(tp: IntArray, fp: IntArray) -> float:
-    """Trapezoidal AUROC of §2.4, computed as an exact integer ratio and rounded once."""
+    """Trapezoidal AUROC, computed as an exact integer ratio and rounded once."""
     n_pos, n_neg = int(tp[-1]), int(fp[-1])
     d_fp = np.diff(fp, prepend=0)
     tp_sum = tp + np.concatenate(([0], tp[:-1]))

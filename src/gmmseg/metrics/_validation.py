@@ -1,7 +1,7 @@
 """Input checks shared by the metrics: conversion, shapes, label values, finiteness.
 
 Every message names the argument and the frame, the expected and the received values (up to 10
-offending values with their pixel counts), as ``spec/metrics.md`` §0 requires.
+offending values with their pixel counts).
 """
 
 from __future__ import annotations

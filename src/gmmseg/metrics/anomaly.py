@@ -1,4 +1,4 @@
-"""Pixel-level anomaly metrics: AP, AUROC, FPR95, best F1 and curves (``spec/metrics.md`` §2–3).
+"""Pixel-level anomaly metrics: AP, AUROC, FPR95, best F1 and curves (``docs/anomaly.md``).
 
 Valid pixels (label 0 or 1; void removed before any ranking) of all frames are pooled and the
 metrics are computed once on that pool. Scores are used as given (higher = more anomalous): they
@@ -84,12 +84,12 @@ class AnomalyResult(TypedDict):
     """Output of :meth:`AnomalyMetrics.compute`.
 
     Keys:
-        auroc: area under the ROC curve (trapezoid, §2.4).
-        ap: average precision (step sum, §2.3).
+        auroc: area under the ROC curve (trapezoid).
+        ap: average precision (step sum).
         fpr95: false positive rate at 95 % TPR by ``fpr95_rule``.
         fpr95_rule: the rule used.
         best_f1: max over operating points of 2TP/(2TP + FP + FN) (first maximum).
-        best_f1_threshold: its threshold (δ of the SMIYC component metrics, §4).
+        best_f1_threshold: its threshold (δ of the SMIYC component metrics).
         num_positives: N⁺, pooled valid anomaly pixels.
         num_negatives: N⁻, pooled valid in-distribution pixels.
         mode: ``"exact"``, ``"binned"`` or ``"smiyc_binned"``.
@@ -112,23 +112,28 @@ class AnomalyResult(TypedDict):
     curve: AnomalyCurve
 
 
-def _quantiles(sorted_values: FloatArray, levels: int) -> FloatArray:
-    """The SMIYC bin edges of one class of one frame (``num_bins`` levels, §3 step 2).
+def _quantiles(values: npt.NDArray[np.floating], levels: int) -> FloatArray:
+    """The SMIYC bin edges of one class of one frame (``num_bins`` levels).
 
     Exactly ``np.quantile(x, np.linspace(0, 1, k))`` with k = min(levels, n) and numpy's
-    default linear interpolation. The levels must be linspace's own floats: i/(k − 1) differs
-    from them in the last bit for some i, which moves a tied pixel into another bin when the
-    class has fewer than ``levels`` pixels in the frame (the toolkit uses linspace).
+    default linear interpolation, on the scores in their own dtype, as the toolkit calls it on
+    the array it reads (float16 from a submission file). The levels must be linspace's own
+    floats: i/(k − 1) differs from them in the last bit for some i, which moves a tied pixel
+    into another bin when the class has fewer than ``levels`` pixels in the frame. The dtype
+    matters too: numpy interpolates x_i + γ·(x_{i+1} − x_i) with the difference computed in the
+    scores' dtype, so for float16 scores the edge (a threshold of the curve) is not the one of a
+    float64 copy (``np.quantile(float16([0.001, 1000]), [0.3])`` is 300.0010004, on a float64
+    copy 300.00070028).
 
     Args:
-        sorted_values: (n,) float64 scores of one class, ascending, n ≥ 1.
+        values: (n,) float scores of one class, n ≥ 1.
         levels: the maximum number of quantile levels (384 in the toolkit).
 
     Returns:
-        (k,) float64 edges, non-decreasing.
+        (k,) float64 edges (NaN or ±inf where a float16 difference overflows).
     """
-    k = min(levels, sorted_values.size)
-    out: FloatArray = np.quantile(sorted_values, np.linspace(0.0, 1.0, k))
+    k = min(levels, values.size)
+    out: FloatArray = np.asarray(np.quantile(values, np.linspace(0.0, 1.0, k)), dtype=np.float64)
     return out
 
 
@@ -252,14 +257,30 @@ class AnomalyMetrics:
                     "rescale the scores as for the server submission"
                 )
             s = s16
+        first, frames = self.num_frames, np.arange(s.shape[0])
         self.num_frames += int(s.shape[0])
         if self.skip_frames_without_anomaly:
             keep = (y == 1).reshape(y.shape[0], -1).any(axis=1)
-            s, y = s[keep], y[keep]
+            s, y, frames = s[keep], y[keep], frames[keep]
         if self.mode == "smiyc_binned":
-            for b in range(s.shape[0]):
-                valid = y[b] != self.ignore_index
-                self._smiyc_frame(s[b][valid], y[b][valid] == 1)
+            try:
+                triples = [
+                    self._smiyc_frame(
+                        s[b][y[b] != self.ignore_index],
+                        y[b][y[b] != self.ignore_index] == 1,
+                        frame_label(first + int(frames[b]), int(frames[b])),
+                    )
+                    for b in range(s.shape[0])
+                ]
+            except ValueError:
+                self.num_frames = first  # the state is unchanged on error
+                raise
+            for edges, n_pos, n_neg in triples:
+                if edges.size == 0:
+                    continue
+                self._edges.append(edges)
+                self._edge_pos.append(n_pos)
+                self._edge_neg.append(n_neg)
             return
         pos, neg = s[y == 1], s[y == 0]
         if self.mode == "exact":
@@ -364,22 +385,33 @@ class AnomalyMetrics:
 
     # ---------------------------------------------------------------- smiyc
 
-    def _smiyc_frame(self, s: npt.NDArray[np.floating], p: npt.NDArray[np.bool_]) -> None:
+    def _smiyc_frame(
+        self, s: npt.NDArray[np.floating], p: npt.NDArray[np.bool_], frame: str
+    ) -> tuple[FloatArray, IntArray, IntArray]:
+        """(edge, #pos, #neg) of the used bins of one frame's valid scores ``s``, labels ``p``.
+
+        A frame without valid pixels contributes nothing (empty arrays).
+        """
         if s.size == 0:
-            return  # a frame without valid pixels contributes nothing
-        v = s.astype(np.float64)
-        pos = np.sort(v[p])
-        neg = np.sort(v[~p])
-        parts = [_quantiles(x, self.num_bins) for x in (pos, neg) if x.size]
+            return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        # The edges are quantiles of the scores in their own dtype (float16 for a submission),
+        # as in the toolkit; the binning compares them with the scores exactly, in float64.
+        parts = [_quantiles(x, self.num_bins) for x in (s[p], s[~p]) if x.size]
         edges = np.unique(np.concatenate(parts))
+        if not np.isfinite(edges).all():
+            raise ValueError(
+                f"scores of {frame}: a SMIYC bin edge is not finite because two "
+                f"consecutive {s.dtype} scores of one class differ by more than the dtype's "
+                f"range (scores {float(s.min()):g} to {float(s.max()):g}); numpy's quantile "
+                "overflows there, in the toolkit too: rescale the scores"
+            )
+        v = s.astype(np.float64)
         idx = np.searchsorted(edges, v, side="right") - 1
         m = edges.size
         n_pos = np.bincount(idx[p], minlength=m).astype(np.int64)
         n_neg = np.bincount(idx[~p], minlength=m).astype(np.int64)
         used = (n_pos + n_neg) > 0
-        self._edges.append(edges[used])
-        self._edge_pos.append(n_pos[used])
-        self._edge_neg.append(n_neg[used])
+        return edges[used], n_pos[used], n_neg[used]
 
     # ------------------------------------------------------------- combine
 

@@ -33,6 +33,8 @@ from gmmseg.metrics._validation import (
     ArrayLike,
     check_frames,
     check_integer,
+    describe_values,
+    frame_label,
     host_array,
     to_tensor,
 )
@@ -183,7 +185,8 @@ class CityscapesMetrics:
 
         Raises:
             ValueError: see :func:`~gmmseg.metrics.segmentation_update`; instance ids of another
-                shape, a float dtype, negative, or given for some frames only.
+                shape, a float dtype, negative, of a label id above 33, or given for some
+                frames only.
         """
         p = to_tensor("preds", preds)
         y = to_tensor("labels", labels)
@@ -198,6 +201,16 @@ class CityscapesMetrics:
                 raise ValueError(
                     f"instance_ids must be >= 0 (label id * 1000 + k, or a label id), got "
                     f"minimum {int(inst.min())}"
+                )
+            label_ids = np.where(inst < 1000, inst, inst // 1000)
+            bad = label_ids >= _INSTANCE_LABEL_TO_TRAIN.size
+            if bad.any():
+                b = int(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0])
+                raise ValueError(
+                    f"instance_ids of {frame_label(self.num_frames + b, b)} hold label ids "
+                    f"above 33 (value // 1000 for values >= 1000): "
+                    f"{describe_values(torch.from_numpy(inst[b][bad[b]]))}; expected "
+                    "*_gtFine_instanceIds.png values (label id * 1000 + k, or a label id 0-33)"
                 )
         given = inst is not None
         if self.num_frames and given != (self.frames_with_instances > 0):
@@ -225,9 +238,7 @@ class CityscapesMetrics:
             ids = inst[b]
             obj = ids > 1000  # the benchmark's test: object instances have id > 1000
             label_id = ids[obj] // 1000
-            train = np.full(label_id.shape, 255, dtype=np.int64)
-            known = label_id < _INSTANCE_LABEL_TO_TRAIN.size
-            train[known] = _INSTANCE_LABEL_TO_TRAIN[label_id[known]]
+            train = _INSTANCE_LABEL_TO_TRAIN[label_id]  # label ids < 34: checked in update()
             keep = train != 255  # instances of classes ignored in evaluation do not count
             if not keep.any():
                 continue

@@ -1,4 +1,4 @@
-"""SMIYC component-level metrics: sIoU, PPV, F1(τ) and mean F1 (``spec/metrics.md`` §4).
+"""SMIYC component-level metrics: sIoU, PPV, F1(τ) and mean F1 (``docs/anomaly.md``).
 
 Per frame: the ground-truth anomaly G = {label = 1} and the prediction {score > δ} minus void
 (strictly greater than the pixel threshold δ) are split into **8-connected** components
@@ -121,9 +121,12 @@ def frame_components(
     """
     void = labels == ignore_index
     gt = labels == 1
-    # Compared in float64 (a NumPy float64 scalar is not demoted to the scores' dtype), so
-    # float16 / float32 scores are thresholded at δ itself, not at δ rounded to their dtype.
-    pred = (scores > np.float64(threshold)) & ~void
+    # Compared in float64, so float16 / float32 scores are thresholded at δ itself, not at δ
+    # rounded to their dtype (δ, a SMIYC bin edge, is a float64 value). The toolkit writes
+    # `anomaly_p > thresh_p` with its float16 map and a float64 δ: exact under NumPy >= 2, but
+    # under the NumPy 1.x value-based casting (its requirements pin 1.23) δ is rounded to
+    # float16 first. The explicit cast keeps gmmseg exact under every supported NumPy.
+    pred = (scores.astype(np.float64, copy=False) > float(threshold)) & ~void
     gt_lab, n_gt = ndimage.label(gt, structure=_EIGHT)
     pr_lab, n_pr = ndimage.label(pred, structure=_EIGHT)
     pr_size = np.bincount(pr_lab.ravel(), minlength=n_pr + 1)
@@ -234,7 +237,7 @@ class ComponentMetrics:
         min_gt_size: int | None = None,
         score_dtype: torch.dtype | None = None,
     ) -> ComponentMetrics:
-        """Use the best-F1 threshold of a pixel-level result as δ (``spec/metrics.md`` §4).
+        """Use the best-F1 threshold of a pixel-level result as δ (``docs/anomaly.md``).
 
         Args:
             result: output of :meth:`AnomalyMetrics.compute` for the same method and split;
@@ -379,7 +382,7 @@ class ComponentMetrics:
         self.num_frames = int(frames.item())
 
     def compute(self) -> ComponentResult:
-        """Dataset scores (``spec/metrics.md`` §4.4–4.5); NaN cases emit one warning."""
+        """Dataset scores, pooled over the components of all frames; NaN cases emit one warning."""
         n_gt, n_pred = int(self.counts[0]), int(self.counts[1])
         siou = float(self.siou_sum) / n_gt if n_gt else math.nan
         ppv = float(self.ppv_sum) / n_pred if n_pred else math.nan

@@ -484,7 +484,7 @@ def mixture_fidelity(
             -inf = weight 0); None for uniform weights, as in GMMSeg.
         ignore_index: label of rows to leave out; must not be a class id.
         normalize_means: L2-normalise the means before sampling, as the classifier does before
-            every use of its means (DESIGN §2.2).
+            every use of its means (``docs/algorithm.md``).
         normalize_samples: project the samples onto the unit sphere (the directional fit only;
             see the caveats).
         max_real_per_class: use at most this many real embeddings per class (a random subset;

@@ -1,4 +1,4 @@
-"""Closed-set segmentation metrics: aAcc, IoU, Acc, mIoU, mAcc (``spec/metrics.md`` §1).
+"""Closed-set segmentation metrics: aAcc, IoU, Acc, mIoU, mAcc.
 
 Dataset-level accumulation of four int64 area vectors of length C (mmsegmentation's definition):
 intersection I, predicted area P, label area L and union U = P + L − I, counted over valid pixels
@@ -99,7 +99,7 @@ def segmentation_update(
     first_frame: int = 0,
     void_predictions: VoidPredictions = "error",
 ) -> SegmentationAreas:
-    """Areas I, P, L, U of one frame or a batch of frames (``spec/metrics.md`` §1.1–1.2).
+    """Areas I, P, L, U of one frame or a batch of frames.
 
     Args:
         preds: (H, W) or (B, H, W) integer predicted train ids in [0, C).
@@ -179,7 +179,7 @@ def _nanmean(x: Tensor) -> float:
 
 
 def segmentation_compute(areas: SegmentationAreas) -> SegmentationResult:
-    """aAcc, mIoU, mAcc and per-class IoU/Acc from dataset totals (``spec/metrics.md`` §1.3).
+    """aAcc, mIoU, mAcc and per-class IoU/Acc from dataset totals.
 
     A 0/0 ratio is NaN (one :class:`UndefinedMetricWarning` per call lists the classes); the
     means skip NaN entries and are NaN only if every entry is NaN.

@@ -1,8 +1,10 @@
 """Score saved results (any method's) in a benchmark's format against a gmmseg dataset split.
 
-Files are matched to the split's frames by name; a frame without its file, or a file that
-belongs to no frame, is an error listing them (``allow_extra=True`` accepts extra files, e.g.
-the test frames in a SMIYC ``*-all`` folder). The numbers are those of the official tools:
+Files are matched to the split's frames by name, as the official tools match them (SMIYC: the
+frame id; Cityscapes: the ``<city>_<seq>_<frame>`` prefix; Fishyscapes: the leading integer
+index, ``NNNN_...``; ADE20K: the image stem); a frame without its file, or a file that belongs
+to no frame, is an error listing them (``allow_extra=True`` accepts extra files, e.g. the test
+frames in a SMIYC ``*-all`` folder). The numbers are those of the official tools:
 
 | format          | metrics                                                                  |
 | --------------- | ------------------------------------------------------------------------ |
@@ -14,6 +16,7 @@ the test frames in a SMIYC ``*-all`` folder). The numbers are those of the offic
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypedDict
@@ -115,6 +118,10 @@ def read_fishyscapes(
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """``(<name>_anomaly.npy as float32, <name>_segmentation.npy)`` of a Fishyscapes output folder.
 
+    Args:
+        folder: the output folder.
+        name: the files' common prefix, e.g. ``"0003"`` or ``"0003_frankfurt_000001_034047_rgb"``.
+
     Raises:
         FileNotFoundError: a missing file.
         ValueError: not (H, W) maps of one shape, float scores, integer train ids 0–18.
@@ -134,8 +141,11 @@ def read_fishyscapes(
             f"{s_path}: expected integer train ids of shape {scores.shape}, got "
             f"{seg.shape} {seg.dtype}"
         )
-    if seg.size and (seg.min() < 0 or seg.max() > 18):
-        raise ValueError(f"{s_path}: expected train ids 0–18, got {sorted(np.unique(seg))[:10]}")
+    bad = (seg < 0) | (seg > 18)
+    if bad.any():
+        raise ValueError(
+            f"{s_path}: expected train ids 0–18, got {np.unique(seg[bad])[:10].tolist()}"
+        )
     # The Fishyscapes metric script casts the scores to float32 before ranking.
     return scores.astype(np.float32), seg.astype(np.int64)
 
@@ -233,6 +243,10 @@ def _smiyc_folder(
     if name not in SMIYC_DATASETS:
         raise ValueError(f"smiyc_dataset must be one of {sorted(SMIYC_DATASETS)}, got {name!r}")
     root = folder / "anomaly_p"
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{root} not found: the SMIYC results folder holds anomaly_p/<method>/<dataset>/"
+        )
     if method is None:
         methods = sorted(p.name for p in root.glob("*") if p.is_dir())
         if len(methods) != 1:
@@ -296,14 +310,11 @@ def score_submission(
                 "dataset must be FishyscapesLostAndFound or FishyscapesStatic for the "
                 f"fishyscapes format, got {type(dataset).__name__}"
             )
-        expected = {n: folder / f"{n}_anomaly.npy" for n in names}
-        _match(folder, expected, sorted(folder.glob("*_anomaly.npy")), allow_extra, "_anomaly.npy")
-        seg_expected = {n: folder / f"{n}_segmentation.npy" for n in names}
-        seg_found = sorted(folder.glob("*_segmentation.npy"))
-        _match(folder, seg_expected, seg_found, allow_extra, "_segmentation.npy")
+        expected = _fishyscapes_files(folder, names, allow_extra)
         pixel = AnomalyMetrics(mode="exact", fpr95_rule="first_ge")
         for i, n in enumerate(names):
-            scores, _ = read_fishyscapes(folder, n)
+            prefix = expected[n].name[: -len("_anomaly.npy")]
+            scores, _ = read_fishyscapes(folder, prefix)
             label = _labels(dataset, i)
             _check_shape(expected[n], scores, label)
             pixel.update(scores, label)
@@ -332,6 +343,47 @@ def score_submission(
     return ScoreResult(
         format=format, folder=str(folder), frames=len(names), segmentation=seg.compute()
     )
+
+
+_FS_INDEX = re.compile(r"^(\d+)_")
+
+
+def _fishyscapes_files(folder: Path, names: list[str], allow_extra: bool) -> dict[str, Path]:
+    """Each frame's ``*_anomaly.npy``, matched by the leading integer index of both names.
+
+    The Fishyscapes evaluation pairs labels ``NNNN_<frame>_labels.png`` and outputs by that
+    index: a submission container reads ``/input/NNNN_<frame>_rgb.png`` and may name its output
+    ``NNNN_<frame>_rgb_anomaly.npy`` (gmmseg's container), ``NNNN_anomaly.npy`` or
+    ``NNNN_<frame>_anomaly.npy`` (:class:`~gmmseg.submit.SubmissionWriter` with frame ids).
+    """
+    by_index: dict[int, list[Path]] = {}
+    unnamed: list[Path] = []
+    for p in sorted(folder.glob("*_anomaly.npy")):
+        m = _FS_INDEX.match(p.name)
+        if m is None:
+            unnamed.append(p)
+        else:
+            by_index.setdefault(int(m.group(1)), []).append(p)
+    expected: dict[str, Path] = {}
+    for n in names:
+        m = _FS_INDEX.match(n)
+        if m is None:
+            raise ValueError(f"Fishyscapes frame {n!r} has no leading index 'NNNN_'")
+        hits = by_index.get(int(m.group(1)), [])
+        if len(hits) > 1:
+            raise ValueError(
+                f"{folder} holds {len(hits)} _anomaly.npy results for frame {n} (index "
+                f"{int(m.group(1))}): {_listing([h.name for h in hits])}; keep one"
+            )
+        expected[n] = hits[0] if hits else folder / f"{n}_anomaly.npy"
+    found = [p for hits in by_index.values() for p in hits] + unnamed
+    _match(folder, expected, found, allow_extra, "_anomaly.npy")
+    seg = {
+        n: p.with_name(p.name[: -len("_anomaly.npy")] + "_segmentation.npy")
+        for n, p in expected.items()
+    }
+    _match(folder, seg, [], True, "_segmentation.npy")
+    return expected
 
 
 def _score_smiyc(

@@ -11,14 +11,18 @@
 
 Scores: higher = more anomalous, at the image's full resolution. The SMIYC ``<folder>`` is the
 folder the SegmentMeIfYouCan toolkit stores a dataset in (:data:`SMIYC_DATASETS`): the
-ObstacleTrack validation frames live in ``ObstacleTrack-all`` and the LostAndFound subsets in
-``LostAndFound-test``, as in the toolkit.
+ObstacleTrack validation frames live in ``ObstacleTrack-all`` and the LostAndFound test subsets
+in ``LostAndFound-test``, as in the toolkit. The SMIYC ``<frame>`` is the toolkit's frame id:
+the image stem, except for the LostAndFound datasets, whose frame id is the stem without its
+``_leftImg8bit`` suffix (``04_Maurener_Weg_8_000002_000140_leftImg8bit.png`` →
+``04_Maurener_Weg_8_000002_000140.hdf5``).
 
 Never losing a user's data: a :class:`SubmissionWriter` keeps a manifest
-(``.gmmseg-submission.json``: format, method and the files it writes) in its folder. Before
-writing anything it refuses, in one line naming the folder, a folder whose manifest names
-another format or method, and a folder holding files of the format that gmmseg did not write
-(unless ``overwrite=True``).
+(``.gmmseg-submission.json``: format, method and the files it wrote) in its folder.
+:meth:`SubmissionWriter.prepare` only checks, so a run can be refused before any work: it
+refuses, in one line naming the folder, a folder whose manifest names another format or method,
+and a folder holding files of the format that gmmseg did not write (unless ``overwrite=True``).
+The folder and its manifest are created by the first :meth:`SubmissionWriter.write`.
 """
 
 from __future__ import annotations
@@ -49,14 +53,14 @@ SubmissionFormat = Literal["smiyc", "fishyscapes", "cityscapes", "ade20k"]
 """A benchmark's result format: ``"smiyc"``, ``"fishyscapes"``, ``"cityscapes"``, ``"ade20k"``."""
 FORMATS: tuple[str, ...] = get_args(SubmissionFormat)
 
-#: SMIYC dataset name → the folder under ``anomaly_p/<method>/`` the toolkit reads it from.
+#: SMIYC dataset name (the toolkit's) → the folder under ``anomaly_p/<method>/`` it reads it from.
 SMIYC_DATASETS: dict[str, str] = {
     "AnomalyTrack-all": "AnomalyTrack-all",
     "AnomalyTrack-validation": "AnomalyTrack-validation",
     "ObstacleTrack-all": "ObstacleTrack-all",
     "ObstacleTrack-validation": "ObstacleTrack-all",
     "LostAndFound-test": "LostAndFound-test",
-    "LostAndFound-noKnown": "LostAndFound-test",
+    "LostAndFound-testValid": "LostAndFound-test",
     "LostAndFound-testNoKnown": "LostAndFound-test",
 }
 
@@ -64,6 +68,9 @@ SMIYC_DATASETS: dict[str, str] = {
 MANIFEST_NAME = ".gmmseg-submission.json"
 _FLOAT16_MAX = 65504.0
 _CITYSCAPES_ID = re.compile(r"^(.+?_\d{6}_\d{6})")
+# The toolkit's LostAndFound frame id: <scene id>_<scene name>_<seq>_<time>.
+_LAF_ID = re.compile(r"^\d{2}_.+_\d{6}_\d{6}$")
+_LAF_SUFFIX = "_leftImg8bit"
 _SAFE_NAME = re.compile(r"^[^/\\\x00]+$")
 # Files of each format found in a folder (for the ownership check).
 _PATTERNS: dict[str, tuple[str, ...]] = {
@@ -92,6 +99,22 @@ def cityscapes_frame_id(name: str) -> str:
             f"name {name!r} is not a Cityscapes frame: expected '<city>_<seq:06d>_<frame:06d>...'"
         )
     return m.group(1)
+
+
+def _laf_frame_id(name: str) -> str:
+    """The SMIYC toolkit's LostAndFound frame id of an image stem (or of a frame id).
+
+    The toolkit finds ``*_leftImg8bit.<ext>`` images and names a frame by the stem without that
+    suffix (``DatasetLostAndFound.laf_id_from_image_path``); it reads the frame's result from
+    ``<frame id>.hdf5``.
+    """
+    fid = name[: -len(_LAF_SUFFIX)] if name.endswith(_LAF_SUFFIX) else name
+    if not _LAF_ID.match(fid):
+        raise ValueError(
+            f"name {name!r} is not a LostAndFound frame: expected "
+            "'<scene:02d>_<scene name>_<seq:06d>_<time:06d>[_leftImg8bit]'"
+        )
+    return fid
 
 
 def _array(name: str, x: Tensor | npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -217,19 +240,27 @@ class SubmissionWriter:
         else:
             self.folder = self.out
         self.dataset = dataset
-        self._planned: set[str] = set()
+        # Frames checked by prepare() (name -> its file names), and the file names the manifest
+        # already records for this writer (None until the first write).
+        self._planned: dict[str, list[str]] = {}
+        self._recorded: set[str] | None = None
 
     def files(self, name: str) -> list[Path]:
         """The file(s) of frame ``name`` (a file stem / frame id), in this writer's folder.
 
+        SMIYC LostAndFound datasets name the file by the toolkit's frame id, the stem without
+        ``_leftImg8bit``; Cityscapes by the ``<city>_<seq>_<frame>`` prefix.
+
         Raises:
-            ValueError: a name with a path separator, or (Cityscapes) without the
-                ``<city>_<seq>_<frame>`` prefix.
+            ValueError: a name with a path separator, or (Cityscapes, LostAndFound) one that is
+                not a frame name of that dataset.
         """
         if not isinstance(name, str) or not _SAFE_NAME.match(name) or name.startswith("."):
             raise ValueError(f"frame name must be a plain file stem, got {name!r}")
         if self.format == "smiyc":
-            return [self.folder / f"{name}.hdf5"]
+            assert self.dataset is not None
+            fid = _laf_frame_id(name) if self.dataset.startswith("LostAndFound") else name
+            return [self.folder / f"{fid}.hdf5"]
         if self.format == "fishyscapes":
             return [self.folder / f"{name}_anomaly.npy", self.folder / f"{name}_segmentation.npy"]
         if self.format == "cityscapes":
@@ -253,10 +284,12 @@ class SubmissionWriter:
             ) from e
 
     def prepare(self, names: Iterable[str]) -> None:
-        """Check the folder for every frame about to be written, then record them as gmmseg's.
+        """Check the folder for every frame about to be written; writes nothing.
 
-        Call it with all frame names before the work starts (the CLI does), so a refusal comes
-        before any computation. :meth:`write` calls it for a name not prepared yet.
+        Call it with all frame names before the work starts (the CLI does, before it loads the
+        model), so a refusal comes before any computation. :meth:`write` checks a name that was
+        not prepared. The first :meth:`write` creates the folder and records the prepared
+        frames' files in the manifest.
 
         Raises:
             ValueError: two names that map to one file; a folder whose manifest names another
@@ -264,7 +297,7 @@ class SubmissionWriter:
                 ``overwrite``). Each message is one line naming the folder.
         """
         targets: dict[Path, str] = {}
-        for name in names:
+        for name in [*self._planned, *names]:
             for f in self.files(name):
                 if f in targets and targets[f] != name:
                     raise ValueError(
@@ -272,6 +305,14 @@ class SubmissionWriter:
                         "give them distinct names"
                     )
                 targets[f] = name
+        self._check()
+        for f, name in targets.items():
+            self._planned.setdefault(name, [])
+            if f.name not in self._planned[name]:
+                self._planned[name].append(f.name)
+
+    def _check(self) -> set[str]:
+        """Refusals of :meth:`prepare`; returns the file names the manifest records."""
         manifest = self._manifest()
         if manifest is not None and (manifest["format"], manifest["method"]) != (
             self.format,
@@ -282,7 +323,7 @@ class SubmissionWriter:
                 f"{manifest['method']!r} written by gmmseg; write {self.format} files of method "
                 f"{self.method!r} to another folder"
             )
-        owned = set(manifest["files"]) if manifest is not None else set()
+        owned = {str(f) for f in manifest["files"]} if manifest is not None else set()
         if self.folder.is_dir() and not self.overwrite:
             foreign = sorted(
                 p.name
@@ -296,18 +337,27 @@ class SubmissionWriter:
                     f"file(s) that gmmseg did not write (e.g. {foreign[0]}): choose an empty "
                     "folder, or pass overwrite=True (--overwrite) to write beside and over them"
                 )
-        new = {f.name for f in targets} - owned
-        if new or manifest is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            record = {
-                "format": self.format,
-                "method": self.method,
-                "dataset": self.dataset,
-                "files": sorted(owned | new),
-            }
-            text = json.dumps(record, indent=1)
-            _save_atomic(self.folder / MANIFEST_NAME, lambda p: p.write_text(text))
-        self._planned.update(targets.values())
+        return owned
+
+    def _record(self) -> None:
+        """Before a frame is written: create the folder and claim the prepared frames' files."""
+        if self._recorded is None:
+            # First write: check again (the folder may have changed since prepare).
+            self._recorded = self._check()
+        new = {f for files in self._planned.values() for f in files} - self._recorded
+        if not new and (self.folder / MANIFEST_NAME).is_file():
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        files = sorted(self._recorded | new)
+        record = {
+            "format": self.format,
+            "method": self.method,
+            "dataset": self.dataset,
+            "files": files,
+        }
+        text = json.dumps(record, indent=1)
+        _save_atomic(self.folder / MANIFEST_NAME, lambda p: p.write_text(text))
+        self._recorded = set(files)
 
     def write(
         self,
@@ -368,6 +418,7 @@ class SubmissionWriter:
             ade = (_ids("segmentation", segmentation, 150) + 1).astype(np.uint8)
         if name not in self._planned:
             self.prepare([name])
+        self._record()
         if self.format == "smiyc":
             _save_hdf5(files[0], s16)
         elif self.format == "fishyscapes":

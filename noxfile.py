@@ -79,6 +79,34 @@ def docs(session: nox.Session) -> None:
     session.run("python", "docs/hooks/check_site.py", "site")
 
 
+@nox.session(venv_backend="none")
+def gpu(session: nox.Session) -> None:
+    """The test suite on CUDA, then ``benchmarks/bench_gpu.py`` (not in the default sessions).
+
+    Runs in the current environment, which must already hold a CUDA build of torch (e.g.
+    ``pip install torch==2.14.1`` on Linux x86_64 picks one): this session installs gmmseg's
+    test extra beside it and never replaces torch. ``GMMSEG_TEST_DEVICE`` (default ``cuda``)
+    picks the GPU; pytest arguments go after ``--``.
+    """
+    check = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
+    try:
+        session.run("python", "-c", check, silent=True)
+    except nox.command.CommandFailed:
+        session.error("nox -s gpu needs a CUDA build of torch and a visible GPU")
+    session.run("python", "-m", "pip", "install", "-e", ".[test]")
+    device = os.environ.get("GMMSEG_TEST_DEVICE", "cuda")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-m",
+        "not vision",
+        *(session.posargs or ["-q"]),
+        env={"GMMSEG_TEST_DEVICE": device},
+    )
+    session.run("python", "benchmarks/bench_gpu.py", "--device", device)
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run every benchmark in benchmarks/ and write JSON under benchmarks/results/."""

@@ -17,6 +17,9 @@ from gmmseg.recipes import RECIPES
 pytest.importorskip("skimage")
 
 
+pytestmark = pytest.mark.cpu_only("end-to-end command-line runs choose their own device (--device)")
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()

@@ -15,6 +15,9 @@ from gmmseg.recipes.posthoc import default_posthoc_path, fit_recipe_posthoc
 
 pytest.importorskip("skimage")
 
+pytestmark = pytest.mark.cpu_only("end-to-end command-line runs choose their own device (--device)")
+
+
 SMALL = ["--set", "data.demo_train_images=6", "data.demo_val_images=3", "anomaly.demo_images=3"]
 
 

@@ -15,7 +15,10 @@ from gmmseg.data import SMIYCObstacleTrack, write_fixture
 from gmmseg.metrics import AnomalyMetrics, ComponentMetrics
 from gmmseg.submit import SubmissionWriter, read_smiyc
 
-pytestmark = pytest.mark.filterwarnings("ignore::gmmseg.metrics.UndefinedMetricWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::gmmseg.metrics.UndefinedMetricWarning"),
+    pytest.mark.cpu_only("end-to-end command-line runs choose their own device (--device)"),
+]
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

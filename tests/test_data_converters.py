@@ -10,6 +10,8 @@ import pytest
 
 from gmmseg.data.converters import rasterize_cityscapes_polygons
 
+pytestmark = pytest.mark.cpu_only("label files are converted with numpy and Pillow")
+
 
 def write_polygons(path: Path, objects: list[dict]) -> Path:
     path.write_text(json.dumps({"imgHeight": 6, "imgWidth": 8, "objects": objects}))

@@ -31,6 +31,9 @@ from gmmseg.data.meta import (
     COCO_STUFF_PALETTE,
 )
 
+pytestmark = pytest.mark.cpu_only("datasets decode files with numpy and Pillow on the CPU")
+
+
 CLOSED = ("cityscapes", "ade20k", "coco_stuff10k", "coco_stuff164k")
 NUM_CLASSES = {"cityscapes": 19, "ade20k": 150, "coco_stuff10k": 171, "coco_stuff164k": 171}
 

@@ -13,6 +13,8 @@ from gmmseg.data import demo
 from gmmseg.data.demo import DemoScenes
 from gmmseg.data.samplers import ClassBalancedSampler
 
+pytestmark = pytest.mark.cpu_only("the demo scenes are generated with numpy on the CPU")
+
 
 def test_deterministic_for_seed() -> None:
     a, b = DemoScenes("train", 8, seed=1), DemoScenes("train", 8, seed=1)

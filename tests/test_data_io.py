@@ -18,6 +18,8 @@ from gmmseg.data import transforms as T
 from gmmseg.data._io import read_image
 from gmmseg.engine.stream import AugmentedView, draw_seed
 
+pytestmark = pytest.mark.cpu_only("file decoding runs on the CPU")
+
 
 @settings(max_examples=60, deadline=None)
 @given(

@@ -19,6 +19,8 @@ from gmmseg.data.samplers import (
     collate_samples,
 )
 
+pytestmark = pytest.mark.cpu_only("samplers and data loaders run on the CPU")
+
 
 class Labels:
     """A minimal labelled dataset: class c present in image i iff table[i, c]."""

@@ -16,6 +16,9 @@ from gmmseg.data import Sample
 from gmmseg.data import transforms as T
 
 # A fixed colour per class (distinct), used to paint label-coloured images.
+pytestmark = pytest.mark.cpu_only("joint transforms run in data-loader workers on the CPU")
+
+
 COLOURS = torch.randint(0, 256, (256, 3), generator=torch.Generator().manual_seed(0)).to(
     torch.uint8
 )

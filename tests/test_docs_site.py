@@ -10,6 +10,9 @@ from types import ModuleType
 
 import pytest
 
+pytestmark = pytest.mark.cpu_only("checks the documentation sources")
+
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RESULT_FILES = sorted(RESULTS.glob("*.json"))

@@ -13,6 +13,9 @@ import torch.multiprocessing as mp
 pytest.importorskip("skimage")
 
 
+pytestmark = pytest.mark.cpu_only("multi-process runs with the gloo backend")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,6 +18,7 @@ import torch
 from gmmseg.engine.checkpoint import CheckpointManifest, latest_checkpoint, load_checkpoint
 
 pytestmark = [
+    pytest.mark.cpu_only("kills and resumes training subprocesses"),
     pytest.mark.slow,
     pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals"),
 ]

@@ -12,6 +12,9 @@ import torch.multiprocessing as mp
 
 from gmmseg.heads import GMMClassifier
 
+pytestmark = pytest.mark.cpu_only("multi-process runs with the gloo backend")
+
+
 STEPS = 4
 
 

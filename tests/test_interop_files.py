@@ -17,6 +17,8 @@ from gmmseg.engine import save_checkpoint
 from gmmseg.interop import UntrustedCheckpointError, read_checkpoint
 from gmmseg.recipes import apply_overrides, build_model, get_recipe, load_trained
 
+pytestmark = pytest.mark.cpu_only("checkpoint file formats")
+
 
 class HistoryBuffer:
     """Stands for mmengine's HistoryBuffer: an arbitrary class pickled in a file's metadata."""

@@ -13,6 +13,9 @@ import torch.multiprocessing as mp
 
 from gmmseg.metrics import AnomalyMetrics, ComponentMetrics, SegmentationMetrics
 
+pytestmark = pytest.mark.cpu_only("multi-process runs with the gloo backend")
+
+
 FRAMES = 6
 
 

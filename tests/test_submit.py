@@ -22,7 +22,10 @@ from gmmseg.metrics import (
 from gmmseg.submit import MANIFEST_NAME, SubmissionWriter, read_smiyc, score_submission
 
 # Tiny fixtures leave classes and components absent: their NaN warnings are expected here.
-pytestmark = pytest.mark.filterwarnings("ignore::gmmseg.metrics.UndefinedMetricWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::gmmseg.metrics.UndefinedMetricWarning"),
+    pytest.mark.cpu_only("benchmark file formats"),
+]
 
 
 def dataset(tmp_path: Path, name: str, split: str, **fixture_kwargs):

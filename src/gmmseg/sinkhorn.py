@@ -432,15 +432,19 @@ def segmented_sinkhorn(
         return scores.new_zeros((n, m))
     inv_eps = 1.0 / eps
     shift = _scaled_shift(work, inv_eps)
-    s_t = torch.add(shift, work.t(), alpha=inv_eps).contiguous()  # (M, N): scores / eps - const
+    # Transposed to (M, N), each component's scores contiguous (see _segmented_rows); stacking
+    # the M columns is the cheap way to transpose a narrow (N, M) matrix on CPU.
+    s_t = torch.add(shift, torch.stack(work.unbind(1)), alpha=inv_eps)  # scores / eps - const
     r_t, mass = _segmented_rows(s_t, segment_ids, g, n_iters, b)
-    plan = (r_t * mass).t().contiguous()
+    plan = torch.stack((r_t * mass).unbind(0), dim=1)  # back to (N, M)
     return plan.to(scores.dtype)
 
 
 def _row_update(g_t: Tensor, s_t: Tensor, ids: Tensor) -> Tensor:
     """``softmax_j(s_jn + g_t[j, ids[n]])`` over dim 0: rows rescaled to their group's mass."""
-    return torch.softmax(g_t.index_select(1, ids) + s_t, dim=0)
+    logits = g_t.index_select(1, ids)
+    logits += s_t
+    return torch.softmax(logits, dim=0)
 
 
 def _segmented_rows(

@@ -2,7 +2,7 @@
 
 Cases (N = 32768 pixels = 2 × 128 × 128, D = 64):
 * (C, M) = (19, 5): full step (forward + loss + E-step + memory + M-step + backward) of
-  ``GMMClassifier`` vs a naive reference written plainly from DESIGN.md §2 (broadcast density,
+  ``GMMClassifier`` vs a naive reference written plainly from the algorithm (broadcast density,
   per-class Sinkhorn, per-(class, component) memory writes and M-step). Goal: ≥ 20× faster.
 * (C, M) = (150, 8): full step vs one bare (N×2D)·(2D×C·M) matmul forward + backward pair
   (goal ≤ 3×), and the peak extra memory of a step beyond the parameters and the memory bank
@@ -61,7 +61,7 @@ def ours_step(head: GMMClassifier, feats: torch.Tensor, labels: torch.Tensor) ->
 
 
 class Naive:
-    """DESIGN.md §2 written plainly (the shape of the original release's code)."""
+    """The algorithm written plainly (the shape of the original release's code)."""
 
     def __init__(self, head: GMMClassifier) -> None:
         self.head = head

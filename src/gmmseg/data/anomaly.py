@@ -1,4 +1,4 @@
-"""Anomaly-segmentation loaders (spec: datasets.md §5–9).
+"""Anomaly-segmentation loaders.
 
 Every loader yields the canonical anomaly label: 0 in-distribution, 1 anomaly, 255 void.
 """

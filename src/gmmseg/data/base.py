@@ -176,7 +176,7 @@ class SegmentationDataset(Dataset[Sample]):
         check_values(stored, self._allowed, path, self._expected, self._hint)
         if self._lut_is_identity:
             return stored  # read_label returns a private, writable array
-        return np.take(self._lut, stored)  # = self._lut[stored], faster
+        return np.take(self._lut, stored)  # = self._lut[stored]
 
     def _frame(self, index: int) -> Frame:
         if not 0 <= index < len(self.frames):

@@ -1,4 +1,4 @@
-"""Closed-set loaders: Cityscapes, ADE20K, COCO-Stuff 10k / 164k (spec: datasets.md §2–4)."""
+"""Closed-set loaders: Cityscapes, ADE20K, COCO-Stuff 10k / 164k."""
 
 from __future__ import annotations
 

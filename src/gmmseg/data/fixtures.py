@@ -1,10 +1,10 @@
 """Miniature copies of every supported dataset, in the exact real on-disk layouts.
 
 `write_fixture` writes tiny images and labels that mimic the real files in folder names,
-file names, formats (PNG/JPEG/WebP/NPZ/JSON/MAT), image modes and label values (spec: datasets.md
-§11). Next to each fixture root it writes ``{name}.json`` with the expected frame ids, shapes and
-label-value sets, and the loader arguments (paths relative to the fixture root), so tests compare
-against data rather than literals. `write_broken_fixture` writes a copy with one documented
+file names, formats (PNG/JPEG/WebP/NPZ/JSON/MAT), image modes and label values. Next to each
+fixture root it writes ``{name}.json`` with the expected frame ids, shapes and label-value sets,
+and the loader arguments (paths relative to the fixture root), so tests compare against data
+rather than literals. `write_broken_fixture` writes a copy with one documented
 defect, for the rejection tests.
 
 Examples:
@@ -748,7 +748,7 @@ BROKEN_CASES: dict[str, dict[str, tuple[type[Exception], str]]] = {
 
 
 def write_broken_fixture(name: str, case: str, root: Path | str, seed: int = 0) -> Path:
-    """Write a fixture with one documented defect (spec: datasets.md §11.6).
+    """Write a fixture with one documented defect.
 
     Loading the split named in `BROKEN_CASES` with the arguments of ``{name}.json`` (at
     construction or when reading the frames) raises the listed exception.

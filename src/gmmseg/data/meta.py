@@ -1,4 +1,4 @@
-"""Class names, palettes and id tables of the supported datasets (spec: datasets.md §2–4, App. A–B).
+"""Class names, palettes and id tables of the supported datasets.
 
 Every table is indexed by train id: ``CITYSCAPES_CLASSES[k]`` is the name of train id ``k`` and
 ``CITYSCAPES_PALETTE[k]`` its RGB colour. The anomaly datasets share `ANOMALY_CLASSES`.

@@ -3,7 +3,7 @@
 Letters: G groups (classes), M components per group, K ring slots, D embedding dimensions.
 
 For each listed group g and each component m, with ``e`` ranging over the counted slots of the
-(g, m) ring (DESIGN.md §2.8):
+(g, m) ring (step 8 of the algorithm page in the documentation):
 
     f = normalise(Σ e)
     μ ← mean_momentum · μ + (1 − mean_momentum) · f
@@ -154,7 +154,7 @@ def momentum_m_step(
     valid: Tensor | None = None,
     slots_per_chunk: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """GMMSeg's momentum M-step from a ring-buffer memory (DESIGN.md §2.8).
+    """GMMSeg's momentum M-step from a ring-buffer memory (step 8 of the algorithm).
 
     For each listed group and every component, with ``e`` over the counted slots:
     ``f = normalise(Σ e)``, ``μ ← m·μ + (1 − m)·f``,

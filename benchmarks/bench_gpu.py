@@ -136,7 +136,10 @@ def part_head(device: torch.device, reduced: bool, repeats: int) -> list[dict[st
             "case": f"class scores ({c}x{m}, D={d}, N={n}) vs naive broadcast",
             "ours_s": t_ours,
             "reference_s": t_naive,
-            "speedup": t_naive / t_ours,
+            "ratio": t_naive / t_ours,
+            "ratio_meaning": "naive / ours (speed-up)",
+            "goal": "none",
+            "pass": None,
             "max_relative_difference": agree,
         },
         {
@@ -145,6 +148,8 @@ def part_head(device: torch.device, reduced: bool, repeats: int) -> list[dict[st
             "reference_s": t_gemm,
             "ratio": t_step / t_gemm,
             "ratio_meaning": "ours / matmul pair (lower is better)",
+            "goal": "none",
+            "pass": None,
         },
     ]
 
@@ -172,34 +177,37 @@ def _trainer(recipe_name: str, device: torch.device, reduced: bool, amp: str) ->
 
 
 def part_train(device: torch.device, reduced: bool, repeats: int) -> list[dict[str, Any]]:
-    size, batch = (128, 2) if reduced else (512, 2)
+    size, batch_size = (128, 2) if reduced else (512, 2)
     amp = "none" if device.type == "cpu" else "bf16"
     g = torch.Generator().manual_seed(1)
-    images = torch.randn(batch, 3, size, size, generator=g).to(device)
-    labels = torch.randint(0, 150, (batch, size, size), generator=g).to(device)
+    images = torch.randn(batch_size, 3, size, size, generator=g).to(device)
+    labels = torch.randint(0, 150, (batch_size, size, size), generator=g).to(device)
     batch = {"image": images, "label": labels}
-    rows = []
+    measured = {}
     for name in ("segformer_b5_ade20k_gmm", "segformer_b5_ade20k_softmax"):
         trainer = _trainer(name, device, reduced, amp)
         _peak_reset(device)
         t = _median_time(lambda tr=trainer: tr.step(batch), device, repeats)
-        rows.append(
-            {
-                "case": f"{name} training step ({'MiT-B0' if reduced else 'MiT-B5'}, "
-                f"{size}^2, batch {batch}, amp {amp})",
-                "step_s": t,
-                "images_per_s": batch / t,
-                "peak_device_bytes": _peak_bytes(device),
-            }
-        )
+        measured[name] = (t, _peak_bytes(device))
         del trainer
-    rows.append(
+    (t_gmm, peak_gmm), (t_soft, peak_soft) = measured.values()
+    net = "MiT-B0" if reduced else "MiT-B5"
+    return [
         {
-            "case": "GMM step / softmax step",
-            "ratio": rows[0]["step_s"] / rows[1]["step_s"],
+            "case": f"SegFormer {net} training step, GMM vs softmax head "
+            f"({size}^2, batch {batch_size}, amp {amp})",
+            "ours_s": t_gmm,
+            "reference_s": t_soft,
+            "ratio": t_gmm / t_soft,
+            "ratio_meaning": "GMM step / softmax step",
+            "goal": "none",
+            "pass": None,
+            "images_per_s_gmm": batch_size / t_gmm,
+            "images_per_s_softmax": batch_size / t_soft,
+            "peak_device_bytes_gmm": peak_gmm,
+            "peak_device_bytes_softmax": peak_soft,
         }
-    )
-    return rows
+    ]
 
 
 # --------------------------------------------------------------------------- 3. memory kinds
@@ -209,7 +217,7 @@ def part_memory(device: torch.device, reduced: bool, repeats: int) -> list[dict[
     c, m, d = 150, 8, 64
     b, hw, k = (1, 128, 3200) if reduced else (4, 128, 32000)
     feats, labels = _inputs(c, b, hw, d, device)
-    rows = []
+    measured = {}
     for kind in ("ring", "stats"):
         head = GMMClassifier(
             c,
@@ -219,17 +227,24 @@ def part_memory(device: torch.device, reduced: bool, repeats: int) -> list[dict[
             memory_size=k,
             memory=kind,  # type: ignore[arg-type]
         ).to(device)
-        buffers = sum(t.numel() * t.element_size() for t in head.memory.buffers())
+        size = sum(t.numel() * t.element_size() for t in head.memory.buffers())
         t = _median_time(lambda h=head: _head_step(h, feats, labels), device, repeats)
-        rows.append(
-            {
-                "case": f"memory={kind!r} ({c}x{m}, K={k})",
-                "step_s": t,
-                "memory_bytes": buffers,
-            }
-        )
+        measured[kind] = (t, size)
         del head
-    return rows
+    (t_ring, bytes_ring), (t_stats, bytes_stats) = measured.values()
+    return [
+        {
+            "case": f"head step, streaming statistics vs ring memory ({c}x{m}, K={k})",
+            "ours_s": t_stats,
+            "reference_s": t_ring,
+            "ratio": t_stats / t_ring,
+            "ratio_meaning": "stats step / ring step",
+            "goal": "none",
+            "pass": None,
+            "memory_bytes_stats": bytes_stats,
+            "memory_bytes_ring": bytes_ring,
+        }
+    ]
 
 
 # --------------------------------------------------------------------------- 4. inference
@@ -243,15 +258,28 @@ def part_inference(device: torch.device, reduced: bool, repeats: int) -> list[di
         model_cfg = dataclasses.replace(model_cfg, backbone="mit_b0", decoder_channels=256)
     model = build_model(model_cfg, 19).to(device).eval()
     image = torch.randn(1, 3, h, w).to(device)
-    rows = []
+    times = {}
     for mode in ("whole", "slide"):
         kwargs: dict[str, Any] = {"mode": mode}
         if mode == "slide":
             kwargs.update(crop_size=(crop, crop), stride=(stride, stride))
         with torch.inference_mode():
-            t = _median_time(lambda kw=kwargs: model.predict(image, **kw), device, repeats)
-        rows.append({"case": f"predict {mode} {h}x{w}", "step_s": t, "images_per_s": 1 / t})
-    return rows
+            times[mode] = _median_time(
+                lambda kw=kwargs: model.predict(image, **kw), device, repeats
+            )
+    return [
+        {
+            "case": f"predict {h}x{w}, sliding window ({crop}^2, stride {stride}) vs whole",
+            "ours_s": times["slide"],
+            "reference_s": times["whole"],
+            "ratio": times["slide"] / times["whole"],
+            "ratio_meaning": "slide / whole",
+            "goal": "none",
+            "pass": None,
+            "images_per_s_whole": 1 / times["whole"],
+            "images_per_s_slide": 1 / times["slide"],
+        }
+    ]
 
 
 def main() -> None:
@@ -287,12 +315,13 @@ def main() -> None:
         "reduced": reduced,
         "note": "CPU run at reduced sizes: checks the script, not the benchmark" if reduced else "",
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "cuda": torch.version.cuda,
         "platform": platform.platform(),
         "statistic": "median",
         "repeats": repeats,
         "seconds": time.perf_counter() - start,
-        "parts": parts,
+        "rows": [{"part": name, **row} for name, rows in parts.items() for row in rows],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from gmmseg.data import ClassBalancedSampler, Sample, SegmentationDataset
+from gmmseg.data import ClassBalancedSampler, Sample
 from gmmseg.data.transforms import JointTransform
 
 __all__ = ["AugmentedView", "TrainStream", "draw_seed"]
@@ -34,10 +34,7 @@ class AugmentedView(Dataset[Sample]):
     """``dataset[index]`` transformed with a generator seeded from ``(seed, draw)``.
 
     Indexed by ``(draw, index)`` keys as yielded by :class:`TrainStream`. ``dataset`` must not
-    apply random transforms itself. For a gmmseg dataset without a transform of its own (and
-    whose class keeps the base ``__getitem__``), the sample comes from
-    :meth:`~gmmseg.data.SegmentationDataset.load_transformed`: identical, but with the
-    training pipeline only the pixels of the drawn crop are decoded.
+    apply random transforms itself.
 
     Args:
         dataset: the un-augmented dataset.
@@ -56,14 +53,6 @@ class AugmentedView(Dataset[Sample]):
     def __getitem__(self, key: tuple[int, int]) -> Sample:
         draw, index = key
         g = torch.Generator().manual_seed(draw_seed(self.seed, draw))
-        ds = self.dataset
-        if (
-            isinstance(ds, SegmentationDataset)
-            and ds.transform is None
-            and type(ds).__getitem__ is SegmentationDataset.__getitem__
-        ):
-            # the same sample, decoding only the pixels a leading RandomRescaleCrop keeps
-            return ds.load_transformed(index, self.transform, g)
         return self.transform(self.dataset[index], g)
 
 

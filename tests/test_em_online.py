@@ -171,6 +171,88 @@ def test_enqueue_matches_loop(
         assert torch.equal(filled, (before + want).clamp(max=cap))
 
 
+@given(
+    num_g=st.integers(1, 4),
+    num_m=st.integers(1, 3),
+    cap=st.integers(1, 7),
+    max_per_step=st.sampled_from([None, 1, 3, 20]),
+    sizes=st.lists(st.integers(0, 40), min_size=1, max_size=4),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_enqueue_with_mask_equals_enqueue_of_the_selection(
+    num_g: int, num_m: int, cap: int, max_per_step: int | None, sizes: list[int], seed: int
+) -> None:
+    """Masked samples (with out-of-range ids) change nothing: fixed-size writes, same result."""
+    gen = torch.Generator().manual_seed(seed)
+    masked = ComponentMemory(
+        num_g, num_m, 2, capacity=cap, max_per_step=max_per_step, generator=gen
+    )
+    plain = ComponentMemory(num_g, num_m, 2, capacity=cap, max_per_step=max_per_step)
+    plain.load_state_dict(masked.state_dict())
+    for n in sizes:
+        x, g, m = random_batch(gen, n, num_g, num_m, 2, torch.float32)
+        keep = torch.rand(n, generator=gen) < 0.6
+        g_bad = torch.where(keep, g, 255)
+        for validate in (True, False):
+            if validate:
+                w1 = masked.enqueue(x, g_bad, m, keep)
+            else:
+                w1 = masked.enqueue(x, g_bad, m, keep, validate=False)
+            w2 = plain.enqueue(x[keep], g[keep], m[keep])
+            assert torch.equal(w1, w2)
+            assert torch.equal(masked.bank, plain.bank)
+            assert torch.equal(masked.ptr, plain.ptr)
+            assert torch.equal(masked.filled, plain.filled)
+
+
+def test_enqueue_mask_errors() -> None:
+    mem = ComponentMemory(2, 2, 3, capacity=4)
+    x = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match=r"mask: expected a \(3,\) bool tensor"):
+        mem.enqueue(x, _ids(0, 0, 0), _ids(0, 0, 0), torch.ones(3))
+    with pytest.raises(ValueError, match="groups: expected ids in"):
+        mem.enqueue(x, _ids(0, 5, 0), _ids(0, 0, 0), torch.tensor([True, True, False]))
+    bad = torch.tensor([[0.0, 0.0, 0.0], [float("nan"), 0.0, 0.0], [0.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="finite"):
+        mem.enqueue(bad, _ids(0, 0, 0), _ids(0, 0, 0))
+    mem.enqueue(bad, _ids(0, 0, 0), _ids(0, 0, 0), torch.tensor([True, False, True]))
+
+
+def test_streaming_update_with_mask_equals_update_of_the_selection() -> None:
+    gen = torch.Generator().manual_seed(3)
+    masked = StreamingStatistics(3, 2, 4, decay=0.9)
+    plain = StreamingStatistics(3, 2, 4, decay=0.9)
+    for n, weighted in ((30, False), (0, False), (25, True)):
+        x, g, m = random_batch(gen, n, 3, 2, 4, torch.float32)
+        keep = torch.rand(n, generator=gen) < 0.5
+        w = torch.rand(n, generator=gen) if weighted else None
+        masked.update(x, torch.where(keep, g, 255), m, w, mask=keep, validate=False)
+        plain.update(x[keep], g[keep], m[keep], None if w is None else w[keep])
+        for a, b in zip(masked.buffers(), plain.buffers(), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_m_step_validate_false_equals_checked() -> None:
+    gen = torch.Generator().manual_seed(0)
+    bank = F.normalize(torch.randn(4, 2, 8, 3, generator=gen), dim=-1)
+    means = F.normalize(torch.randn(4, 2, 3, generator=gen), dim=-1)
+    scales = torch.rand(4, 2, 3, generator=gen) + 0.5
+    mask = torch.tensor([True, False, True, True])
+    checked = momentum_m_step(means, scales, bank, [0, 2, 3])
+    for groups in (mask, torch.tensor([0, 2, 3])):
+        got = momentum_m_step(means, scales, bank, groups, validate=False)
+        assert all(torch.equal(a, b) for a, b in zip(got, checked, strict=True))
+    stats = StreamingStatistics(4, 2, 3)
+    stats.update(
+        bank.reshape(-1, 3),
+        torch.arange(4).repeat_interleave(16),
+        torch.zeros(64, dtype=torch.int64),
+    )
+    want = stats.m_step(means, scales, [0, 2, 3])
+    got = stats.m_step(means, scales, mask, validate=False)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
 def test_enqueue_single_sample_and_wrap_around() -> None:
     mem = ComponentMemory(2, 2, 3, capacity=5, max_per_step=4, init="zeros")
     x = torch.arange(1, 11, dtype=torch.float32)[:, None].repeat(1, 3)  # rows 1..10

@@ -466,3 +466,57 @@ def test_vectorised_paths_have_no_class_loop_cost() -> None:
     sum(losses.values()).backward()  # type: ignore[union-attr]
     head.update(out, target, assign)
     assert int(head.step) == 1
+
+
+def test_validate_false_checks_shapes_only_and_check_labels_still_refuses() -> None:
+    """``validate=False`` moves the value checks out of the step; ``check_labels`` keeps them."""
+    head = make_head(validate=False)
+    with pytest.raises(ValueError, match=r"features must have shape \(B, 12, H, W\)"):
+        head(torch.randn(1, 11, 2, 2))
+    head(torch.full((1, 12, 2, 2), float("nan")))  # not scanned
+    out = head(torch.randn(1, 12, 2, 2))
+    with pytest.raises(ValueError, match="integer"):
+        head.loss(out, torch.zeros(1, 2, 2))
+    with pytest.raises(ValueError, match=r"target values must be in \[0, 4\) .*\[4, 7\]"):
+        head.check_labels(torch.tensor([[[0, 4], [7, 255]]]))
+    head.check_labels(torch.tensor([[[0, 3], [255, 255]]]))
+    head.validate = True
+    with pytest.raises(ValueError, match=r"target values must be in \[0, 4\)"):
+        head.e_step(out, torch.tensor([[[0, 4], [1, 2]]]))
+    linear = LinearClassifier(4, 12, validate=False)
+    linear(torch.full((1, 12, 2, 2), float("nan")))
+    with pytest.raises(ValueError, match=r"target values must be in \[0, 4\)"):
+        linear.check_labels(torch.tensor([[[0, 9]]]))
+
+
+@pytest.mark.parametrize("memory", ["ring", "stats"])
+def test_validate_false_trains_identically(memory: str) -> None:
+    torch.manual_seed(0)
+    checked, unchecked = make_head(memory=memory), make_head(memory=memory, validate=False)
+    unchecked.load_state_dict(checked.state_dict())
+    for step in range(5):
+        feats = torch.randn(2, 12, 5, 6)
+        target = torch.randint(0, 4, (2, 10, 12))
+        target[:, : step % 3, :4] = 255
+        for head in (checked, unchecked):
+            out = head(feats)
+            assign = head.e_step(out, target)
+            head.update(out, target, assign)
+        for a, b in zip(checked.buffers(), unchecked.buffers(), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_m_step_schedule_follows_a_loaded_step_counter() -> None:
+    """The host copy of ``step`` is re-read after ``load_state_dict``."""
+    torch.manual_seed(0)
+    feats, target = torch.randn(1, 12, 4, 4), torch.randint(0, 4, (1, 4, 4))
+    for loaded, m_step_due in ((3, False), (4, True)):
+        head = make_head(update_interval=2)
+        state = head.state_dict()
+        state["step"] = torch.tensor(loaded)
+        head.load_state_dict(state)
+        before = head.scales.clone()
+        out = head(feats)
+        head.update(out, target)
+        assert int(head.step) == loaded + 1
+        assert (not torch.equal(head.scales, before)) == m_step_due

@@ -590,3 +590,29 @@ def test_ties_give_the_uniform_plan() -> None:
     seg = segmented_sinkhorn(torch.zeros(6, 2, dtype=torch.float64), ids, 4, 1e-3, 3)
     sizes = torch.tensor([2.0, 2.0, 3.0, 3.0, 3.0, 1.0], dtype=torch.float64)
     torch.testing.assert_close(seg, (1 / (2 * sizes))[:, None].expand(6, 2))
+
+
+@given(
+    case=segment_cases(),
+    n_iters=st.integers(1, 4),
+    eps=st.sampled_from([1e-3, 0.05, 0.5]),
+)
+def test_segmented_validate_false_gives_the_same_plan(
+    case: tuple[torch.Tensor, torch.Tensor, int], n_iters: int, eps: float
+) -> None:
+    """``validate=False`` only skips the value checks (small epsilons take the underflow path)."""
+    scores, ids, num_segments = case
+    plan = segmented_sinkhorn(scores, ids, num_segments, eps, n_iters)
+    unchecked = segmented_sinkhorn(scores, ids, num_segments, eps, n_iters, validate=False)
+    assert torch.equal(plan, unchecked)
+
+
+def test_segmented_validate_false_skips_only_value_checks() -> None:
+    scores = torch.tensor([[0.0, float("nan")]])
+    with pytest.raises(ValueError, match="finite"):
+        segmented_sinkhorn(scores, torch.tensor([0]), 1, 0.05, 3)
+    segmented_sinkhorn(scores, torch.tensor([0]), 1, 0.05, 3, validate=False)  # not scanned
+    with pytest.raises(ValueError, match="segment_ids must lie"):
+        segmented_sinkhorn(torch.zeros(1, 2), torch.tensor([3]), 1, 0.05, 3)
+    with pytest.raises(ValueError, match=r"dtype torch\.int64"):
+        segmented_sinkhorn(torch.zeros(1, 2), torch.tensor([0.0]), 1, 0.05, 3, validate=False)  # type: ignore[arg-type]

@@ -291,8 +291,10 @@ def sinkhorn(
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_segment_ids(segment_ids: object, num_segments: object, *, n: int, like: Tensor) -> int:
-    """Validate ``segment_ids`` ((N,) int64 in [0, G)) and ``num_segments`` (int >= 0)."""
+def _check_segment_ids(
+    segment_ids: object, num_segments: object, *, n: int, like: Tensor, values: bool = True
+) -> int:
+    """Validate ``segment_ids`` ((N,) int64 in [0, G); the range only if ``values``) and G >= 0."""
     if isinstance(num_segments, bool) or not isinstance(num_segments, numbers.Integral):
         raise ValueError(f"num_segments must be an integer >= 0; received {num_segments!r}")
     g = int(num_segments)
@@ -314,7 +316,7 @@ def _check_segment_ids(segment_ids: object, num_segments: object, *, n: int, lik
             f"segment_ids must be on the same device as scores ({like.device}); "
             f"received {segment_ids.device}"
         )
-    if n > 0:
+    if values and n > 0:
         lo, hi = torch.stack(torch.aminmax(segment_ids)).tolist()
         if lo < 0 or hi >= g:
             raise ValueError(
@@ -373,6 +375,8 @@ def segmented_sinkhorn(
     epsilon: float,
     n_iters: int,
     col_marginal: Tensor | None = None,
+    *,
+    validate: bool = True,
 ) -> Tensor:
     """Sinkhorn inside every group of rows at once (the vectorised GMMSeg E-step).
 
@@ -392,6 +396,11 @@ def segmented_sinkhorn(
         col_marginal: ``(M,)`` (shared by all groups) or ``(G, M)`` (one per group) float,
             nonnegative, finite, every row summing to 1 (the mass of each group's uniform row
             marginal; rows of empty groups are validated too). Default: uniform ``1/M``.
+        validate: check the values of ``scores`` (finite, ``scores / epsilon`` representable)
+            and of ``segment_ids`` (in range). Both checks read a result on the host, a device
+            synchronisation on an accelerator; callers whose inputs are valid by construction
+            (the GMM head's E-step) pass False, and the call then never synchronises. Shapes,
+            dtypes, devices and ``col_marginal`` are always checked.
 
     Returns:
         ``(N, M)`` plan, dtype and device of ``scores`` (half-precision inputs are computed in
@@ -423,7 +432,7 @@ def segmented_sinkhorn(
     """
     scores = _check_scores(scores, ndim=2)
     n, m = scores.shape
-    g = _check_segment_ids(segment_ids, num_segments, n=n, like=scores)
+    g = _check_segment_ids(segment_ids, num_segments, n=n, like=scores, values=validate)
     eps = _check_epsilon(epsilon)
     n_iters = _check_n_iters(n_iters)
     work = scores.to(_work_dtype(scores.dtype))
@@ -431,7 +440,7 @@ def segmented_sinkhorn(
     if n == 0 or m == 0:
         return scores.new_zeros((n, m))
     inv_eps = 1.0 / eps
-    shift = _scaled_shift(work, inv_eps)
+    shift = _scaled_shift(work, inv_eps) if validate else work.detach().amax() * -inv_eps
     # Transposed to (M, N), each component's scores contiguous (see _segmented_rows); stacking
     # the M columns is the cheap way to transpose a narrow (N, M) matrix on CPU.
     s_t = torch.add(shift, torch.stack(work.unbind(1)), alpha=inv_eps)  # scores / eps - const
@@ -480,7 +489,7 @@ def _segmented_rows(
     m, n = s_t.shape
     dtype = s_t.dtype
     tiny = torch.finfo(dtype).tiny
-    counts = torch.bincount(ids, minlength=g)  # (G,)
+    counts = ids.new_zeros(g).index_add_(0, ids, torch.ones_like(ids))  # (G,), fixed size
     counts_f = counts.to(dtype).clamp_min(1.0)  # empty groups: 1 (their potentials are unused)
     log_b_t: Tensor | float = -math.log(m) if b is None else torch.log(b.t())  # (M, G)
 
@@ -488,16 +497,20 @@ def _segmented_rows(
     sums = s_t.new_zeros((m, g)).index_add_(1, ids, torch.exp(s_t))
     # A sum of exp(s) is accurate to about one ulp when it exceeds N_k * tiny / eps_machine
     # (every term lost to underflow is below tiny); otherwise use exact per-(group, column) maxima.
+    # Both are computed and one is selected on the device: branching in Python would read the
+    # test on the host (a synchronisation per call on an accelerator).
     floor = counts_f * (tiny / torch.finfo(dtype).eps)
-    if bool(((sums < floor) & (counts > 0)).any()):
-        maxima = s_t.new_zeros((m, g)).scatter_reduce(
-            1, ids.expand(m, n), s_t.detach(), "amax", include_self=False
-        )
-        shifted = torch.exp(s_t - maxima.index_select(1, ids))
-        sums = s_t.new_zeros((m, g)).index_add_(1, ids, shifted)
-        g_t = log_b_t - torch.log(sums.clamp_min(tiny)) - maxima
-    else:
-        g_t = log_b_t - torch.log(sums.clamp_min(tiny))
+    underflow = ((sums < floor) & (counts > 0)).any()
+    maxima = s_t.new_zeros((m, g)).scatter_reduce(
+        1, ids.expand(m, n), s_t.detach(), "amax", include_self=False
+    )
+    shifted = torch.exp(s_t - maxima.index_select(1, ids))
+    exact_sums = s_t.new_zeros((m, g)).index_add_(1, ids, shifted)
+    g_t = torch.where(
+        underflow,
+        log_b_t - torch.log(exact_sums.clamp_min(tiny)) - maxima,
+        log_b_t - torch.log(sums.clamp_min(tiny)),
+    )
     # The clamps only act on empty groups (never gathered) and b_kj = 0 columns (potential -inf).
 
     log_mass_ratio = log_b_t + torch.log(counts_f)  # log(b_kj / (1 / N_k))

@@ -52,8 +52,14 @@ def _check_samples(
     num_components: int,
     dim: int,
     device: torch.device,
+    mask: Tensor | None = None,
+    values: bool = True,
 ) -> None:
     """Validate ``(embeddings (N, D), groups (N,), components (N,))`` at a public boundary.
+
+    ``mask`` (N,) bool, when given, selects the samples whose values count. ``values=False``
+    checks only types, shapes and devices: the range and NaN/Inf tests read their results on the
+    host, a device synchronisation on an accelerator.
 
     Raises:
         ValueError: naming the argument, what was expected and what was received.
@@ -67,6 +73,18 @@ def _check_samples(
     if not embeddings.is_floating_point():
         raise ValueError(f"embeddings: expected a floating dtype, received {embeddings.dtype}")
     n = embeddings.shape[0]
+    if mask is not None and (
+        not isinstance(mask, Tensor)
+        or mask.dtype != torch.bool
+        or mask.shape != (n,)
+        or mask.device != device
+    ):
+        desc = (
+            f"{mask.dtype} of shape {tuple(mask.shape)} on {mask.device}"
+            if isinstance(mask, Tensor)
+            else repr(type(mask))
+        )
+        raise ValueError(f"mask: expected a ({n},) bool tensor on {device}, received {desc}")
     for name, ids, bound in (
         ("groups", groups, num_groups),
         ("components", components, num_components),
@@ -81,7 +99,9 @@ def _check_samples(
             raise ValueError(f"{name}: expected an integer dtype, received {ids.dtype}")
         if ids.device != device:
             raise ValueError(f"{name}: expected device {device}, received {ids.device}")
-        if n > 0:
+        if values and n > 0:
+            if mask is not None:
+                ids = torch.where(mask, ids, 0)
             lo, hi = int(ids.min()), int(ids.max())
             if lo < 0 or hi >= bound:
                 raise ValueError(
@@ -89,7 +109,7 @@ def _check_samples(
                 )
     if embeddings.device != device:
         raise ValueError(f"embeddings: expected device {device}, received {embeddings.device}")
-    if not all_finite(embeddings):
+    if values and not all_finite(embeddings if mask is None else embeddings[mask]):
         raise ValueError("embeddings: expected finite values, received NaN or Inf")
 
 
@@ -276,26 +296,47 @@ class ComponentMemory(nn.Module):
         return slots < self.filled.unsqueeze(-1)
 
     @torch.no_grad()
-    def enqueue(self, embeddings: Tensor, groups: Tensor, components: Tensor) -> Tensor:
+    def enqueue(
+        self,
+        embeddings: Tensor,
+        groups: Tensor,
+        components: Tensor,
+        mask: Tensor | None = None,
+        *,
+        validate: bool = True,
+    ) -> Tensor:
         """Write samples to their (group, component) rings.
 
         The caller selects the samples (GMMSeg: correctly-predicted pixels, in pixel order
-        ``(b, h, w)``, after an all-gather in distributed training). For each (g, m), the ``n``
-        samples assigned to it are taken in input order; if ``n > max_per_step``, only those at
-        indices ``linspace(0, n − 1, max_per_step)`` (truncated to integers, exactly as PyTorch
-        computes an int64 ``linspace``) are kept. They are written at ``ptr[g, m]``, wrapping
-        around, and ``ptr`` advances by the number written, modulo ``K``.
+        ``(b, h, w)``, after an all-gather in distributed training), either by passing only them
+        or with ``mask``. For each (g, m), the ``n`` samples assigned to it are taken in input
+        order; if ``n > max_per_step``, only those at indices ``linspace(0, n − 1, max_per_step)``
+        (truncated to integers, exactly as PyTorch computes an int64 ``linspace``) are kept. They
+        are written at ``ptr[g, m]``, wrapping around, and ``ptr`` advances by the number written,
+        modulo ``K``.
+
+        Every tensor has a size fixed by the inputs' shapes (never by their values), so with
+        ``validate=False`` the call never synchronises host and device: the candidate writes are
+        the ``G·M·max_per_step`` (ring, ordinal) pairs (or the N samples when ``max_per_step`` is
+        None), and a candidate that writes nothing repeats a write of its ring, or rewrites a
+        slot of its untouched ring with its own value.
 
         Args:
             embeddings: (N, D) float. Cast to the bank's dtype.
-            groups: (N,) integer ids in ``[0, G)``.
-            components: (N,) integer ids in ``[0, M)``.
+            groups: (N,) integer ids in ``[0, G)`` (anything where ``mask`` is False).
+            components: (N,) integer ids in ``[0, M)`` (anything where ``mask`` is False).
+            mask: optional (N,) bool: only samples where it is True are written (the result is
+                that of passing ``embeddings[mask]``, ``groups[mask]``, ``components[mask]``).
+            validate: check the ids' range and the embeddings for NaN/Inf (each reads a result
+                on the host, a device synchronisation on an accelerator). Types, shapes and
+                devices are always checked.
 
         Returns:
             (G, M) int64: the number of samples written to each ring by this call.
 
         Raises:
-            ValueError: on a wrong shape, dtype or device, ids out of range, or NaN/Inf embeddings.
+            ValueError: on a wrong shape, dtype or device, and with ``validate`` on ids out of
+                range or NaN/Inf embeddings.
         """
         device = self.bank.device
         _check_samples(
@@ -306,34 +347,56 @@ class ComponentMemory(nn.Module):
             num_components=self.num_components,
             dim=self.dim,
             device=device,
+            mask=mask,
+            values=validate,
         )
         g, m, k, d = self.num_groups, self.num_components, self.capacity, self.dim
         rings = g * m
+        n_samples = embeddings.shape[0]
         key = groups.to(torch.int64) * m + components.to(torch.int64)  # (N,)
-        counts = torch.bincount(key, minlength=rings)  # (G·M,)
+        if mask is not None:
+            key = torch.where(mask, key, rings)  # masked samples go to a dummy ring
+        counts = key.new_zeros(rings + 1).index_add_(0, key, torch.ones_like(key))[:rings]
         written = counts if self.max_per_step is None else counts.clamp(max=self.max_per_step)
-        if embeddings.shape[0] == 0:
+        if n_samples == 0:
             return written.view(g, m)
         # Writing w samples one after another leaves only the last min(w, K) of them.
         kept = written.clamp(max=k)
         skipped = written - kept
-        total = int(kept.sum())
-        ring_ids = torch.arange(rings, device=device)
-        ring = torch.repeat_interleave(ring_ids, kept, output_size=total)  # (W,)
-        kept_start = torch.cumsum(kept, 0) - kept
-        j = torch.arange(total, device=device) - kept_start[ring] + skipped[ring]  # write ordinal
-        n = counts[ring]
-        rank = j
-        if self.max_per_step is not None:
-            rank = torch.where(n > self.max_per_step, _linspace_index(j, n, self.max_per_step), j)
         sort_key = key.to(torch.int32) if rings < 2**31 else key  # int32 sorts twice as fast
         order = torch.argsort(sort_key, stable=True)  # samples grouped by ring, input order within
         first = torch.cumsum(counts, 0) - counts
-        source = order[first[ring] + rank]  # (W,)
+        if self.max_per_step is None:
+            # Candidates: the samples in ring order; ordinal = rank within the ring.
+            ring = key.index_select(0, order)
+            real = ring < rings
+            ring = torch.where(real, ring, 0)
+            j = torch.arange(n_samples, device=device) - first.index_select(0, ring)
+            j = torch.where(real, j, 0)
+        else:
+            # Candidates: ordinals 0 .. max_per_step - 1 of every ring.
+            per = self.max_per_step
+            cand = torch.arange(rings * per, device=device)
+            ring, j = cand // per, cand % per
+            real = torch.ones_like(ring, dtype=torch.bool)
+        ring_written = written.index_select(0, ring)
+        ring_skipped = skipped.index_select(0, ring)
+        writes = real & (j >= ring_skipped) & (j < ring_written)
+        # A candidate that writes nothing repeats the first write of its ring (same slot, same
+        # value), or, in a ring written nothing, rewrites the slot at the pointer with itself.
+        has = ring_written > 0
+        j = torch.where(writes, j, torch.where(has, ring_skipped, 0))
+        n = counts.index_select(0, ring)
+        rank = j
+        if self.max_per_step is not None:
+            rank = torch.where(n > self.max_per_step, _linspace_index(j, n, self.max_per_step), j)
+        position = (first.index_select(0, ring) + rank).clamp(0, n_samples - 1)
+        source = order.index_select(0, position)
         ptr = self.ptr.view(rings)
-        slot = torch.remainder(ptr[ring] + j, k)
+        slot = torch.remainder(ptr.index_select(0, ring) + j, k)
         bank = self.bank.view(rings, k, d)
-        bank[ring, slot] = embeddings[source].to(bank.dtype)
+        new = embeddings.index_select(0, source).to(bank.dtype)
+        bank[ring, slot] = torch.where(has.unsqueeze(1), new, bank[ring, slot])
         ptr.copy_(torch.remainder(ptr + written, k))
         filled = self.filled.view(rings)
         filled.copy_(torch.clamp(filled + written, max=k))

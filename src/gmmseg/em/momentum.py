@@ -46,8 +46,8 @@ def _check_momentum(name: str, value: float) -> None:
         raise ValueError(f"{name}: expected a value in [0, 1], received {value!r}")
 
 
-def _check_params(means: Tensor, scales: Tensor) -> None:
-    """Validate ``means (G, M, D)`` and ``scales (G, M, D)``."""
+def _check_params(means: Tensor, scales: Tensor, *, values: bool = True) -> None:
+    """Validate ``means (G, M, D)`` and ``scales (G, M, D)`` (their finiteness if ``values``)."""
     if not isinstance(means, Tensor) or means.ndim != 3:
         shape = tuple(means.shape) if isinstance(means, Tensor) else type(means)
         raise ValueError(f"means: expected a (G, M, D) tensor, received {shape}")
@@ -64,12 +64,18 @@ def _check_params(means: Tensor, scales: Tensor) -> None:
             f"received {scales.dtype} on {scales.device}"
         )
     for name, t in (("means", means), ("scales", scales)):
-        if not bool(torch.isfinite(t).all()):
+        if values and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name}: expected finite values, received NaN or Inf")
 
 
-def _group_indices(groups: Tensor | Sequence[int], num_groups: int, device: torch.device) -> Tensor:
+def _group_indices(
+    groups: Tensor | Sequence[int], num_groups: int, device: torch.device, *, values: bool = True
+) -> Tensor:
     """Turn ``groups`` (indices or a (G,) bool mask) into sorted unique int64 indices.
+
+    A mask costs one ``nonzero`` (a device synchronisation on an accelerator); indices cost a
+    range check and a ``unique`` unless ``values`` is False, when they must already be sorted,
+    unique and in range.
 
     Raises:
         ValueError: if a mask has the wrong length or an index is outside ``[0, G)``.
@@ -91,6 +97,8 @@ def _group_indices(groups: Tensor | Sequence[int], num_groups: int, device: torc
             f"received dtype {ids.dtype} and shape {tuple(ids.shape)}"
         )
     ids = ids.flatten().to(torch.int64)
+    if not values:
+        return ids
     if ids.numel() > 0:
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= num_groups:
@@ -153,6 +161,7 @@ def momentum_m_step(
     variance_floor: float = 1e-2,
     valid: Tensor | None = None,
     slots_per_chunk: int | None = None,
+    validate: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """GMMSeg's momentum M-step from a ring-buffer memory (step 8 of the algorithm).
 
@@ -182,6 +191,12 @@ def momentum_m_step(
             unchanged.
         slots_per_chunk: slots read per chunk; None picks it so that a chunk holds about 2M
             numbers (raise it on GPUs for fewer kernel launches).
+        validate: check ``means``, ``scales`` and the bank's sums for NaN/Inf, and integer
+            ``groups`` for their range (each reads a result on the host, a device
+            synchronisation on an accelerator); with False, integer ``groups`` must be sorted
+            and unique. Shapes, dtypes and devices are always checked. A bool mask of groups
+            costs one synchronisation either way (its ``nonzero``: the number of listed groups
+            sizes the work).
 
     Returns:
         ``(new_means, new_scales)``: (G, M, D) tensors in the dtype of ``means``.
@@ -198,7 +213,7 @@ def momentum_m_step(
         >>> bool((mu[0] == 0).all()), bool((mu[1] != 0).any())
         (True, True)
     """
-    _check_params(means, scales)
+    _check_params(means, scales, values=validate)
     num_groups, num_components, dim = means.shape
     if not isinstance(bank, Tensor) or bank.ndim != 4:
         shape = tuple(bank.shape) if isinstance(bank, Tensor) else type(bank)
@@ -244,7 +259,7 @@ def momentum_m_step(
         raise ValueError(
             f"slots_per_chunk: expected None or a positive int, received {slots_per_chunk!r}"
         )
-    idx = _group_indices(groups, num_groups, means.device)
+    idx = _group_indices(groups, num_groups, means.device, values=validate)
     if idx.numel() == 0:
         return means.clone(), scales.clone()
     num_sel = idx.numel()
@@ -272,7 +287,7 @@ def momentum_m_step(
         count = torch.full((num_sel, num_components), float(capacity), dtype=dtype, device=f.device)
     else:
         count = valid.index_select(0, idx).sum(dim=2).to(dtype)
-    if not (bool(torch.isfinite(total).all()) and bool(torch.isfinite(sq).all())):
+    if validate and not (bool(torch.isfinite(total).all()) and bool(torch.isfinite(sq).all())):
         raise ValueError("bank: expected finite values, received NaN or Inf")
     ok = count > 0
     spread = sq / torch.where(ok, count, 1.0).unsqueeze(-1)

@@ -231,6 +231,8 @@ class StreamingStatistics(nn.Module):
         weights: Tensor | None = None,
         *,
         sync: bool = False,
+        mask: Tensor | None = None,
+        validate: bool = True,
     ) -> None:
         """Decay the statistics once, then merge a batch of samples.
 
@@ -247,10 +249,16 @@ class StreamingStatistics(nn.Module):
                 G·M·(D + 1) and G·M·D numbers) before merging, so that processes starting from
                 the same state stay identical without all-gathering the embeddings. Every
                 process must call ``update`` with ``sync=True`` the same number of times.
+            mask: optional (N,) bool: only samples where it is True count (the result is that
+                of passing the masked rows; the others go to a discarded extra segment, so no
+                tensor's size depends on the mask's values).
+            validate: check the ids' range, the embeddings for NaN/Inf and the weights' values
+                (each reads a result on the host, a device synchronisation on an accelerator).
+                Types, shapes and devices are always checked.
 
         Raises:
-            ValueError: on a wrong shape, dtype or device, ids out of range, NaN/Inf embeddings,
-                or invalid weights.
+            ValueError: on a wrong shape, dtype or device, and with ``validate`` on ids out of
+                range, NaN/Inf embeddings or invalid weights.
         """
         device = self.weight_sum.device
         _check_samples(
@@ -261,6 +269,8 @@ class StreamingStatistics(nn.Module):
             num_components=self.num_components,
             dim=self.dim,
             device=device,
+            mask=mask,
+            values=validate,
         )
         dtype = self.weight_sum.dtype
         n = embeddings.shape[0]
@@ -274,12 +284,23 @@ class StreamingStatistics(nn.Module):
                     f"weights: expected a floating tensor on {device}, "
                     f"received {weights.dtype} on {weights.device}"
                 )
-            if n > 0 and not (bool(torch.isfinite(weights).all()) and bool((weights >= 0).all())):
+            checked = weights if mask is None else torch.where(mask, weights, 0.0)
+            if (
+                validate
+                and n > 0
+                and not (bool(torch.isfinite(checked).all()) and bool((checked >= 0).all()))
+            ):
                 raise ValueError("weights: expected finite non-negative values")
             w = weights.to(dtype)
         size = self.num_groups * self.num_components
         key = groups.to(torch.int64) * self.num_components + components.to(torch.int64)
-        bw, bm, bs = _batch_moments(embeddings.to(dtype), key, w, size)
+        if mask is None:
+            bw, bm, bs = _batch_moments(embeddings.to(dtype), key, w, size)
+        else:  # masked samples go to segment ``size``, dropped
+            key = torch.where(mask, key, size)
+            if w is not None:
+                w = torch.where(mask, w, 0.0)
+            bw, bm, bs = (t[:size] for t in _batch_moments(embeddings.to(dtype), key, w, size + 1))
         if sync and _distributed():
             bw, bm, bs = _sum_reduce_moments(bw, bm, bs, _all_reduce_sum)
         if self.decay != 1.0:
@@ -410,6 +431,7 @@ class StreamingStatistics(nn.Module):
         mean_momentum: float = 0.999,
         scale_momentum: float = 0.0,
         variance_floor: float = 1e-2,
+        validate: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """GMMSeg's momentum M-step from these statistics instead of a ring bank.
 
@@ -426,6 +448,9 @@ class StreamingStatistics(nn.Module):
             mean_momentum: weight of the old mean (paper: 0.999).
             scale_momentum: weight of the old σ (paper: 0).
             variance_floor: added to the per-dimension spread before the square root.
+            validate: check ``means`` and ``scales`` for NaN/Inf and integer ``groups`` for
+                their range (reads on the host, device synchronisations on an accelerator). A
+                bool mask of groups costs one synchronisation either way (its ``nonzero``).
 
         Returns:
             ``(new_means, new_scales)``: (G, M, D) tensors in the dtype of ``means``.
@@ -434,7 +459,7 @@ class StreamingStatistics(nn.Module):
             ValueError: on shapes that do not match (G, M, D), NaN/Inf parameters, a momentum
                 outside [0, 1], a negative ``variance_floor`` or groups out of range.
         """
-        _check_params(means, scales)
+        _check_params(means, scales, values=validate)
         expected = tuple(self.running_mean.shape)
         if tuple(means.shape) != expected:
             raise ValueError(f"means: expected shape {expected}, received {tuple(means.shape)}")
@@ -449,7 +474,7 @@ class StreamingStatistics(nn.Module):
             raise ValueError(
                 f"variance_floor: expected a finite value >= 0, received {variance_floor}"
             )
-        idx = _group_indices(groups, self.num_groups, means.device)
+        idx = _group_indices(groups, self.num_groups, means.device, values=validate)
         if idx.numel() == 0:
             return means.clone(), scales.clone()
         dtype = means.dtype

@@ -19,8 +19,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def check_features(features: Tensor, in_channels: int) -> None:
-    """Raise unless ``features`` is a finite (B, in_channels, H, W) float tensor."""
+def check_features(features: Tensor, in_channels: int, *, values: bool = True) -> None:
+    """Raise unless ``features`` is a finite (B, in_channels, H, W) float tensor.
+
+    ``values=False`` checks only the type and shape: the scan for NaN/Inf reads its result on the
+    host, a device synchronisation on an accelerator (see the classifiers' ``validate``).
+    """
     if not isinstance(features, Tensor) or not features.is_floating_point():
         raise ValueError(
             f"features must be a floating-point tensor, got {type(features).__name__}"
@@ -30,12 +34,18 @@ def check_features(features: Tensor, in_channels: int) -> None:
         raise ValueError(
             f"features must have shape (B, {in_channels}, H, W), got {tuple(features.shape)}"
         )
-    if not bool(torch.isfinite(features).all()):
+    if values and not bool(torch.isfinite(features).all()):
         raise ValueError("features must be finite, got NaN/Inf values")
 
 
-def check_target(target: Tensor, num_classes: int, ignore_index: int) -> None:
-    """Raise unless ``target`` is (B, H, W) integer with values in [0, C) ∪ {ignore_index}."""
+def check_target(
+    target: Tensor, num_classes: int, ignore_index: int, *, values: bool = True
+) -> None:
+    """Raise unless ``target`` is (B, H, W) integer with values in [0, C) ∪ {ignore_index}.
+
+    ``values=False`` checks only the type and shape: the range test reads its result on the host,
+    a device synchronisation on an accelerator (see the classifiers' ``validate``).
+    """
     if not isinstance(target, Tensor) or target.is_floating_point() or target.dtype == torch.bool:
         raise ValueError(
             "target must be an integer tensor of class ids, got "
@@ -43,12 +53,14 @@ def check_target(target: Tensor, num_classes: int, ignore_index: int) -> None:
         )
     if target.ndim != 3:
         raise ValueError(f"target must have shape (B, H, W), got {tuple(target.shape)}")
+    if not values:
+        return
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
     if bool(bad.any()):
-        values = torch.unique(target[bad])[:10].tolist()
+        found = torch.unique(target[bad])[:10].tolist()
         raise ValueError(
             f"target values must be in [0, {num_classes}) or ignore_index={ignore_index}, "
-            f"got {values} ({int(bad.sum())} pixels)"
+            f"got {found} ({int(bad.sum())} pixels)"
         )
 
 

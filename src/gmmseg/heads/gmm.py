@@ -31,6 +31,11 @@ features), float64 for a ``.double()`` model. A ``.half()`` / ``.bfloat16()`` mo
 (on CPU as well): its layers run in its dtype and the head computes in float32 from the
 LayerNorm(D) on; its GMM buffers (means, standard deviations, memory) are stored in its dtype.
 
+Host-device synchronisation: with ``validate=False`` a training step reads nothing back from the
+device except once per M-step (the list of classes present, whose number sizes the M-step's read
+of the memory); with ``validate=True`` (the default) the value checks of features and labels
+each add one. Every other step of the method is computed with sizes fixed by the input shapes.
+
 Distributed training needs no option: embeddings, labels and assignments are all-gathered before
 the memory write only when ``torch.distributed`` is initialised with more than one process, so
 every rank holds identical GMM state (the original crashes without ``torch.distributed``).
@@ -105,6 +110,11 @@ def _all_gather_rows(t: Tensor) -> Tensor:
     return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)], dim=0)
 
 
+def _forget_host_step(module: nn.Module, incompatible_keys: object) -> None:
+    if isinstance(module, GMMClassifier):
+        module._host_step = None
+
+
 class GMMClassifier(nn.Module):
     """GMMSeg's generative classifier: one Gaussian mixture per class over pixel embeddings.
 
@@ -152,6 +162,16 @@ class GMMClassifier(nn.Module):
             The official head applies 0.1 there (mmsegmentation's ``dropout_ratio``); the
             paper's recipes set it, the demo does not (see the docs' design decisions). It has
             no parameters: ``state_dict`` keys do not change.
+        validate: check input values: NaN/Inf features in :meth:`forward` and labels outside
+            [0, C) ∪ {ignore_index} in :meth:`e_step`, :meth:`loss` and :meth:`update` (raising
+            a ``ValueError`` that names them). Each check reads its result on the host, a
+            device synchronisation on an accelerator. With False (a plain attribute, it can be
+            switched at any time) only types and shapes are checked and a training step never
+            synchronises (but once per M-step, to list the classes present), so a GPU keeps
+            running ahead of Python: validate the labels where they are still on the host, e.g.
+            with :meth:`check_labels` before moving them to the device. Bad labels then fail
+            inside PyTorch (a CUDA device-side assert) instead of with a clear message, and
+            non-finite features show up as a non-finite loss.
         generator: random generator for the initial means and memory (reproducibility).
 
     Example:
@@ -193,6 +213,7 @@ class GMMClassifier(nn.Module):
         loss_average: LossAverage | None = None,
         align_corners: bool = False,
         dropout: float = 0.0,
+        validate: bool = True,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -243,6 +264,7 @@ class GMMClassifier(nn.Module):
         self.count_only_filled = (not faithful) if count_only_filled is None else count_only_filled
         self.loss_average: LossAverage = loss_average
         self.align_corners = align_corners
+        self.validate = validate
 
         self.dropout = nn.Dropout2d(float(dropout))
         self.projection: nn.Module | None = None
@@ -260,6 +282,10 @@ class GMMClassifier(nn.Module):
         self.register_buffer("means", F.normalize(means, dim=-1))
         self.register_buffer("scales", torch.ones(num_classes, num_components, embed_dim))
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        # A host copy of ``step``, so deciding whether the M-step is due needs no device read.
+        # ``load_state_dict`` may change the buffer: it is then read once more.
+        self._host_step: int | None = 0
+        self.register_load_state_dict_post_hook(_forget_host_step)  # type: ignore[no-untyped-call]
 
         self.memory: ComponentMemory | StreamingStatistics
         if memory == "ring":
@@ -291,7 +317,7 @@ class GMMClassifier(nn.Module):
             (B, D, H, W) embeddings with ‖e‖ = 1 at every pixel, in the wider of float32 and
             the features' dtype. In training, ``dropout`` is applied to ``features`` first.
         """
-        check_features(features, self.in_channels)
+        check_features(features, self.in_channels, values=self.validate)
         x: Tensor = self.dropout(features)
         if self.projection is not None:
             x = self.projection(x)
@@ -311,7 +337,7 @@ class GMMClassifier(nn.Module):
             float64 features.
 
         Raises:
-            ValueError: on a wrong channel count or non-finite features.
+            ValueError: on a wrong channel count, or non-finite features with ``validate``.
         """
         emb = self.embed(features)
         b, _, h, w = emb.shape
@@ -391,7 +417,7 @@ class GMMClassifier(nn.Module):
     # ------------------------------------------------------------------ E-step and losses
 
     def _feature_target(self, output: GMMOutput, target: Tensor) -> Tensor:
-        check_target(target, self.num_classes, self.ignore_index)
+        check_target(target, self.num_classes, self.ignore_index, values=self.validate)
         if target.shape[0] != output.logits.shape[0]:
             raise ValueError(
                 f"target batch size {target.shape[0]} != features batch size "
@@ -399,6 +425,17 @@ class GMMClassifier(nn.Module):
             )
         size = (output.logits.shape[-2], output.logits.shape[-1])
         return resize_target(target, size).reshape(-1)
+
+    def check_labels(self, target: Tensor) -> None:
+        """Raise unless ``target`` is (B, H, W) integer labels in [0, C) ∪ {ignore_index}.
+
+        Always checks the values, whatever ``validate`` says: call it once per batch where the
+        labels are still on the host (no device synchronisation), e.g. before moving them.
+
+        Raises:
+            ValueError: naming the offending values and their pixel count.
+        """
+        check_target(target, self.num_classes, self.ignore_index)
 
     @torch.no_grad()
     def e_step(self, output: GMMOutput, target: Tensor) -> Tensor:
@@ -419,23 +456,31 @@ class GMMClassifier(nn.Module):
         """
         gt = self._feature_target(output, target)
         ell = rearrange(output.component_log_prob.detach(), "b c m h w -> (b h w) c m")
+        c = self.num_classes
         valid = gt != self.ignore_index
-        assignments = torch.full_like(gt, -1, dtype=torch.int64)
-        if not bool(valid.any()):
-            return assignments
-        rows = torch.nonzero(valid)[:, 0]
-        cls = gt[rows].long()
-        scores = ell[rows, cls]  # (N_valid, M): each pixel's own class only
-        absmax = torch.zeros(self.num_classes, dtype=scores.dtype, device=scores.device)
-        absmax = absmax.scatter_reduce(0, cls, scores.abs().amax(dim=1), "amax")
+        # Every pixel takes part (no compaction, whose size would be read on the host): ignored
+        # pixels form an extra group C, solved alongside and discarded.
+        cls = torch.where(valid, gt.long(), c)
+        own = cls.clamp(max=c - 1).view(-1, 1, 1).expand(-1, 1, ell.shape[-1])
+        scores = ell.gather(1, own).squeeze(1)  # (N, M): each pixel's own class only
+        absmax = scores.new_zeros(c + 1).scatter_reduce(0, cls, scores.abs().amax(dim=1), "amax")
         # A class whose scores are all exactly 0 would divide by 0 (NaN in the original): keep 0.
         denom = absmax[cls].unsqueeze(1)
         scores = torch.where(denom > 0, scores / denom.clamp_min(torch.finfo(scores.dtype).tiny), 0)
+        # The extra group's scores are set to the largest labelled score: Sinkhorn shifts all
+        # scores by their maximum, which they then leave unchanged.
+        top = torch.where(valid, scores.amax(dim=1), -torch.inf).amax()
+        top = torch.where(torch.isfinite(top), top, 0.0)
+        scores = torch.where(valid.unsqueeze(1), scores, top)
         plan = segmented_sinkhorn(
-            scores, cls, self.num_classes, self.sinkhorn_epsilon, self.sinkhorn_iters
+            scores,
+            cls,
+            c + 1,
+            self.sinkhorn_epsilon,
+            self.sinkhorn_iters,
+            validate=self.validate,
         )
-        assignments[valid] = plan.argmax(dim=1)
-        return assignments
+        return torch.where(valid, plan.argmax(dim=1), -1)
 
     def loss(
         self, output: GMMOutput, target: Tensor, assignments: Tensor | None = None
@@ -480,9 +525,12 @@ class GMMClassifier(nn.Module):
     def update(self, output: GMMOutput, target: Tensor, assignments: Tensor | None = None) -> None:
         """Memory write (step 7) and, every ``update_interval`` steps, the M-step (step 8).
 
-        Only pixels whose predicted class (argmax z) equals their label enter the memory. With
+        Only pixels whose predicted class (argmax z) equals their label enter the memory (the
+        others are masked, not removed, so no size depends on the data). With
         ``torch.distributed`` initialised, embeddings, labels and assignments are gathered from
-        all ranks first, so every rank ends with the same state.
+        all ranks first, so every rank ends with the same state. Whether the M-step is due is
+        read from a host copy of ``step`` (re-read from the buffer once after
+        ``load_state_dict``); the M-step synchronises once, to list the classes present.
 
         Args:
             output: the result of :meth:`forward`.
@@ -501,16 +549,28 @@ class GMMClassifier(nn.Module):
             labels = _all_gather_rows(labels)
             assignments = _all_gather_rows(assignments)
             correct = _all_gather_rows(correct)
-        present = torch.unique(labels[labels != self.ignore_index])
-        sel_emb, sel_cls, sel_comp = emb[correct], labels[correct], assignments[correct]
-        run_m_step = int(self.step.item()) % self.update_interval == 0
+        c = self.num_classes
+        # (C,) bool: the classes present; the ignore label counts in an extra slot, dropped
+        present = torch.zeros(c + 1, dtype=torch.bool, device=labels.device)
+        present = present.index_fill(0, torch.where(labels == self.ignore_index, c, labels), True)
+        present = present[:c]
+        if self._host_step is None:  # after load_state_dict: one read of the step counter
+            self._host_step = int(self.step)
+        run_m_step = self._host_step % self.update_interval == 0
         # the M-step computes in float32 or wider (buffers of a half model are half)
         dtype = compute_dtype(self.means.dtype)
         means = F.normalize(self.means.to(dtype), dim=-1)
         scales = self.scales.to(dtype)
+        # Only correct pixels are written; the others are masked, not removed (no data-dependent
+        # sizes). The M-step's ``nonzero`` of ``present`` is the step's one synchronisation.
+        groups = torch.where(correct, labels, 0)
+        components = torch.where(correct, assignments, 0)
+        check = self.validate
         if isinstance(self.memory, ComponentMemory):
-            self.memory.enqueue(sel_emb.to(self.memory.bank.dtype), sel_cls, sel_comp)
-            if run_m_step and present.numel() > 0:
+            self.memory.enqueue(
+                emb.to(self.memory.bank.dtype), groups, components, correct, validate=check
+            )
+            if run_m_step:
                 valid = self.memory.valid_mask() if self.count_only_filled else None
                 means, scales = momentum_m_step(
                     means,
@@ -521,11 +581,12 @@ class GMMClassifier(nn.Module):
                     scale_momentum=self.scale_momentum,
                     variance_floor=self.variance_floor,
                     valid=valid,
+                    validate=check,
                 )
                 self.scales.copy_(scales)
         else:
-            self.memory.update(sel_emb, sel_cls, sel_comp)
-            if run_m_step and present.numel() > 0:
+            self.memory.update(emb, groups, components, mask=correct, validate=check)
+            if run_m_step:
                 means, scales = self.memory.m_step(
                     means,
                     scales,
@@ -533,10 +594,12 @@ class GMMClassifier(nn.Module):
                     mean_momentum=self.mean_momentum,
                     scale_momentum=self.scale_momentum,
                     variance_floor=self.variance_floor,
+                    validate=check,
                 )
                 self.scales.copy_(scales)
         self.means.copy_(means)
         self.step.add_(1)
+        self._host_step += 1
 
     @torch.no_grad()
     def fit_means(

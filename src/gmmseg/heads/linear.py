@@ -36,6 +36,10 @@ class LinearClassifier(nn.Module):
         loss_average: ``"all"`` divides the loss by every label pixel, ignored ones included
             (mmsegmentation's default, used by the paper); ``"valid"`` by the non-ignored ones.
         align_corners: passed to the bilinear upsampling of the logits in the loss.
+        validate: check input values: NaN/Inf features in :meth:`forward` and labels outside
+            [0, C) ∪ {ignore_index} in :meth:`loss` (each reads its result on the host, a device
+            synchronisation on an accelerator). With False only types and shapes are checked;
+            see :class:`~gmmseg.heads.GMMClassifier` and :meth:`check_labels`.
 
     Example:
         >>> head = LinearClassifier(num_classes=3, in_channels=8)
@@ -52,6 +56,7 @@ class LinearClassifier(nn.Module):
         ignore_index: int = 255,
         loss_average: LossAverage = "all",
         align_corners: bool = False,
+        validate: bool = True,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -67,6 +72,7 @@ class LinearClassifier(nn.Module):
         self.ignore_index = ignore_index
         self.loss_average: LossAverage = loss_average
         self.align_corners = align_corners
+        self.validate = validate
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(in_channels, num_classes, kernel_size=1)
         nn.init.normal_(self.classifier.weight, std=0.01)
@@ -83,9 +89,9 @@ class LinearClassifier(nn.Module):
             :class:`LinearOutput` with ``logits`` (B, C, H, W).
 
         Raises:
-            ValueError: on a wrong shape or non-finite features.
+            ValueError: on a wrong shape, or non-finite features with ``validate``.
         """
-        check_features(features, self.in_channels)
+        check_features(features, self.in_channels, values=self.validate)
         logits: Tensor = self.classifier(self.dropout(features))
         return LinearOutput(logits=logits)
 
@@ -100,9 +106,10 @@ class LinearClassifier(nn.Module):
             ``{"loss_seg": scalar}``.
 
         Raises:
-            ValueError: on labels outside [0, C) ∪ {ignore_index} or a wrong shape.
+            ValueError: on a wrong shape, or labels outside [0, C) ∪ {ignore_index} with
+                ``validate``.
         """
-        check_target(target, self.num_classes, self.ignore_index)
+        check_target(target, self.num_classes, self.ignore_index, values=self.validate)
         if target.shape[0] != output.logits.shape[0]:
             raise ValueError(
                 f"target batch size {target.shape[0]} != logits batch size {output.logits.shape[0]}"
@@ -112,6 +119,17 @@ class LinearClassifier(nn.Module):
                 output.logits, target, self.ignore_index, self.loss_average, self.align_corners
             )
         }
+
+    def check_labels(self, target: Tensor) -> None:
+        """Raise unless ``target`` is (B, H, W) integer labels in [0, C) ∪ {ignore_index}.
+
+        Always checks the values, whatever ``validate`` says: call it once per batch where the
+        labels are still on the host (no device synchronisation), e.g. before moving them.
+
+        Raises:
+            ValueError: naming the offending values and their pixel count.
+        """
+        check_target(target, self.num_classes, self.ignore_index)
 
     def update(self, output: LinearOutput, target: Tensor) -> None:
         """No-op: the softmax head has no generative state (kept for interchangeability)."""

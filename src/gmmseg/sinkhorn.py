@@ -399,8 +399,10 @@ def segmented_sinkhorn(
         validate: check the values of ``scores`` (finite, ``scores / epsilon`` representable)
             and of ``segment_ids`` (in range). Both checks read a result on the host, a device
             synchronisation on an accelerator; callers whose inputs are valid by construction
-            (the GMM head's E-step) pass False, and the call then never synchronises. Shapes,
-            dtypes, devices and ``col_marginal`` are always checked.
+            (the GMM head's E-step) pass False, and the call then never synchronises (it
+            also computes both forms of the first column update, see ``_segmented_rows``, and
+            selects one on the device). Shapes, dtypes, devices and ``col_marginal`` are always
+            checked.
 
     Returns:
         ``(N, M)`` plan, dtype and device of ``scores`` (half-precision inputs are computed in
@@ -444,7 +446,7 @@ def segmented_sinkhorn(
     # Transposed to (M, N), each component's scores contiguous (see _segmented_rows); stacking
     # the M columns is the cheap way to transpose a narrow (N, M) matrix on CPU.
     s_t = torch.add(shift, torch.stack(work.unbind(1)), alpha=inv_eps)  # scores / eps - const
-    r_t, mass = _segmented_rows(s_t, segment_ids, g, n_iters, b)
+    r_t, mass = _segmented_rows(s_t, segment_ids, g, n_iters, b, sync_free=not validate)
     plan = torch.stack((r_t * mass).unbind(0), dim=1)  # back to (N, M)
     return plan.to(scores.dtype)
 
@@ -457,7 +459,7 @@ def _row_update(g_t: Tensor, s_t: Tensor, ids: Tensor) -> Tensor:
 
 
 def _segmented_rows(
-    s_t: Tensor, ids: Tensor, g: int, n_iters: int, b: Tensor | None
+    s_t: Tensor, ids: Tensor, g: int, n_iters: int, b: Tensor | None, sync_free: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Core of :func:`segmented_sinkhorn` on validated, non-empty inputs.
 
@@ -467,6 +469,8 @@ def _segmented_rows(
         g: Number of groups G.
         n_iters: Rounds, >= 1.
         b: ``(G, M)`` column marginals, or None for uniform ``1/M``.
+        sync_free: choose between the two forms of round 1 below on the device (both are
+            computed) instead of in Python; the same result, without reading the choice on the host.
 
     Returns:
         ``(M, N)`` row-normalised plan R (every column of ``R`` sums to 1) and ``(N,)`` row masses
@@ -497,20 +501,25 @@ def _segmented_rows(
     sums = s_t.new_zeros((m, g)).index_add_(1, ids, torch.exp(s_t))
     # A sum of exp(s) is accurate to about one ulp when it exceeds N_k * tiny / eps_machine
     # (every term lost to underflow is below tiny); otherwise use exact per-(group, column) maxima.
-    # Both are computed and one is selected on the device: branching in Python would read the
-    # test on the host (a synchronisation per call on an accelerator).
     floor = counts_f * (tiny / torch.finfo(dtype).eps)
     underflow = ((sums < floor) & (counts > 0)).any()
-    maxima = s_t.new_zeros((m, g)).scatter_reduce(
-        1, ids.expand(m, n), s_t.detach(), "amax", include_self=False
-    )
-    shifted = torch.exp(s_t - maxima.index_select(1, ids))
-    exact_sums = s_t.new_zeros((m, g)).index_add_(1, ids, shifted)
-    g_t = torch.where(
-        underflow,
-        log_b_t - torch.log(exact_sums.clamp_min(tiny)) - maxima,
-        log_b_t - torch.log(sums.clamp_min(tiny)),
-    )
+
+    def exact() -> Tensor:
+        maxima = s_t.new_zeros((m, g)).scatter_reduce(
+            1, ids.expand(m, n), s_t.detach(), "amax", include_self=False
+        )
+        shifted = torch.exp(s_t - maxima.index_select(1, ids))
+        exact_sums = s_t.new_zeros((m, g)).index_add_(1, ids, shifted)
+        return log_b_t - torch.log(exact_sums.clamp_min(tiny)) - maxima
+
+    if sync_free:
+        # Both are computed and one is selected on the device: a Python branch would read the
+        # test on the host. (On a CPU the exact sums cost about twice the rest of round 1.)
+        g_t = torch.where(underflow, exact(), log_b_t - torch.log(sums.clamp_min(tiny)))
+    elif bool(underflow):
+        g_t = exact()
+    else:
+        g_t = log_b_t - torch.log(sums.clamp_min(tiny))
     # The clamps only act on empty groups (never gathered) and b_kj = 0 columns (potential -inf).
 
     log_mass_ratio = log_b_t + torch.log(counts_f)  # log(b_kj / (1 / N_k))

@@ -101,6 +101,12 @@ class Segmentor(nn.Module):
     def training_step(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """Forward, losses and the classifier's state update (GMM memory and M-step).
 
+        With the classifier's ``validate=False`` the step reads nothing back from the device
+        (a GMM classifier: except once per M-step, to list the classes present), so a GPU keeps
+        running ahead; check the labels on the host first with ``classifier.check_labels``. With
+        ``validate=True`` (the default) bad features or labels raise a ``ValueError`` here, at
+        the cost of a few synchronisations per step.
+
         Args:
             images: (B, 3, H, W) float.
             labels: (B, H, W) int64 with ignore for void.

@@ -220,19 +220,42 @@ def _cmd_fit_posthoc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_image(path: Path, model: Any, recipe: Any, device: Any) -> tuple[Any, Any]:
+    """Read an image, apply the recipe's test-time resize and normalisation, and predict.
+
+    Returns:
+        The (H, W, 3) uint8 image as read, and the model's prediction for it.
+    """
+    import torch
+
+    from gmmseg.data._io import read_image
+    from gmmseg.data.transforms import Normalize, Resize
+    from gmmseg.recipes.run import inference_settings
+
+    rgb = read_image(path)
+    sample: Any = {
+        "image": torch.from_numpy(rgb.copy()).permute(2, 0, 1),
+        "label": None,
+        "name": path.stem,
+        "image_path": str(path),
+        "label_path": "",
+        "ori_size": rgb.shape[:2],
+    }
+    if recipe.data.test_scale is not None:
+        sample = Resize(recipe.data.test_scale, keep_ratio=True)(sample)
+    sample = Normalize()(sample)
+    return rgb, inference_settings(recipe).predict(model, sample["image"][None].to(device))
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
     from PIL import Image
 
     from gmmseg.data import DemoScenes
-    from gmmseg.data._io import read_image
     from gmmseg.data.meta import CITYSCAPES_PALETTE
-    from gmmseg.data.transforms import Normalize, Resize
     from gmmseg.engine import anomaly_score_maps
     from gmmseg.engine.distributed import select_device
     from gmmseg.recipes import load_trained
-    from gmmseg.recipes.run import inference_settings
     from gmmseg.viz import colorize, heatmap, overlay
 
     if args.set and not args.recipe:
@@ -266,22 +289,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     else:
         palette = np.random.default_rng(0).integers(0, 256, (256, 3)).tolist()
     out.mkdir(parents=True, exist_ok=True)
-    settings = inference_settings(recipe)
-    normalize = Normalize()
     for path, (seg_path, heat_path) in zip(images, outputs, strict=True):
-        rgb = read_image(path)
-        sample: Any = {
-            "image": torch.from_numpy(rgb.copy()).permute(2, 0, 1),
-            "label": None,
-            "name": path.stem,
-            "image_path": str(path),
-            "label_path": "",
-            "ori_size": rgb.shape[:2],
-        }
-        if recipe.data.test_scale is not None:
-            sample = Resize(recipe.data.test_scale, keep_ratio=True)(sample)
-        sample = normalize(sample)
-        pred = settings.predict(model, sample["image"][None].to(device))
+        rgb, pred = _predict_image(path, model, recipe, device)
         scores = anomaly_score_maps(model, pred)
         score = scores.get("likelihood", scores["max_logit"])[0]
         seg = pred.logits[0].argmax(0)
@@ -296,18 +305,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _predict_submission(args: argparse.Namespace) -> int:
     """``predict --write FORMAT``: full-resolution results in a benchmark's own files."""
-    import torch
     import torch.nn.functional as F
 
-    from gmmseg.data._io import read_image
-    from gmmseg.data.transforms import Normalize, Resize
     from gmmseg.engine import anomaly_score_maps
     from gmmseg.engine.distributed import select_device
     from gmmseg.heads import GMMClassifier
     from gmmseg.heads.anomaly import LOGIT_SCORES
     from gmmseg.recipes import load_trained
     from gmmseg.recipes.posthoc import default_posthoc_path
-    from gmmseg.recipes.run import inference_settings
     from gmmseg.submit import SubmissionWriter
 
     # Every refusal comes before the model is loaded, except those that need the model.
@@ -362,21 +367,8 @@ def _predict_submission(args: argparse.Namespace) -> int:
         beside = default_posthoc_path(args.checkpoint)
         if beside.is_file():
             print(f"note: predict --write does not use the post-hoc mixtures {beside}")
-    settings = inference_settings(recipe)
-    normalize = Normalize()
     for path in images:
-        rgb = read_image(path)
-        sample: Any = {
-            "image": torch.from_numpy(rgb.copy()).permute(2, 0, 1),
-            "label": None,
-            "name": path.stem,
-            "image_path": str(path),
-            "label_path": "",
-            "ori_size": rgb.shape[:2],
-        }
-        if recipe.data.test_scale is not None:
-            sample = Resize(recipe.data.test_scale, keep_ratio=True)(sample)
-        pred = settings.predict(model, normalize(sample)["image"][None].to(device))
+        rgb, pred = _predict_image(path, model, recipe, device)
         # Full resolution: bilinear logits / scores at the image size, then the argmax.
         size, corners = rgb.shape[:2], model.align_corners
         logits = F.interpolate(pred.logits.float(), size, mode="bilinear", align_corners=corners)

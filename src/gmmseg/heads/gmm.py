@@ -1,4 +1,4 @@
-"""The GMMSeg dense generative classifier (DESIGN.md §2).
+"""The GMMSeg dense generative classifier (see the documentation page "The algorithm").
 
 Every class c is a mixture of M diagonal Gaussians in a D-dimensional embedding space, with unit-
 length means μ_cm and standard deviations σ_cm, and uniform mixture weights. One training step is
@@ -308,7 +308,7 @@ class GMMClassifier(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def embed(self, features: Tensor) -> Tensor:
-        """Unit-length pixel embeddings (DESIGN.md §2 step 1).
+        """Unit-length pixel embeddings (step 1 of the algorithm).
 
         Args:
             features: (B, in_channels, H, W) float.
@@ -485,7 +485,7 @@ class GMMClassifier(nn.Module):
     def loss(
         self, output: GMMOutput, target: Tensor, assignments: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """The training losses (DESIGN.md §2 step 5), already weighted: sum them.
+        """The training losses (step 5 of the algorithm), already weighted: sum them.
 
         Args:
             output: the result of :meth:`forward`.

@@ -36,7 +36,7 @@ def ref_enqueue(
     comps: torch.Tensor,
     max_per_step: int | None,
 ) -> None:
-    """The rule of DESIGN.md §2.7, one ring and one sample at a time (in place)."""
+    """The memory rule of docs/algorithm.md §7, one ring and one sample at a time (in place)."""
     num_g, num_m, cap, _ = bank.shape
     for g in range(num_g):
         for m in range(num_m):

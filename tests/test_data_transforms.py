@@ -308,6 +308,23 @@ def test_cat_max_ratio_honoured() -> None:
     assert flat["image"].shape == (3, 5, 5)
 
 
+@given(
+    values=st.lists(st.sampled_from([0, 1, 2, 7, 254, 255]), min_size=1, max_size=40),
+    ratio=st.sampled_from([0.5, 0.75, 0.9]),
+    dtype=st.sampled_from([torch.uint8, torch.int64]),
+)
+def test_balanced_crop_rule_matches_the_unique_count_rule(
+    values: list[int], ratio: float, dtype: torch.dtype
+) -> None:
+    """The crop check counts classes as mmsegmentation's ``np.unique(..., return_counts=True)``
+    does: ignore dropped, more than one class left, and the largest below the ratio."""
+    label = np.array(values)
+    uniq, counts = np.unique(label, return_counts=True)
+    counts = counts[uniq != 255]
+    want = len(counts) > 1 and np.max(counts) / np.sum(counts) < ratio
+    assert T._balanced(torch.tensor(values, dtype=dtype), ratio, 255) == want
+
+
 def test_crop_smaller_image_and_pad() -> None:
     sample = make_sample(block_label(3, 10, 12))
     out = T.RandomCrop((16, 20))(sample)

@@ -119,10 +119,9 @@ class WindowAttention(nn.Module):
             (B·nW, w², dim).
         """
         n = self.window * self.window
-        # Three projections with slices of the fused qkv weight rather than one (…, 3·dim) output
-        # split afterwards: the same products, but the three outputs and their gradients are a
-        # third of the size (under glibc's 32 MB mmap threshold at 512² inputs, so reused instead
-        # of freshly page-faulted each step) and the backward has no (3, …) gradient to assemble.
+        # Three projections with slices of the fused qkv weight (the checkpoints' layout) rather
+        # than one (…, 3·dim) output split afterwards: the same products, as Hugging Face's
+        # separate query / key / value layers compute them, and no (3, …) gradient to assemble.
         weights = self.qkv.weight.chunk(3)
         biases = self.qkv.bias.chunk(3)
         q, k, v = (

@@ -57,8 +57,6 @@ __all__ = [
     "rescale_size",
     "resize_image",
     "resize_label",
-    "resize_region",
-    "source_window",
     "train_pipeline",
 ]
 
@@ -105,10 +103,6 @@ def _replace(sample: Sample, image: Tensor, label: Tensor | None) -> Sample:
     return out
 
 
-#: Float32 bytes per row block of `resize_region` (its temporaries stay in cache).
-_RESIZE_BLOCK_BYTES = 1 << 20
-
-
 def _linear_axis(
     in_size: int, out_size: int, start: int, length: int, device: torch.device
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -152,8 +146,24 @@ def resize_image(
     Raises:
         ValueError: non-positive size or a window outside the resized image.
     """
-    src_h, src_w = image.shape[-2:]
-    return resize_region(image.permute(1, 2, 0), (src_h, src_w), (0, 0), size, window)
+    _check_window(size, window)
+    h, w = int(size[0]), int(size[1])
+    top, left, wh, ww = (0, 0, h, w) if window is None else window
+    y0, y1, wy = _linear_axis(image.shape[-2], h, top, wh, image.device)
+    x0, x1, wx = _linear_axis(image.shape[-1], w, left, ww, image.device)
+    ftype = image.dtype if image.is_floating_point() else torch.float32
+    # Columns first, on the source rows the window needs, then rows. The operations on an output
+    # pixel never depend on the window, so a window is bit-identical to the same part of the
+    # full resize (what lets RandomRescaleCrop resample only its crop).
+    first, last = int(y0[0]), int(y1[-1])
+    rows = image[:, first : last + 1]
+    left_cols = rows.index_select(2, x0).to(ftype)
+    cols = (rows.index_select(2, x1).to(ftype) - left_cols).mul_(wx).add_(left_cols)
+    top_rows = cols.index_select(1, y0 - first)
+    out = torch.lerp(top_rows, cols.index_select(1, y1 - first), wy[:, None], out=top_rows)
+    if not image.is_floating_point():
+        out = out.round_().clamp_(0, 255).to(image.dtype)
+    return out
 
 
 def _check_window(size: tuple[int, int], window: tuple[int, int, int, int] | None) -> None:
@@ -164,106 +174,6 @@ def _check_window(size: tuple[int, int], window: tuple[int, int, int, int] | Non
         top, left, wh, ww = window
         if top < 0 or left < 0 or top + wh > h or left + ww > w or wh <= 0 or ww <= 0:
             raise ValueError(f"window {window} must lie inside the resized size {size}")
-
-
-def source_window(
-    src_size: tuple[int, int], size: tuple[int, int], window: tuple[int, int, int, int]
-) -> tuple[int, int, int, int]:
-    """The source pixels that `resize_image` reads to compute a window of the resized image.
-
-    Args:
-        src_size: (H, W) of the source image.
-        size: (h, w) of the full resized image.
-        window: (top, left, height, width) in the resized image.
-
-    Returns:
-        (top, left, height, width) of the smallest source box holding every pixel the bilinear
-        window depends on; `resize_region` on that box gives the same result as
-        `resize_image` on the whole image.
-
-    Raises:
-        ValueError: non-positive size or a window outside the resized image.
-    """
-    _check_window(size, window)
-    top, left, wh, ww = window
-    y0, y1, _ = _linear_axis(src_size[0], size[0], top, wh, torch.device("cpu"))
-    x0, x1, _ = _linear_axis(src_size[1], size[1], left, ww, torch.device("cpu"))
-    r0, r1, c0, c1 = int(y0[0]), int(y1[-1]), int(x0[0]), int(x1[-1])
-    return r0, c0, r1 - r0 + 1, c1 - c0 + 1
-
-
-def resize_region(
-    region: Tensor,
-    src_size: tuple[int, int],
-    origin: tuple[int, int],
-    size: tuple[int, int],
-    window: tuple[int, int, int, int] | None = None,
-) -> Tensor:
-    """`resize_image` of a (3, H, W) source image given only a channels-last part of it.
-
-    Bit-identical to ``resize_image(full, size, window)`` whenever ``region`` is
-    ``full.permute(1, 2, 0)[top:top+hr, left:left+wr]`` for an ``origin`` (top, left) and a
-    region that holds the `source_window` of ``window``. ``region`` is never written to (it may
-    be read-only).
-
-    Args:
-        region: (hr, wr, 3) uint8 or float, channels-last, the source rows
-            ``origin[0] …`` and columns ``origin[1] …``.
-        src_size: (H, W) of the whole source image.
-        origin: (top, left) of ``region`` in the source image.
-        size: (h, w) of the full resized image.
-        window: (top, left, height, width) in the resized image; the whole image when None.
-
-    Returns:
-        (3, height, width) with the dtype of ``region`` (uint8 results are rounded).
-
-    Raises:
-        ValueError: non-positive size, a window outside the resized image, or a region that
-            does not hold the source pixels the window needs.
-    """
-    _check_window(size, window)
-    h, w = int(size[0]), int(size[1])
-    top, left, wh, ww = (0, 0, h, w) if window is None else window
-    y0, y1, wy = _linear_axis(src_size[0], h, top, wh, region.device)
-    x0, x1, wx = _linear_axis(src_size[1], w, left, ww, region.device)
-    oy, ox = origin
-    # Source rows and columns are monotone in the output position.
-    first, last = int(y0[0]), int(y1[-1])
-    if (
-        region.ndim != 3
-        or first < oy
-        or last >= oy + region.shape[0]
-        or int(x0[0]) < ox
-        or int(x1[-1]) >= ox + region.shape[1]
-    ):
-        raise ValueError(
-            f"region of shape {tuple(region.shape)} at {origin} does not hold the source rows "
-            f"{first}..{last} and columns {int(x0[0])}..{int(x1[-1])} of window {window}"
-        )
-    ftype = region.dtype if region.is_floating_point() else torch.float32
-    hwc = region  # channels-last: the column gather moves 3-pixel blocks
-    wxc = wx[:, None].expand(-1, hwc.shape[2]).contiguous()  # (w, 3): fast broadcasting
-    wyc = wy[:, None, None]
-
-    # Columns first, on the source rows the window needs, then rows. The order never depends on
-    # the window, so a window is bit-identical to the same part of the full resize. Output rows
-    # are computed in blocks whose float temporaries stay cache-sized (~1 MB); every element
-    # goes through the same operations whatever the block, so blocks change no bit.
-    x0, x1 = x0 - ox, x1 - ox
-    out = torch.empty((wh, ww, hwc.shape[2]), dtype=region.dtype, device=region.device)
-    block = max(1, _RESIZE_BLOCK_BYTES // (4 * ww * hwc.shape[2]))
-    for r in range(0, wh, block):
-        by0, by1 = y0[r : r + block], y1[r : r + block]
-        lo, hi = int(by0[0]), int(by1[-1])
-        sub = hwc[lo - oy : hi - oy + 1]  # a view: no copy of the rows
-        a = sub.index_select(1, x0).to(ftype)
-        c = (sub.index_select(1, x1).to(ftype) - a).mul_(wxc).add_(a)
-        top_rows = c.index_select(0, by0 - lo)
-        rows = torch.lerp(top_rows, c.index_select(0, by1 - lo), wyc[r : r + block], out=top_rows)
-        if not region.is_floating_point():
-            rows = rows.round_().clamp_(0, 255)
-        out[r : r + block] = rows
-    return out.permute(2, 0, 1)
 
 
 def resize_label(
@@ -310,21 +220,6 @@ def _crop_box(
     return top, left, min(crop[0], h), min(crop[1], w)
 
 
-def _fits_uint8(label: Tensor) -> bool:
-    """Whether every value of the integer tensor ``label`` lies in 0–255."""
-    if label.dtype == torch.uint8 or label.numel() == 0:
-        return True
-    lo, hi = torch.aminmax(label)
-    return int(lo) >= 0 and int(hi) <= 255
-
-
-def _compact(label: Tensor) -> Tensor:
-    """A uint8 copy of ``label`` when its values fit (cheaper gathers and counts), else itself."""
-    if label.dtype == torch.uint8:
-        return label
-    return label.to(torch.uint8) if _fits_uint8(label) else label
-
-
 def _pad_to(x: Tensor, size: tuple[int, int], value: float) -> Tensor:
     """``x`` (…, h, w) padded at the bottom and right to ``size`` with ``value`` (x if equal).
 
@@ -342,15 +237,11 @@ def _pad_to(x: Tensor, size: tuple[int, int], value: float) -> Tensor:
 
 
 def _balanced(label: Tensor, cat_max_ratio: float, ignore_index: int) -> bool:
-    flat = label.reshape(-1)
-    if flat.dtype == torch.uint8:
-        counts = torch.bincount(flat, minlength=256)
-        if 0 <= ignore_index < 256:
-            counts[ignore_index] = 0
-        counts = counts[counts > 0]
-    else:
-        values, counts = torch.unique(flat, return_counts=True)
-        counts = counts[values != ignore_index]
+    """Whether no single class covers ``cat_max_ratio`` or more of the labelled pixels."""
+    counts = torch.bincount(label.reshape(-1))  # labels are non-negative ids
+    if 0 <= ignore_index < counts.numel():
+        counts[ignore_index] = 0
+    counts = counts[counts > 0]
     return counts.numel() > 1 and float(counts.max()) / float(counts.sum()) < cat_max_ratio
 
 
@@ -514,7 +405,7 @@ class RandomCrop(JointTransform):
     def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
         """Crop image and label."""
         image, label = _check_sample(sample, "RandomCrop")
-        small = None if label is None or self.cat_max_ratio >= 1.0 else _compact(label)
+        small = None if self.cat_max_ratio >= 1.0 else label
 
         def window(b: tuple[int, int, int, int]) -> Tensor:
             assert small is not None
@@ -579,17 +470,13 @@ class RandomRescaleCrop(JointTransform):
             label with the dtype of ``label`` or None).
         """
         size = self.rescale.target_size(image_size, generator)
-        small = None if label is None else _compact(label)
 
         def window(b: tuple[int, int, int, int]) -> Tensor:
-            assert small is not None
-            return resize_label(small, size, b)
+            assert label is not None
+            return resize_label(label, size, b)
 
-        box = self.crop.choose(size, None if small is None else window, generator)
-        new_label = None
-        if small is not None and label is not None:
-            new_label = resize_label(small, size, box).to(label.dtype)
-        return size, box, new_label
+        box = self.crop.choose(size, None if label is None else window, generator)
+        return size, box, None if label is None else window(box)
 
     def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
         """Rescale and crop image and label in one pass."""

@@ -1,0 +1,55 @@
+"""The public surface: the top-level names, lazy imports, and what each module exports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import gmmseg
+
+
+def test_top_level_names_are_the_modules_objects() -> None:
+    from gmmseg.backbones import build_backbone
+    from gmmseg.em import GaussianMixture
+    from gmmseg.heads import GMMClassifier, LinearClassifier
+    from gmmseg.metrics import AnomalyMetrics, SegmentationMetrics
+    from gmmseg.recipes import get_recipe, list_recipes, load_trained
+    from gmmseg.segmentor import Segmentor
+
+    expected = {
+        "AnomalyMetrics": AnomalyMetrics,
+        "GMMClassifier": GMMClassifier,
+        "GaussianMixture": GaussianMixture,
+        "LinearClassifier": LinearClassifier,
+        "SegmentationMetrics": SegmentationMetrics,
+        "Segmentor": Segmentor,
+        "build_backbone": build_backbone,
+        "get_recipe": get_recipe,
+        "list_recipes": list_recipes,
+        "load_trained": load_trained,
+    }
+    assert sorted(gmmseg.__all__) == sorted(["__version__", *expected])
+    for name, obj in expected.items():
+        assert getattr(gmmseg, name) is obj
+        assert name in dir(gmmseg)
+    assert gmmseg.em is sys.modules["gmmseg.em"]
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'GMMHead'"):
+        gmmseg.GMMHead  # noqa: B018
+
+
+def test_import_gmmseg_imports_no_module_until_used() -> None:
+    code = (
+        "import sys, gmmseg\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('gmmseg.'))\n"
+        "assert loaded == [], loaded\n"
+        "from gmmseg import sinkhorn\n"
+        "assert 'gmmseg.recipes' not in sys.modules and 'gmmseg.engine' not in sys.modules\n"
+        "gmmseg.Segmentor\n"
+        "assert 'gmmseg.segmentor' in sys.modules and 'gmmseg.recipes' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,4 @@
-"""Online EM: ring memory, momentum M-step, streaming statistics.
+"""Online EM: ring memory, momentum M-step, streaming statistics, and their shared interface.
 
 Each vectorised routine is checked against a plain loop written here (one sample written at a
 time; one (group, component) at a time in numpy).
@@ -21,6 +21,7 @@ from gmmseg.em import memory as memory_module
 from gmmseg.em import streaming as streaming_module
 from gmmseg.em.memory import ComponentMemory, _linspace_index
 from gmmseg.em.momentum import momentum_m_step
+from gmmseg.em.online import MixtureMemory
 from gmmseg.em.streaming import StreamingStatistics, _merge_moments, _sum_reduce_moments
 
 # ----------------------------------------------------------------------------------------------
@@ -179,7 +180,7 @@ def test_ring_write_matches_loop(
     sizes=st.lists(st.integers(0, 40), min_size=1, max_size=4),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_ring_write_with_mask_equals_enqueue_of_the_selection(
+def test_ring_write_with_mask_equals_write_of_the_selection(
     num_g: int, num_m: int, cap: int, max_per_step: int | None, sizes: list[int], seed: int
 ) -> None:
     """Masked samples (with out-of-range ids) change nothing: fixed-size writes, same result."""
@@ -830,6 +831,102 @@ def test_streaming_m_step_equals_bank_m_step(use_valid: bool) -> None:
     if use_valid:
         assert torch.equal(got[0][2], means[2]) and torch.equal(got[1][2], scales[2])
     assert torch.equal(got[0][1], means[1])  # not listed
+
+
+# ----------------------------------------------------------------------------------------------
+# MixtureMemory: the interface both memories offer
+
+
+def test_both_memories_implement_the_interface() -> None:
+    memories: list[MixtureMemory] = [  # mypy checks the signatures here
+        ComponentMemory(2, 2, 3, capacity=4),
+        StreamingStatistics(2, 2, 3),
+    ]
+    for memory in memories:
+        assert isinstance(memory, MixtureMemory)
+    assert not isinstance(torch.nn.Linear(2, 2), MixtureMemory)
+
+
+def _padded(
+    samples: dict[tuple[int, int], list[np.ndarray]], num_g: int, num_m: int, d: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The samples of each (g, m) as a zero-padded (G, M, K, D) bank and its (G, M, K) mask."""
+    k = max([len(v) for v in samples.values()] + [1])
+    bank = np.zeros((num_g, num_m, k, d))
+    valid = np.zeros((num_g, num_m, k), dtype=bool)
+    for (g, m), rows in samples.items():
+        bank[g, m, : len(rows)] = rows
+        valid[g, m, : len(rows)] = True
+    return bank, valid
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_both_memories_give_the_loop_m_step_on_the_same_samples(seed: int) -> None:
+    """Ring (counting written slots, none overwritten) and statistics (decay 1) hold the same
+    samples, so through the interface both give the plain-loop M-step on them."""
+    num_g, num_m, d, cap = 4, 2, 3, 40
+    gen = torch.Generator().manual_seed(seed)
+    memories: dict[str, MixtureMemory] = {
+        "ring": ComponentMemory(
+            num_g,
+            num_m,
+            d,
+            capacity=cap,
+            max_per_step=None,
+            count_only_filled=True,
+            generator=gen,
+            dtype=torch.float64,
+        ),
+        "stats": StreamingStatistics(num_g, num_m, d, decay=1.0, dtype=torch.float64),
+    }
+    samples: dict[tuple[int, int], list[np.ndarray]] = {}
+    for n in (9, 0, 14, 6):  # at most 29 samples per ring: nothing is overwritten
+        x, g, m = random_batch(gen, n, num_g, num_m, d, torch.float64)
+        keep = torch.rand(n, generator=gen) < 0.7
+        g = torch.where(keep, g.clamp(max=num_g - 2), 99)  # last group empty; masked ids invalid
+        counts = np.zeros((num_g, num_m))
+        for i in range(n):
+            if keep[i]:
+                samples.setdefault((int(g[i]), int(m[i])), []).append(x[i].numpy())
+                counts[int(g[i]), int(m[i])] += 1
+        for name, memory in memories.items():
+            added = memory.write(x, g, m, keep)
+            np.testing.assert_array_equal(added.double().numpy(), counts, err_msg=name)
+    means, scales = random_params(gen, num_g, num_m, d, torch.float64)
+    groups = [0, 2, 3]  # group 3 holds nothing: left unchanged; group 1 is not listed
+    bank, valid = _padded(samples, num_g, num_m, d)
+    want = ref_m_step(means.numpy(), scales.numpy(), bank, groups, 0.9, 0.25, 1e-3, valid)
+    for name, memory in memories.items():
+        mu, sigma = memory.m_step(
+            means, scales, groups, mean_momentum=0.9, scale_momentum=0.25, variance_floor=1e-3
+        )
+        np.testing.assert_allclose(mu.numpy(), want[0], rtol=0, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(sigma.numpy(), want[1], rtol=0, atol=1e-12, err_msg=name)
+        assert torch.equal(mu[1], means[1]) and torch.equal(sigma[3], scales[3]), name
+
+
+def test_faithful_ring_m_step_is_the_loop_on_the_whole_bank() -> None:
+    """A wrapped ring with the paper's settings (every slot counts, sub-sampled writes)."""
+    num_g, num_m, d, cap, per_step = 3, 2, 4, 5, 3
+    gen = torch.Generator().manual_seed(5)
+    ring = ComponentMemory(num_g, num_m, d, capacity=cap, max_per_step=per_step, generator=gen)
+    memory: MixtureMemory = ring
+    bank, ptr, filled = ring.bank.clone(), ring.ptr.clone(), ring.filled.clone()
+    for n in (30, 7, 25):
+        x, g, m = random_batch(gen, n, num_g, num_m, d, torch.float32)
+        memory.write(x, g, m)
+        ref_enqueue(bank, ptr, filled, x, g, m, per_step)
+    means, scales = random_params(gen, num_g, num_m, d, torch.float32)
+    mu, sigma = memory.m_step(means, scales, torch.tensor([True, False, True]))
+    want = ref_m_step(
+        means.double().numpy(), scales.double().numpy(), bank.double().numpy(),
+        [0, 2], 0.999, 0.0, 1e-2, None,
+    )  # fmt: skip
+    np.testing.assert_allclose(mu.numpy(), want[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(sigma.numpy(), want[1], rtol=0, atol=1e-6)
+    # the method is the formula on its bank, bit for bit
+    direct = momentum_m_step(means, scales, ring.bank, torch.tensor([True, False, True]))
+    assert torch.equal(mu, direct[0]) and torch.equal(sigma, direct[1])
 
 
 _X, _Z = torch.zeros(2, 3), torch.zeros(2, dtype=torch.int64)

@@ -589,3 +589,35 @@ def test_update_needs_only_the_memory_interface(memory: str) -> None:
         torch.equal(a, b)
         for a, b in zip(plain.memory.buffers(), recorder.inner.buffers(), strict=True)
     )
+
+
+#: The state_dict keys of GMMClassifier (with a projection): checkpoints written by earlier
+#: versions load only while these stay.
+COMMON_KEYS = {
+    "feature_norm.bias",
+    "feature_norm.weight",
+    "logit_norm.bias",
+    "logit_norm.weight",
+    "means",
+    "projection.0.weight",
+    "projection.1.bias",
+    "projection.1.num_batches_tracked",
+    "projection.1.running_mean",
+    "projection.1.running_var",
+    "projection.1.weight",
+    "scales",
+    "step",
+}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "memory_keys"),
+    [
+        ({}, {"memory.bank", "memory.ptr", "memory.filled"}),
+        ({"persist_memory": False}, set()),
+        ({"memory": "stats"}, {"memory.weight_sum", "memory.running_mean", "memory.sq_dev_sum"}),
+    ],
+)
+def test_state_dict_keys_are_stable(kwargs: dict[str, object], memory_keys: set[str]) -> None:
+    head = make_head(**kwargs)
+    assert set(head.state_dict()) == COMMON_KEYS | memory_keys

@@ -94,11 +94,11 @@ def main() -> None:
     stats = StreamingStatistics(G, M, D)
 
     ours_enq, ref_enq = interleaved_medians(
-        [lambda: mem.enqueue(x, g, m), lambda: loop_enqueue(queue, ptr, x, g, m)], repeats=15
+        [lambda: mem.write(x, g, m), lambda: loop_enqueue(queue, ptr, x, g, m)], repeats=15
     )
     assert torch.equal(mem.bank, queue) and torch.equal(mem.ptr, ptr)
     ours_stream, ref_stream = interleaved_medians(
-        [lambda: stats.update(x, g, m), lambda: loop_moments(x, g, m)], repeats=15
+        [lambda: stats.write(x, g, m), lambda: loop_moments(x, g, m)], repeats=15
     )
 
     bank = F.normalize(torch.randn(G, M, K, D, generator=gen), dim=-1)

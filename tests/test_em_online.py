@@ -1,4 +1,4 @@
-"""Online EM: ring memory, momentum M-step, streaming statistics.
+"""Online EM: ring memory, momentum M-step, streaming statistics, and their shared interface.
 
 Each vectorised routine is checked against a plain loop written here (one sample written at a
 time; one (group, component) at a time in numpy).
@@ -21,6 +21,7 @@ from gmmseg.em import memory as memory_module
 from gmmseg.em import streaming as streaming_module
 from gmmseg.em.memory import ComponentMemory, _linspace_index
 from gmmseg.em.momentum import momentum_m_step
+from gmmseg.em.online import MixtureMemory
 from gmmseg.em.streaming import StreamingStatistics, _merge_moments, _sum_reduce_moments
 
 # ----------------------------------------------------------------------------------------------
@@ -36,7 +37,7 @@ def ref_enqueue(
     comps: torch.Tensor,
     max_per_step: int | None,
 ) -> None:
-    """The memory rule of docs/algorithm.md §7, one ring and one sample at a time (in place)."""
+    """Step 7 of the algorithm (docs/algorithm.md), one ring and one sample at a time."""
     num_g, num_m, cap, _ = bank.shape
     for g in range(num_g):
         for m in range(num_m):
@@ -140,7 +141,7 @@ def test_linspace_index_matches_torch_linspace() -> None:
     concentrate=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_enqueue_matches_loop(
+def test_ring_write_matches_loop(
     num_g: int,
     num_m: int,
     cap: int,
@@ -157,7 +158,7 @@ def test_enqueue_matches_loop(
         x, g, m = random_batch(gen, n, num_g, num_m, d, torch.float32)
         if concentrate:  # everything in one or two rings: many samples per ring
             g, m = g % min(num_g, 1 + seed % 2), m % 1
-        written = mem.enqueue(x, g, m)
+        written = mem.write(x, g, m)
         before = filled.clone()
         ref_enqueue(bank, ptr, filled, x, g, m, max_per_step)
         assert torch.equal(mem.bank, bank)
@@ -179,7 +180,7 @@ def test_enqueue_matches_loop(
     sizes=st.lists(st.integers(0, 40), min_size=1, max_size=4),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_enqueue_with_mask_equals_enqueue_of_the_selection(
+def test_ring_write_with_mask_equals_write_of_the_selection(
     num_g: int, num_m: int, cap: int, max_per_step: int | None, sizes: list[int], seed: int
 ) -> None:
     """Masked samples (with out-of-range ids) change nothing: fixed-size writes, same result."""
@@ -195,27 +196,27 @@ def test_enqueue_with_mask_equals_enqueue_of_the_selection(
         g_bad = torch.where(keep, g, 255)
         for validate in (True, False):
             if validate:
-                w1 = masked.enqueue(x, g_bad, m, keep)
+                w1 = masked.write(x, g_bad, m, keep)
             else:
-                w1 = masked.enqueue(x, g_bad, m, keep, validate=False)
-            w2 = plain.enqueue(x[keep], g[keep], m[keep])
+                w1 = masked.write(x, g_bad, m, keep, validate=False)
+            w2 = plain.write(x[keep], g[keep], m[keep])
             assert torch.equal(w1, w2)
             assert torch.equal(masked.bank, plain.bank)
             assert torch.equal(masked.ptr, plain.ptr)
             assert torch.equal(masked.filled, plain.filled)
 
 
-def test_enqueue_mask_errors() -> None:
+def test_ring_write_mask_errors() -> None:
     mem = ComponentMemory(2, 2, 3, capacity=4)
     x = torch.zeros(3, 3)
     with pytest.raises(ValueError, match=r"mask: expected a \(3,\) bool tensor"):
-        mem.enqueue(x, _ids(0, 0, 0), _ids(0, 0, 0), torch.ones(3))
+        mem.write(x, _ids(0, 0, 0), _ids(0, 0, 0), torch.ones(3))
     with pytest.raises(ValueError, match="groups: expected ids in"):
-        mem.enqueue(x, _ids(0, 5, 0), _ids(0, 0, 0), torch.tensor([True, True, False]))
+        mem.write(x, _ids(0, 5, 0), _ids(0, 0, 0), torch.tensor([True, True, False]))
     bad = torch.tensor([[0.0, 0.0, 0.0], [float("nan"), 0.0, 0.0], [0.0, 0.0, 0.0]])
     with pytest.raises(ValueError, match="finite"):
-        mem.enqueue(bad, _ids(0, 0, 0), _ids(0, 0, 0))
-    mem.enqueue(bad, _ids(0, 0, 0), _ids(0, 0, 0), torch.tensor([True, False, True]))
+        mem.write(bad, _ids(0, 0, 0), _ids(0, 0, 0))
+    mem.write(bad, _ids(0, 0, 0), _ids(0, 0, 0), torch.tensor([True, False, True]))
 
 
 def test_streaming_update_with_mask_equals_update_of_the_selection() -> None:
@@ -226,8 +227,8 @@ def test_streaming_update_with_mask_equals_update_of_the_selection() -> None:
         x, g, m = random_batch(gen, n, 3, 2, 4, torch.float32)
         keep = torch.rand(n, generator=gen) < 0.5
         w = torch.rand(n, generator=gen) if weighted else None
-        masked.update(x, torch.where(keep, g, 255), m, w, mask=keep, validate=False)
-        plain.update(x[keep], g[keep], m[keep], None if w is None else w[keep])
+        masked.write(x, torch.where(keep, g, 255), m, keep, weights=w, validate=False)
+        plain.write(x[keep], g[keep], m[keep], weights=None if w is None else w[keep])
         for a, b in zip(masked.buffers(), plain.buffers(), strict=True):
             assert torch.equal(a, b)
 
@@ -243,7 +244,7 @@ def test_m_step_validate_false_equals_checked() -> None:
         got = momentum_m_step(means, scales, bank, groups, validate=False)
         assert all(torch.equal(a, b) for a, b in zip(got, checked, strict=True))
     stats = StreamingStatistics(4, 2, 3)
-    stats.update(
+    stats.write(
         bank.reshape(-1, 3),
         torch.arange(4).repeat_interleave(16),
         torch.zeros(64, dtype=torch.int64),
@@ -253,41 +254,41 @@ def test_m_step_validate_false_equals_checked() -> None:
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
-def test_enqueue_single_sample_and_wrap_around() -> None:
+def test_ring_write_single_sample_and_wrap_around() -> None:
     mem = ComponentMemory(2, 2, 3, capacity=5, max_per_step=4, init="zeros")
     x = torch.arange(1, 11, dtype=torch.float32)[:, None].repeat(1, 3)  # rows 1..10
-    mem.enqueue(x[:1], torch.tensor([1]), torch.tensor([0]))
+    mem.write(x[:1], torch.tensor([1]), torch.tensor([0]))
     assert mem.bank[1, 0, 0].tolist() == [1.0] * 3
     assert mem.ptr.tolist() == [[0, 0], [1, 0]]
     # 7 samples to ring (0, 1): linspace(0, 6, 4) -> rows 0, 2, 4, 6 -> values 1, 3, 5, 7
-    mem.enqueue(x[:7], torch.zeros(7, dtype=torch.int64), torch.ones(7, dtype=torch.int64))
+    mem.write(x[:7], torch.zeros(7, dtype=torch.int64), torch.ones(7, dtype=torch.int64))
     assert mem.bank[0, 1, :, 0].tolist() == [1.0, 3.0, 5.0, 7.0, 0.0]
-    mem.enqueue(x[7:10], torch.zeros(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64))
+    mem.write(x[7:10], torch.zeros(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64))
     # writes 8, 9, 10 at slots 4, 0, 1
     assert mem.bank[0, 1, :, 0].tolist() == [9.0, 10.0, 5.0, 7.0, 8.0]
     assert mem.ptr.tolist() == [[0, 2], [1, 0]]
     assert mem.filled.tolist() == [[0, 5], [1, 0]]
 
 
-def test_enqueue_more_than_capacity_in_one_step_keeps_last() -> None:
+def test_ring_write_more_than_capacity_in_one_step_keeps_last() -> None:
     mem = ComponentMemory(1, 1, 1, capacity=3, max_per_step=None, init="zeros")
     x = torch.arange(1, 8, dtype=torch.float32)[:, None]
     zeros = torch.zeros(7, dtype=torch.int64)
-    written = mem.enqueue(x, zeros, zeros)
+    written = mem.write(x, zeros, zeros)
     assert int(written) == 7
     # sequential writes at slots 0,1,2,0,1,2,0 -> slot0=7, slot1=5, slot2=6
     assert mem.bank[0, 0, :, 0].tolist() == [7.0, 5.0, 6.0]
     assert int(mem.ptr) == 1
 
 
-def test_enqueue_empty_and_dtype_cast() -> None:
+def test_ring_write_empty_and_dtype_cast() -> None:
     mem = ComponentMemory(2, 2, 3, capacity=4, init="zeros")
     empty = torch.zeros(0, dtype=torch.int64)
-    written = mem.enqueue(torch.zeros(0, 3), empty, empty)
+    written = mem.write(torch.zeros(0, 3), empty, empty)
     assert written.shape == (2, 2) and int(written.sum()) == 0
     assert int(mem.filled.sum()) == 0
     x = torch.full((1, 3), 0.5, dtype=torch.float64)
-    mem.enqueue(x, torch.tensor([1]), torch.tensor([1], dtype=torch.int32))
+    mem.write(x, torch.tensor([1]), torch.tensor([1], dtype=torch.int32))
     assert mem.bank.dtype == torch.float32
     assert mem.bank[1, 1, 0].tolist() == [0.5] * 3
 
@@ -309,7 +310,7 @@ def test_valid_mask_and_reset() -> None:
     assert not mem.valid_mask().any()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(4, 2, generator=gen)
-    mem.enqueue(x, torch.tensor([0, 0, 1, 0]), torch.tensor([1, 1, 0, 1]))
+    mem.write(x, torch.tensor([0, 0, 1, 0]), torch.tensor([1, 1, 0, 1]))
     want = torch.zeros(2, 2, 3, dtype=torch.bool)
     want[0, 1, :3] = True
     want[1, 0, :1] = True
@@ -324,7 +325,7 @@ def test_persistent_flag_and_state_dict_roundtrip() -> None:
     gen = torch.Generator().manual_seed(0)
     mem = ComponentMemory(2, 2, 3, capacity=4, generator=gen)
     x, g, m = random_batch(gen, 9, 2, 2, 3, torch.float32)
-    mem.enqueue(x, g, m)
+    mem.write(x, g, m)
     assert set(mem.state_dict()) == {"bank", "ptr", "filled"}
     other = ComponentMemory(2, 2, 3, capacity=4, init="zeros")
     other.load_state_dict(mem.state_dict())
@@ -389,13 +390,13 @@ def _ids(*values: int) -> torch.Tensor:
         (torch.tensor([[0.0, float("inf"), 0.0]]), _ids(0), _ids(0), "finite"),
     ],
 )
-def test_enqueue_errors(
+def test_ring_write_errors(
     emb: torch.Tensor, groups: torch.Tensor, comps: torch.Tensor, match: str
 ) -> None:
     mem = ComponentMemory(2, 2, 3, capacity=4)
     before = mem.bank.clone()
     with pytest.raises(ValueError, match=match):
-        mem.enqueue(emb, groups, comps)
+        mem.write(emb, groups, comps)
     assert torch.equal(mem.bank, before) and int(mem.ptr.sum()) == 0
 
 
@@ -498,8 +499,8 @@ def test_m_step_count_only_filled_ignores_initial_values() -> None:
     zero_mem = ComponentMemory(num_g, num_m, d, capacity=6, init="zeros", count_only_filled=True)
     x, g, m = random_batch(gen, 7, num_g, num_m, d, torch.float32)
     g = g.clamp(max=1)  # group 2 stays empty
-    random_mem.enqueue(x, g, m)
-    zero_mem.enqueue(x, g, m)
+    random_mem.write(x, g, m)
+    zero_mem.write(x, g, m)
     means, scales = random_params(gen, num_g, num_m, d, torch.float32)
     a = momentum_m_step(means, scales, random_mem.bank, [0, 1, 2], valid=random_mem.valid_mask())
     b = momentum_m_step(means, scales, zero_mem.bank, [0, 1, 2], valid=zero_mem.valid_mask())
@@ -632,7 +633,7 @@ def test_streaming_matches_weighted_numpy(
     batches = make_batches(seed, sizes, num_g, num_m, d, weighted)
     stats = StreamingStatistics(num_g, num_m, d, decay=decay, dtype=torch.float64)
     for t, (x, g, m, w) in enumerate(batches):
-        stats.update(x, g, m, w)
+        stats.write(x, g, m, weights=w)
         ref = ref_moments(as_numpy(batches[: t + 1]), num_g, num_m, decay)
         assert_stats_close(stats, ref, atol=1e-10)
 
@@ -643,14 +644,14 @@ def test_streaming_chunked_batches_match_numpy(monkeypatch: pytest.MonkeyPatch) 
         batches = make_batches(4, [11, 5], 2, 2, 3, weighted)
         stats = StreamingStatistics(2, 2, 3, decay=0.75, dtype=torch.float64)
         for x, g, m, w in batches:
-            stats.update(x, g, m, w)
+            stats.write(x, g, m, weights=w)
         assert_stats_close(stats, ref_moments(as_numpy(batches), 2, 2, 0.75), atol=1e-10)
 
 
 def test_huge_finite_embeddings_are_accepted() -> None:
     x = torch.full((2, 3), 3e38)  # finite, but their sum overflows float32
     mem = ComponentMemory(1, 1, 3, capacity=2, init="zeros")
-    mem.enqueue(x, torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
+    mem.write(x, torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
     assert torch.equal(mem.bank[0, 0], x)
 
 
@@ -664,7 +665,7 @@ def test_streaming_float32_unit_norm_accuracy() -> None:
     for _ in range(n_batches):
         x = F.normalize(center + 0.1 * torch.randn(n, d, generator=gen, dtype=torch.float64), dim=1)
         comps = (torch.rand(n, generator=gen) < 0.3).long()
-        stats.update(x.float(), torch.zeros(n, dtype=torch.int64), comps)
+        stats.write(x.float(), torch.zeros(n, dtype=torch.int64), comps)
         xs.append((x, comps))
     x_all = torch.cat([x for x, _ in xs]).numpy()
     c_all = torch.cat([c for _, c in xs]).numpy()
@@ -685,8 +686,8 @@ def test_streaming_merge_two_halves_equals_one_stream() -> None:
     a = StreamingStatistics(num_g, num_m, d, decay=1.0, dtype=torch.float64)
     b = StreamingStatistics(num_g, num_m, d, decay=1.0, dtype=torch.float64)
     for i, (x, g, m, w) in enumerate(batches):
-        one.update(x, g, m, w)
-        (a if i < 3 else b).update(x, g, m, w)
+        one.write(x, g, m, weights=w)
+        (a if i < 3 else b).write(x, g, m, weights=w)
     assert a.merge_(b) is a
     for name in ("weight_sum", "running_mean", "sq_dev_sum"):
         torch.testing.assert_close(getattr(a, name), getattr(one, name), rtol=0, atol=1e-10)
@@ -712,12 +713,12 @@ def test_decayed_ranks_merge_and_sum_reduce_equal_one_stream() -> None:
     batches = make_batches(7, [20, 9, 0, 31, 14], num_g, num_m, d, weighted=True)
     one = StreamingStatistics(num_g, num_m, d, decay=decay, dtype=torch.float64)
     for x, g, m, w in batches:
-        one.update(x, g, m, w)
+        one.write(x, g, m, weights=w)
     parts = []
     for share in split_batches(batches, ranks):
         s = StreamingStatistics(num_g, num_m, d, decay=decay, dtype=torch.float64)
         for x, g, m, w in share:
-            s.update(x, g, m, w)
+            s.write(x, g, m, weights=w)
         parts.append(s)
     merged = StreamingStatistics(num_g, num_m, d, decay=decay, dtype=torch.float64)
     for p in parts:
@@ -740,7 +741,7 @@ def test_decayed_ranks_merge_and_sum_reduce_equal_one_stream() -> None:
     # without torch.distributed, sync is a no-op and synced() a copy
     local = StreamingStatistics(num_g, num_m, d, decay=decay, dtype=torch.float64)
     for x, g, m, w in batches:
-        local.update(x, g, m, w, sync=True)
+        local.write(x, g, m, weights=w, sync=True)
     assert torch.equal(local.sq_dev_sum, one.sq_dev_sum)
     copy = local.synced()
     assert copy is not local and torch.equal(copy.running_mean, local.running_mean)
@@ -759,11 +760,11 @@ def test_merge_moments_edge_cases() -> None:
 def test_streaming_empty_components_are_nan_and_decay_keeps_ratios() -> None:
     stats = StreamingStatistics(2, 1, 2, decay=0.5, dtype=torch.float64)
     x = torch.tensor([[1.0, 2.0], [3.0, 6.0]], dtype=torch.float64)
-    stats.update(x, torch.tensor([0, 0]), torch.tensor([0, 0]))
+    stats.write(x, torch.tensor([0, 0]), torch.tensor([0, 0]))
     assert torch.isnan(stats.mean()[1]).all() and torch.isnan(stats.variance()[1]).all()
     mean, var = stats.mean().clone(), stats.variance().clone()
     empty = torch.zeros(0, dtype=torch.int64)
-    stats.update(torch.zeros(0, 2, dtype=torch.float64), empty, empty)  # decays only
+    stats.write(torch.zeros(0, 2, dtype=torch.float64), empty, empty)  # decays only
     assert float(stats.weight_sum[0, 0]) == 1.0
     torch.testing.assert_close(stats.mean()[0], mean[0])
     torch.testing.assert_close(stats.variance()[0], var[0])
@@ -773,7 +774,7 @@ def test_streaming_state_dict_roundtrip_and_reset() -> None:
     batches = make_batches(3, [10, 12], 2, 2, 3, weighted=False, dtype=torch.float32)
     stats = StreamingStatistics(2, 2, 3)
     for x, g, m, w in batches:
-        stats.update(x, g, m, w)
+        stats.write(x, g, m, weights=w)
     other = StreamingStatistics(2, 2, 3)
     other.load_state_dict(stats.state_dict())
     assert set(stats.state_dict()) == {"weight_sum", "running_mean", "sq_dev_sum"}
@@ -801,14 +802,14 @@ def test_streaming_m_step_equals_bank_m_step(use_valid: bool) -> None:
     for n in (7, 15, 0, 9):  # at most 31 per ring: no overwrite
         x, g, m = random_batch(gen, n, num_g, num_m, d, torch.float64)
         g = g.clamp(max=num_g - 2) if use_valid else g  # leave the last group empty
-        mem.enqueue(x, g, m)
+        mem.write(x, g, m)
         if use_valid:  # only the written samples count
-            stats.update(x, g, m)
+            stats.write(x, g, m)
     if not use_valid:  # every slot counts, initial random ones included: stream the final bank
         keys = torch.arange(num_g * num_m).repeat_interleave(cap)
         flat = mem.bank.reshape(-1, d)
         for part in torch.arange(flat.shape[0]).chunk(4):
-            stats.update(flat[part], keys[part] // num_m, keys[part] % num_m)
+            stats.write(flat[part], keys[part] // num_m, keys[part] % num_m)
     means, scales = random_params(gen, num_g, num_m, d, torch.float64)
     mm, sm, floor = 0.9, 0.25, 1e-3
     valid = mem.valid_mask() if use_valid else None
@@ -832,6 +833,102 @@ def test_streaming_m_step_equals_bank_m_step(use_valid: bool) -> None:
     assert torch.equal(got[0][1], means[1])  # not listed
 
 
+# ----------------------------------------------------------------------------------------------
+# MixtureMemory: the interface both memories offer
+
+
+def test_both_memories_implement_the_interface() -> None:
+    memories: list[MixtureMemory] = [  # mypy checks the signatures here
+        ComponentMemory(2, 2, 3, capacity=4),
+        StreamingStatistics(2, 2, 3),
+    ]
+    for memory in memories:
+        assert isinstance(memory, MixtureMemory)
+    assert not isinstance(torch.nn.Linear(2, 2), MixtureMemory)
+
+
+def _padded(
+    samples: dict[tuple[int, int], list[np.ndarray]], num_g: int, num_m: int, d: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The samples of each (g, m) as a zero-padded (G, M, K, D) bank and its (G, M, K) mask."""
+    k = max([len(v) for v in samples.values()] + [1])
+    bank = np.zeros((num_g, num_m, k, d))
+    valid = np.zeros((num_g, num_m, k), dtype=bool)
+    for (g, m), rows in samples.items():
+        bank[g, m, : len(rows)] = rows
+        valid[g, m, : len(rows)] = True
+    return bank, valid
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_both_memories_give_the_loop_m_step_on_the_same_samples(seed: int) -> None:
+    """Ring (counting written slots, none overwritten) and statistics (decay 1) hold the same
+    samples, so through the interface both give the plain-loop M-step on them."""
+    num_g, num_m, d, cap = 4, 2, 3, 40
+    gen = torch.Generator().manual_seed(seed)
+    memories: dict[str, MixtureMemory] = {
+        "ring": ComponentMemory(
+            num_g,
+            num_m,
+            d,
+            capacity=cap,
+            max_per_step=None,
+            count_only_filled=True,
+            generator=gen,
+            dtype=torch.float64,
+        ),
+        "stats": StreamingStatistics(num_g, num_m, d, decay=1.0, dtype=torch.float64),
+    }
+    samples: dict[tuple[int, int], list[np.ndarray]] = {}
+    for n in (9, 0, 14, 6):  # at most 29 samples per ring: nothing is overwritten
+        x, g, m = random_batch(gen, n, num_g, num_m, d, torch.float64)
+        keep = torch.rand(n, generator=gen) < 0.7
+        g = torch.where(keep, g.clamp(max=num_g - 2), 99)  # last group empty; masked ids invalid
+        counts = np.zeros((num_g, num_m))
+        for i in range(n):
+            if keep[i]:
+                samples.setdefault((int(g[i]), int(m[i])), []).append(x[i].numpy())
+                counts[int(g[i]), int(m[i])] += 1
+        for name, memory in memories.items():
+            added = memory.write(x, g, m, keep)
+            np.testing.assert_array_equal(added.double().numpy(), counts, err_msg=name)
+    means, scales = random_params(gen, num_g, num_m, d, torch.float64)
+    groups = [0, 2, 3]  # group 3 holds nothing: left unchanged; group 1 is not listed
+    bank, valid = _padded(samples, num_g, num_m, d)
+    want = ref_m_step(means.numpy(), scales.numpy(), bank, groups, 0.9, 0.25, 1e-3, valid)
+    for name, memory in memories.items():
+        mu, sigma = memory.m_step(
+            means, scales, groups, mean_momentum=0.9, scale_momentum=0.25, variance_floor=1e-3
+        )
+        np.testing.assert_allclose(mu.numpy(), want[0], rtol=0, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(sigma.numpy(), want[1], rtol=0, atol=1e-12, err_msg=name)
+        assert torch.equal(mu[1], means[1]) and torch.equal(sigma[3], scales[3]), name
+
+
+def test_faithful_ring_m_step_is_the_loop_on_the_whole_bank() -> None:
+    """A wrapped ring with the paper's settings (every slot counts, sub-sampled writes)."""
+    num_g, num_m, d, cap, per_step = 3, 2, 4, 5, 3
+    gen = torch.Generator().manual_seed(5)
+    ring = ComponentMemory(num_g, num_m, d, capacity=cap, max_per_step=per_step, generator=gen)
+    memory: MixtureMemory = ring
+    bank, ptr, filled = ring.bank.clone(), ring.ptr.clone(), ring.filled.clone()
+    for n in (30, 7, 25):
+        x, g, m = random_batch(gen, n, num_g, num_m, d, torch.float32)
+        memory.write(x, g, m)
+        ref_enqueue(bank, ptr, filled, x, g, m, per_step)
+    means, scales = random_params(gen, num_g, num_m, d, torch.float32)
+    mu, sigma = memory.m_step(means, scales, torch.tensor([True, False, True]))
+    want = ref_m_step(
+        means.double().numpy(), scales.double().numpy(), bank.double().numpy(),
+        [0, 2], 0.999, 0.0, 1e-2, None,
+    )  # fmt: skip
+    np.testing.assert_allclose(mu.numpy(), want[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(sigma.numpy(), want[1], rtol=0, atol=1e-6)
+    # the method is the formula on its bank, bit for bit
+    direct = momentum_m_step(means, scales, ring.bank, torch.tensor([True, False, True]))
+    assert torch.equal(mu, direct[0]) and torch.equal(sigma, direct[1])
+
+
 _X, _Z = torch.zeros(2, 3), torch.zeros(2, dtype=torch.int64)
 _P = (torch.zeros(2, 2, 3), torch.ones(2, 2, 3))
 
@@ -839,13 +936,13 @@ _P = (torch.zeros(2, 2, 3), torch.ones(2, 2, 3))
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda s: s.update(torch.zeros(2, 4), _Z, _Z), "embeddings"),
-        (lambda s: s.update(_X, torch.tensor([0, 3]), _Z), "groups"),
-        (lambda s: s.update(torch.full((2, 3), float("nan")), _Z, _Z), "finite"),
-        (lambda s: s.update(_X, _Z, _Z, torch.tensor([1.0, -1.0])), "weights"),
-        (lambda s: s.update(_X, _Z, _Z, torch.tensor([1.0, float("inf")])), "weights"),
-        (lambda s: s.update(_X, _Z, _Z, torch.ones(3)), "weights"),
-        (lambda s: s.update(_X, _Z, _Z, torch.ones(2).long()), "weights"),
+        (lambda s: s.write(torch.zeros(2, 4), _Z, _Z), "embeddings"),
+        (lambda s: s.write(_X, torch.tensor([0, 3]), _Z), "groups"),
+        (lambda s: s.write(torch.full((2, 3), float("nan")), _Z, _Z), "finite"),
+        (lambda s: s.write(_X, _Z, _Z, weights=torch.tensor([1.0, -1.0])), "weights"),
+        (lambda s: s.write(_X, _Z, _Z, weights=torch.tensor([1.0, float("inf")])), "weights"),
+        (lambda s: s.write(_X, _Z, _Z, weights=torch.ones(3)), "weights"),
+        (lambda s: s.write(_X, _Z, _Z, weights=torch.ones(2).long()), "weights"),
         (lambda s: s.merge_(StreamingStatistics(2, 2, 4)), "other"),
         (lambda s: s.variance(torch.zeros(5)), "center"),
         (lambda s: s.m_step(torch.zeros(2, 2, 4), torch.ones(2, 2, 4), [0]), "means"),
@@ -886,8 +983,8 @@ def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         synced_stream = StreamingStatistics(2, 2, 3, decay=0.7, dtype=torch.float64)
         local = StreamingStatistics(2, 2, 3, decay=0.7, dtype=torch.float64)
         for x, g, m, w in share:
-            synced_stream.update(x, g, m, w, sync=True)
-            local.update(x, g, m, w)
+            synced_stream.write(x, g, m, weights=w, sync=True)
+            local.write(x, g, m, weights=w)
         merged = local.synced()
         torch.save(
             {"sync": synced_stream.state_dict(), "synced": merged.state_dict()},
@@ -914,7 +1011,7 @@ def test_distributed_sync_equals_one_stream(tmp_path: Path) -> None:
     )
     one = StreamingStatistics(2, 2, 3, decay=0.7, dtype=torch.float64)
     for x, g, m, w in make_batches(9, [16, 0, 23, 11], 2, 2, 3, weighted=True):
-        one.update(x, g, m, w)
+        one.write(x, g, m, weights=w)
     for r in range(world):
         saved = torch.load(tmp_path / f"rank{r}.pt")
         for key in ("sync", "synced"):

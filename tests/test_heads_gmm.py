@@ -6,6 +6,7 @@ The algorithm is the one docs/algorithm.md states step by step.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from gmmseg.em import ComponentMemory, MixtureMemory, StreamingStatistics
 from gmmseg.heads import GMMClassifier, LinearClassifier
 
 
@@ -556,3 +558,102 @@ def test_m_step_schedule_follows_a_loaded_step_counter() -> None:
         head.update(out, target)
         assert int(head.step) == loaded + 1
         assert (not torch.equal(head.scales, before)) == m_step_due
+
+
+class RecordingMemory(torch.nn.Module):
+    """A third :class:`~gmmseg.em.online.MixtureMemory`: records the calls, delegates them."""
+
+    def __init__(self, inner: ComponentMemory | StreamingStatistics) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls: list[str] = []
+
+    def write(
+        self,
+        embeddings: torch.Tensor,
+        groups: torch.Tensor,
+        components: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        validate: bool = True,
+    ) -> torch.Tensor:
+        self.calls.append("write")
+        return self.inner.write(embeddings, groups, components, mask, validate=validate)
+
+    def m_step(
+        self,
+        means: torch.Tensor,
+        scales: torch.Tensor,
+        groups: torch.Tensor | Sequence[int],
+        *,
+        mean_momentum: float = 0.999,
+        scale_momentum: float = 0.0,
+        variance_floor: float = 1e-2,
+        validate: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls.append("m_step")
+        return self.inner.m_step(
+            means,
+            scales,
+            groups,
+            mean_momentum=mean_momentum,
+            scale_momentum=scale_momentum,
+            variance_floor=variance_floor,
+            validate=validate,
+        )
+
+
+@pytest.mark.parametrize("memory", ["ring", "stats"])
+def test_update_needs_only_the_memory_interface(memory: str) -> None:
+    """``update`` uses the memory through write / m_step only: any MixtureMemory works."""
+    torch.manual_seed(0)
+    plain, wrapped = make_head(memory=memory), make_head(memory=memory)
+    wrapped.load_state_dict(plain.state_dict())
+    recorder = RecordingMemory(wrapped.memory)
+    assert isinstance(recorder, MixtureMemory)
+    wrapped.memory = recorder  # type: ignore[assignment]
+    for _ in range(3):
+        feats, target = torch.randn(2, 12, 5, 6), torch.randint(0, 4, (2, 10, 12))
+        for head in (plain, wrapped):
+            out = head(feats)
+            head.update(out, target, head.e_step(out, target))
+    # update_interval 2: the M-step runs at steps 0 and 2
+    assert recorder.calls == ["write", "m_step", "write", "write", "m_step"]
+    for name in ("means", "scales", "step"):
+        assert torch.equal(getattr(plain, name), getattr(wrapped, name)), name
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(plain.memory.buffers(), recorder.inner.buffers(), strict=True)
+    )
+
+
+#: The state_dict keys of GMMClassifier (with a projection): checkpoints written by earlier
+#: versions load only while these stay.
+COMMON_KEYS = {
+    "feature_norm.bias",
+    "feature_norm.weight",
+    "logit_norm.bias",
+    "logit_norm.weight",
+    "means",
+    "projection.0.weight",
+    "projection.1.bias",
+    "projection.1.num_batches_tracked",
+    "projection.1.running_mean",
+    "projection.1.running_var",
+    "projection.1.weight",
+    "scales",
+    "step",
+}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "memory_keys"),
+    [
+        ({}, {"memory.bank", "memory.ptr", "memory.filled"}),
+        ({"persist_memory": False}, set()),
+        ({"memory": "stats"}, {"memory.weight_sum", "memory.running_mean", "memory.sq_dev_sum"}),
+    ],
+)
+def test_state_dict_keys_are_stable(kwargs: dict[str, object], memory_keys: set[str]) -> None:
+    head = make_head(**kwargs)
+    assert set(head.state_dict()) == COMMON_KEYS | memory_keys

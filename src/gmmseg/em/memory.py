@@ -5,9 +5,12 @@ D embedding dimensions, N samples.
 
 Each training step, the embeddings of correctly-predicted pixels are written to the ring of the
 (class, component) the E-step assigned them to, at most ``max_per_step`` per ring and step, chosen
-at evenly spaced positions. The momentum M-step (:func:`gmmseg.em.momentum.momentum_m_step`) then
-reads the whole ring. Writing is fully vectorised: one stable sort, a few cumulative sums and one
-scatter, with no Python loop over groups or components.
+at evenly spaced positions (:meth:`ComponentMemory.write`). The momentum M-step
+(:meth:`ComponentMemory.m_step`, the formula :func:`gmmseg.em.momentum.momentum_m_step`) then
+reads the whole ring. :class:`ComponentMemory` implements :class:`gmmseg.em.online.MixtureMemory`,
+the interface it shares with :class:`gmmseg.em.streaming.StreamingStatistics`. Writing is fully
+vectorised: one stable sort, a few cumulative sums and one scatter, with no Python loop over
+groups or components.
 
 Differences from the original release (``GMMSegHead._dequeue_and_enqueue_k``):
 
@@ -27,6 +30,7 @@ Differences from the original release (``GMMSegHead._dequeue_and_enqueue_k``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -35,6 +39,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from gmmseg.distributions import all_finite
+from gmmseg.em.momentum import momentum_m_step
 
 __all__ = ["ComponentMemory"]
 
@@ -153,7 +158,7 @@ class ComponentMemory(nn.Module):
         num_components: M, components per group.
         dim: D, the embedding dimension.
         capacity: K, ring slots per (group, component). The paper uses 32000.
-        max_per_step: at most this many samples are written per ring and :meth:`enqueue` call,
+        max_per_step: at most this many samples are written per ring and :meth:`write` call,
             taken at indices ``linspace(0, n − 1, max_per_step)`` truncated to integers. ``None``
             writes all of them (the original's ``-1``). The paper uses 20.
         init: ``"random"`` (faithful): each slot holds a random unit vector, standard normal then
@@ -176,9 +181,10 @@ class ComponentMemory(nn.Module):
     Example:
         >>> mem = ComponentMemory(num_groups=3, num_components=2, dim=4, capacity=8)
         >>> x = torch.nn.functional.normalize(torch.randn(5, 4), dim=1)
-        >>> written = mem.enqueue(x, torch.tensor([0, 0, 1, 2, 2]), torch.tensor([1, 1, 0, 0, 1]))
+        >>> written = mem.write(x, torch.tensor([0, 0, 1, 2, 2]), torch.tensor([1, 1, 0, 0, 1]))
         >>> written.tolist()
         [[0, 2], [1, 0], [1, 1]]
+        >>> means, scales = mem.m_step(torch.zeros(3, 2, 4), torch.ones(3, 2, 4), [0, 2])
     """
 
     bank: Tensor
@@ -296,7 +302,7 @@ class ComponentMemory(nn.Module):
         return slots < self.filled.unsqueeze(-1)
 
     @torch.no_grad()
-    def enqueue(
+    def write(
         self,
         embeddings: Tensor,
         groups: Tensor,
@@ -305,7 +311,7 @@ class ComponentMemory(nn.Module):
         *,
         validate: bool = True,
     ) -> Tensor:
-        """Write samples to their (group, component) rings.
+        """Write samples to their (group, component) rings (``MixtureMemory.write``).
 
         The caller selects the samples (GMMSeg: correctly-predicted pixels, in pixel order
         ``(b, h, w)``, after an all-gather in distributed training), either by passing only them
@@ -401,6 +407,60 @@ class ComponentMemory(nn.Module):
         filled = self.filled.view(rings)
         filled.copy_(torch.clamp(filled + written, max=k))
         return written.view(g, m)
+
+    @torch.no_grad()
+    def m_step(
+        self,
+        means: Tensor,
+        scales: Tensor,
+        groups: Tensor | Sequence[int],
+        *,
+        mean_momentum: float = 0.999,
+        scale_momentum: float = 0.0,
+        variance_floor: float = 1e-2,
+        validate: bool = True,
+        slots_per_chunk: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """GMMSeg's momentum M-step from this bank (``MixtureMemory.m_step``).
+
+        :func:`~gmmseg.em.momentum.momentum_m_step` over ``bank``, counting the slots of
+        :meth:`valid_mask` (every slot unless ``count_only_filled``). For each listed group and
+        component, with ``e`` over the counted slots: ``f = normalise(Σ e)``,
+        ``μ ← m·μ + (1 − m)·f``, ``σ ← s·σ + (1 − s)·sqrt(mean (e − f)² + variance_floor)``.
+        Pure: neither the inputs nor the memory are modified.
+
+        Args:
+            means: (G, M, D) float, the component means (the head keeps them unit length).
+            scales: (G, M, D) float, the component standard deviations σ.
+            groups: the groups to update: 1-D integer indices in ``[0, G)`` or a (G,) bool mask.
+            mean_momentum: weight of the old mean (paper: 0.999).
+            scale_momentum: weight of the old σ (paper: 0).
+            variance_floor: added to the per-dimension spread before the square root (0.01).
+            validate: check the parameters and the bank's sums for NaN/Inf and integer
+                ``groups`` for their range (reads on the host); with False, integer ``groups``
+                must be sorted and unique.
+            slots_per_chunk: slots read at a time (see
+                :func:`~gmmseg.em.momentum.momentum_m_step`).
+
+        Returns:
+            ``(new_means, new_scales)``: (G, M, D) tensors in the dtype of ``means``.
+
+        Raises:
+            ValueError: as :func:`~gmmseg.em.momentum.momentum_m_step`.
+        """
+        return momentum_m_step(
+            means,
+            scales,
+            self.bank,
+            groups,
+            mean_momentum=mean_momentum,
+            scale_momentum=scale_momentum,
+            variance_floor=variance_floor,
+            # None rather than an all-True mask: the plain sum over slots, not a weighted one
+            valid=self.valid_mask() if self.count_only_filled else None,
+            slots_per_chunk=slots_per_chunk,
+            validate=validate,
+        )
 
     @torch.no_grad()
     def load_original(self, queue: Tensor, queue_ptr: Tensor) -> None:

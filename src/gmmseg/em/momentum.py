@@ -1,6 +1,12 @@
-"""Momentum M-step of GMMSeg's online EM, from a ring-buffer memory.
+"""Momentum M-step of GMMSeg's online EM: the formula, from a ring-buffer bank.
 
 Letters: G groups (classes), M components per group, K ring slots, D embedding dimensions.
+
+:func:`momentum_m_step` is a pure function of the parameters and a ``(G, M, K, D)`` bank: the
+formula :meth:`gmmseg.em.memory.ComponentMemory.m_step` applies to its bank, usable on any bank
+(e.g. the ``queue`` of an original checkpoint). The final blend and the argument checks are shared
+with :meth:`gmmseg.em.streaming.StreamingStatistics.m_step`. Training code calls the memories'
+``m_step`` (:class:`gmmseg.em.online.MixtureMemory`), whichever memory it holds.
 
 For each listed group g and each component m, with ``e`` ranging over the counted slots of the
 (g, m) ring (step 8 of the algorithm page in the documentation):

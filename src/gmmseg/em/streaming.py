@@ -3,16 +3,17 @@
 Letters: G groups (classes), M components per group, D embedding dimensions, N samples.
 
 :class:`StreamingStatistics` is the O(G·M·D) alternative to the O(G·M·K·D) ring bank of
-:class:`gmmseg.em.memory.ComponentMemory`. For each (g, m) it keeps the total weight ``W``, the
-weighted mean ``x̄`` and the *centred* sum of squared deviations ``S = Σ w (x − x̄)²`` (per
-dimension). Batches are merged with Chan et al.'s parallel formula::
+:class:`gmmseg.em.memory.ComponentMemory`, with the same interface
+(:class:`gmmseg.em.online.MixtureMemory`: ``write``, then ``m_step``). For each (g, m) it keeps
+the total weight ``W``, the weighted mean ``x̄`` and the *centred* sum of squared deviations
+``S = Σ w (x − x̄)²`` (per dimension). Batches are merged with Chan et al.'s parallel formula::
 
     W = Wa + Wb,  δ = x̄b − x̄a,  x̄ = x̄a + δ·Wb/W,  S = Sa + Sb + δ²·Wa·Wb/W
 
 and within a batch ``S`` is accumulated about the batch mean, so float32 stays accurate for
 unit-norm embeddings with σ ≈ 0.1 (a one-pass ``E[x²] − x̄²`` would not).
 
-Decay semantic: each :meth:`StreamingStatistics.update` call first multiplies ``W`` and ``S`` of
+Decay semantic: each :meth:`StreamingStatistics.write` call first multiplies ``W`` and ``S`` of
 *every* (g, m) by ``decay``, then merges the batch with weight 1 per sample (or the given weights).
 A sample seen ``t`` calls ago therefore weighs ``decay**t``. Decaying a (g, m) absent from the batch
 leaves its mean and variance unchanged; it only lowers its weight relative to future samples.
@@ -27,10 +28,10 @@ import copy
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gmmseg._distributed import all_reduce_, is_distributed
 from gmmseg.em.memory import _check_samples
 from gmmseg.em.momentum import _blend, _check_momentum, _check_params, _group_indices
 
@@ -134,13 +135,10 @@ def _sum_reduce_moments(
 
 
 def _all_reduce_sum(t: Tensor) -> Tensor:
+    """The elementwise sum of ``t`` over all processes (a new tensor; ``t`` is unchanged)."""
     out = t.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    all_reduce_([out], "sum")
     return out
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class StreamingStatistics(nn.Module):
@@ -155,7 +153,7 @@ class StreamingStatistics(nn.Module):
         num_groups: G, the number of groups (classes).
         num_components: M, components per group.
         dim: D, the embedding dimension.
-        decay: in (0, 1]; every :meth:`update` call first multiplies the weight and the sum of
+        decay: in (0, 1]; every :meth:`write` call first multiplies the weight and the sum of
             squares of every (g, m) by ``decay`` (see the module notes). 1 keeps exact statistics.
         device: device of the buffers.
         dtype: floating dtype of the statistics (default: torch's default dtype). Samples are
@@ -168,7 +166,8 @@ class StreamingStatistics(nn.Module):
     Example:
         >>> stats = StreamingStatistics(num_groups=2, num_components=1, dim=3, decay=1.0)
         >>> x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-        >>> stats.update(x, torch.tensor([1, 1]), torch.tensor([0, 0]))
+        >>> stats.write(x, torch.tensor([1, 1]), torch.tensor([0, 0])).tolist()
+        [[0.0], [2.0]]
         >>> stats.mean()[1, 0].tolist(), stats.variance()[1, 0].tolist()
         ([0.5, 0.5, 0.0], [0.25, 0.25, 0.0])
     """
@@ -223,38 +222,43 @@ class StreamingStatistics(nn.Module):
         self.sq_dev_sum.zero_()
 
     @torch.no_grad()
-    def update(
+    def write(
         self,
         embeddings: Tensor,
         groups: Tensor,
         components: Tensor,
-        weights: Tensor | None = None,
-        *,
-        sync: bool = False,
         mask: Tensor | None = None,
+        *,
+        weights: Tensor | None = None,
+        sync: bool = False,
         validate: bool = True,
-    ) -> None:
+    ) -> Tensor:
         """Decay the statistics once, then merge a batch of samples.
 
-        Vectorised with ``index_add_`` (on CUDA, atomic adds make the last bits depend on
-        scheduling unless ``torch.use_deterministic_algorithms(True)``).
+        :meth:`gmmseg.em.online.MixtureMemory.write` for these statistics (pomegranate's
+        ``summarize``). Vectorised with ``index_add_`` (on CUDA, atomic adds make the last bits
+        depend on scheduling unless ``torch.use_deterministic_algorithms(True)``).
 
         Args:
             embeddings: (N, D) float samples (N may be 0: the call then only decays).
             groups: (N,) integer ids in ``[0, G)``.
             components: (N,) integer ids in ``[0, M)``.
+            mask: optional (N,) bool: only samples where it is True count (the result is that
+                of passing the masked rows; the others go to a discarded extra segment, so no
+                tensor's size depends on the mask's values).
             weights: optional (N,) float, finite and non-negative; default 1 per sample.
             sync: if True and ``torch.distributed`` is initialised with more than one process,
                 the batch statistics of all processes are combined (two all-reduces of
                 G·M·(D + 1) and G·M·D numbers) before merging, so that processes starting from
                 the same state stay identical without all-gathering the embeddings. Every
-                process must call ``update`` with ``sync=True`` the same number of times.
-            mask: optional (N,) bool: only samples where it is True count (the result is that
-                of passing the masked rows; the others go to a discarded extra segment, so no
-                tensor's size depends on the mask's values).
+                process must call ``write`` with ``sync=True`` the same number of times.
             validate: check the ids' range, the embeddings for NaN/Inf and the weights' values
                 (each reads a result on the host, a device synchronisation on an accelerator).
                 Types, shapes and devices are always checked.
+
+        Returns:
+            (G, M) float: the batch's total weight per (group, component) (its sample count
+            without ``weights``; over all processes with ``sync``), before any decay.
 
         Raises:
             ValueError: on a wrong shape, dtype or device, and with ``validate`` on ids out of
@@ -301,12 +305,13 @@ class StreamingStatistics(nn.Module):
             if w is not None:
                 w = torch.where(mask, w, 0.0)
             bw, bm, bs = (t[:size] for t in _batch_moments(embeddings.to(dtype), key, w, size + 1))
-        if sync and _distributed():
+        if sync and is_distributed():
             bw, bm, bs = _sum_reduce_moments(bw, bm, bs, _all_reduce_sum)
         if self.decay != 1.0:
             self.weight_sum.mul_(self.decay)
             self.sq_dev_sum.mul_(self.decay)
         self._merge_flat(bw, bm, bs)
+        return bw.reshape(self.num_groups, self.num_components)
 
     def _merge_flat(self, wb: Tensor, mb: Tensor, sb: Tensor) -> None:
         size = self.num_groups * self.num_components
@@ -365,8 +370,8 @@ class StreamingStatistics(nn.Module):
     def synced(self) -> StreamingStatistics:
         """A copy holding the statistics of all processes merged (this one is left unchanged).
 
-        Use when each process accumulates its own samples (``update(..., sync=False)``). The
-        decays stay consistent provided every process made the same number of ``update`` calls.
+        Use when each process accumulates its own samples (``write(..., sync=False)``). The
+        decays stay consistent provided every process made the same number of ``write`` calls.
         Without an initialised multi-process ``torch.distributed`` this is a plain copy. Keeping
         the local state separate (as torchmetrics does) avoids counting samples twice when it is
         called repeatedly.
@@ -375,7 +380,7 @@ class StreamingStatistics(nn.Module):
             A new :class:`StreamingStatistics` with the merged statistics.
         """
         out = copy.deepcopy(self)
-        if _distributed():
+        if is_distributed():
             w, m, s = _sum_reduce_moments(
                 self.weight_sum, self.running_mean, self.sq_dev_sum, _all_reduce_sum
             )
@@ -435,8 +440,10 @@ class StreamingStatistics(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """GMMSeg's momentum M-step from these statistics instead of a ring bank.
 
-        With ``f = normalise(x̄)`` (the direction of the weighted sum of samples):
-        ``μ ← m·μ + (1 − m)·f`` and ``σ ← s·σ + (1 − s)·sqrt(var + (x̄ − f)² + variance_floor)``.
+        :meth:`gmmseg.em.online.MixtureMemory.m_step` for these statistics (pomegranate's
+        ``from_summaries``, with the momentum as its ``inertia``). With ``f = normalise(x̄)``
+        (the direction of the weighted sum of samples): ``μ ← m·μ + (1 − m)·f`` and
+        ``σ ← s·σ + (1 − s)·sqrt(var + (x̄ − f)² + variance_floor)``.
         With ``decay=1`` this is exactly :func:`gmmseg.em.momentum.momentum_m_step` on a bank
         whose counted slots hold the same samples. Components with no weight are left unchanged,
         as are groups not listed. Pure: the inputs are not modified.

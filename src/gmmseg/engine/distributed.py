@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from gmmseg._distributed import is_initialized, rank, world_size
+
 __all__ = ["DistInfo", "barrier", "cleanup_distributed", "init_distributed", "select_device"]
 
 
@@ -71,22 +73,22 @@ def init_distributed(device: str | None = None) -> DistInfo:
     dev = select_device(device, local_rank)
     if str(dev) == "cuda":  # no index given: this process's GPU
         dev = torch.device("cuda", local_rank)
-    if world > 1 and not dist.is_initialized():
+    if world > 1 and not is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev)
+    if is_initialized():
+        return DistInfo(rank(), world_size(), local_rank, dev)
     return DistInfo(0, 1, 0, dev)
 
 
 def barrier() -> None:
     """``dist.barrier()`` when a process group is initialised."""
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.barrier()
 
 
 def cleanup_distributed() -> None:
     """Destroy the default process group if this module's caller created one."""
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.destroy_process_group()

@@ -47,15 +47,14 @@ import warnings
 from typing import Literal, NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from gmmseg._distributed import all_gather_rows, is_distributed
 from gmmseg.distributions import log_prob_from_precision_cholesky
 from gmmseg.em.gaussian_mixture import ConvergenceWarning, GaussianMixture
 from gmmseg.em.memory import ComponentMemory
-from gmmseg.em.momentum import momentum_m_step
 from gmmseg.em.streaming import StreamingStatistics
 from gmmseg.heads._common import (
     LossAverage,
@@ -94,20 +93,6 @@ class GMMOutput(NamedTuple):
 def _positive_int(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _all_gather_rows(t: Tensor) -> Tensor:
-    """Concatenate ``t`` (N, ...) from every rank in rank order (ranks may hold different N)."""
-    world = dist.get_world_size()
-    n = torch.tensor([t.shape[0]], device=t.device, dtype=torch.int64)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    counts = [int(s.item()) for s in sizes]
-    padded = t.new_zeros((max(counts), *t.shape[1:]))
-    padded[: t.shape[0]] = t
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)], dim=0)
 
 
 def _forget_host_step(module: nn.Module, incompatible_keys: object) -> None:
@@ -544,11 +529,11 @@ class GMMClassifier(nn.Module):
         pred = rearrange(output.logits.detach().argmax(dim=1), "b h w -> (b h w)")
         correct = (pred == gt) & (gt != self.ignore_index)
         labels = gt.long()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            emb = _all_gather_rows(emb.contiguous())
-            labels = _all_gather_rows(labels)
-            assignments = _all_gather_rows(assignments)
-            correct = _all_gather_rows(correct)
+        if is_distributed():
+            emb = all_gather_rows(emb.contiguous())
+            labels = all_gather_rows(labels)
+            assignments = all_gather_rows(assignments)
+            correct = all_gather_rows(correct)
         c = self.num_classes
         # (C,) bool: the classes present; the ignore label counts in an extra slot, dropped
         present = torch.zeros(c + 1, dtype=torch.bool, device=labels.device)
@@ -565,38 +550,19 @@ class GMMClassifier(nn.Module):
         # sizes). The M-step's ``nonzero`` of ``present`` is the step's one synchronisation.
         groups = torch.where(correct, labels, 0)
         components = torch.where(correct, assignments, 0)
-        check = self.validate
-        if isinstance(self.memory, ComponentMemory):
-            self.memory.enqueue(
-                emb.to(self.memory.bank.dtype), groups, components, correct, validate=check
+        # Either memory (ring bank or statistics) offers the same two calls (MixtureMemory).
+        self.memory.write(emb, groups, components, correct, validate=self.validate)
+        if run_m_step:
+            means, scales = self.memory.m_step(
+                means,
+                scales,
+                present,
+                mean_momentum=self.mean_momentum,
+                scale_momentum=self.scale_momentum,
+                variance_floor=self.variance_floor,
+                validate=self.validate,
             )
-            if run_m_step:
-                valid = self.memory.valid_mask() if self.count_only_filled else None
-                means, scales = momentum_m_step(
-                    means,
-                    scales,
-                    self.memory.bank,
-                    present,
-                    mean_momentum=self.mean_momentum,
-                    scale_momentum=self.scale_momentum,
-                    variance_floor=self.variance_floor,
-                    valid=valid,
-                    validate=check,
-                )
-                self.scales.copy_(scales)
-        else:
-            self.memory.update(emb, groups, components, mask=correct, validate=check)
-            if run_m_step:
-                means, scales = self.memory.m_step(
-                    means,
-                    scales,
-                    present,
-                    mean_momentum=self.mean_momentum,
-                    scale_momentum=self.scale_momentum,
-                    variance_floor=self.variance_floor,
-                    validate=check,
-                )
-                self.scales.copy_(scales)
+            self.scales.copy_(scales)
         self.means.copy_(means)
         self.step.add_(1)
         self._host_step += 1

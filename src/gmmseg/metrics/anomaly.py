@@ -39,6 +39,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
+from gmmseg._distributed import all_gather_rows, all_reduce_, is_distributed
 from gmmseg.metrics._curve import (
     AnomalyCurve,
     FloatArray,
@@ -53,7 +54,6 @@ from gmmseg.metrics._curve import (
     merge_sorted,
     merge_triples,
 )
-from gmmseg.metrics._distributed import all_gather_cat, all_reduce_, is_distributed
 from gmmseg.metrics._validation import (
     ArrayLike,
     check_binary_labels_np,
@@ -475,7 +475,7 @@ class AnomalyMetrics:
                 parts: list[npt.NDArray[np.generic]] = getattr(self, name)
                 dtype = np.float64 if name == "_edges" else np.int64
                 local = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-                setattr(self, name, [all_gather_cat(torch.from_numpy(local)).numpy()])
+                setattr(self, name, [all_gather_rows(torch.from_numpy(local)).numpy()])
         else:
             self._binned_all_reduce()
 
@@ -483,7 +483,7 @@ class AnomalyMetrics:
         local = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
         if local.dtype == np.float16:
             local = local.astype(np.float32)  # exact; float16 support of collectives varies
-        gathered: npt.NDArray[np.floating] = all_gather_cat(torch.from_numpy(local)).numpy()
+        gathered: npt.NDArray[np.floating] = all_gather_rows(torch.from_numpy(local)).numpy()
         return gathered
 
     def _binned_all_reduce(self) -> None:

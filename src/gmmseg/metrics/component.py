@@ -28,7 +28,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-from gmmseg.metrics._distributed import all_reduce_
+from gmmseg._distributed import all_reduce_
 from gmmseg.metrics._validation import (
     ArrayLike,
     check_binary_labels,

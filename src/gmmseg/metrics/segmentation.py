@@ -14,7 +14,7 @@ from typing import Literal, NamedTuple, TypedDict, get_args
 import torch
 from torch import Tensor
 
-from gmmseg.metrics._distributed import all_reduce_
+from gmmseg._distributed import all_reduce_
 from gmmseg.metrics._validation import (
     ArrayLike,
     check_frames,

@@ -296,6 +296,7 @@ class FolderDataset(SegmentationDataset):
         if reduce_zero_label:
             allowed = allowed_mask([*range(c + 1), IGNORE_INDEX])
             lut = np.concatenate([[IGNORE_INDEX], np.arange(255)]).astype(np.uint8)
+            lut[IGNORE_INDEX] = IGNORE_INDEX  # a stored ignore stays ignore
             expected = f"{{0, …, {c}}} ∪ {{255}} (0 = ignore, reduce_zero_label)"
         else:
             allowed = allowed_mask([*range(c), IGNORE_INDEX])

@@ -252,3 +252,33 @@ def test_score_folder_only_in_smiyc_format(
     argv = ["score", "ade20k", str(tmp_path), "--data", str(folders["anomaly"])]
     code, _, err = _run([*argv, "--data-layout", "folder"], capsys)
     assert code == 2 and "smiyc format" in err
+
+
+# --- the documentation page ----------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "own-data.md"
+
+
+def test_every_field_the_page_names_exists() -> None:
+    import dataclasses
+    import re
+
+    from gmmseg.recipes.schema import AnomalyConfig, DataConfig
+
+    text = DOC.read_text()
+    fields = {
+        "data": {f.name for f in dataclasses.fields(DataConfig)},
+        "anomaly": {f.name for f in dataclasses.fields(AnomalyConfig)},
+    }
+    named = set(re.findall(r"(?<![/\w.])(data|anomaly)\.([a-z_]+)\b(?!\.md)", text))
+    assert len(named) >= 15
+    for section, key in named:
+        assert key in fields[section], f"docs/own-data.md names {section}.{key}"
+
+
+def test_the_pages_python_block_runs(tmp_path: Path) -> None:
+    block = DOC.read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    code = block.replace('"/tmp/mine"', repr(str(tmp_path / "mine")))
+    namespace: dict[str, object] = {}
+    exec(compile(code, str(DOC), "exec"), namespace)
+    assert namespace["sample"]["label"].dtype.is_floating_point is False  # type: ignore[index]

@@ -282,3 +282,21 @@ def test_the_pages_python_block_runs(tmp_path: Path) -> None:
     namespace: dict[str, object] = {}
     exec(compile(code, str(DOC), "exec"), namespace)
     assert namespace["sample"]["label"].dtype.is_floating_point is False  # type: ignore[index]
+
+
+def test_predict_with_a_folder_checkpoint_uses_its_palette(
+    folders: dict[str, Path], trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = next((folders["closed"] / "images" / "val").glob("*.jpg"))
+    out = tmp_path / "pred"
+    code, _, err = _run(
+        ["predict", "--checkpoint", str(trained), str(image), "--out", str(out)], capsys
+    )
+    assert code == 0, err
+    seg = np.array(Image.open(out / f"{image.stem}_seg.png"), dtype=np.int64)
+    rgb = np.array(Image.open(image), dtype=np.int64)
+    palette = np.array(json.loads((folders["closed"] / "classes.json").read_text())["palette"])
+    # the overlay is half image, half class colour: every pixel's colour part is a palette entry
+    part = 2 * seg - rgb
+    distance = np.abs(part[:, :, None, :] - palette[None, None]).max(-1).min(-1)
+    assert np.median(distance) <= 2

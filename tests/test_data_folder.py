@@ -274,6 +274,8 @@ def test_class_file_missing_and_too_many_classes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at most 255 classes"):
         ClassList(tuple(f"c{i}" for i in range(256)))
     ClassList(tuple(f"c{i}" for i in range(255)))  # 0..254 and ignore 255 fit
+    with pytest.raises(ValueError, match="non-empty string"):
+        ClassList(("a", "", "b"))  # e.g. --set data.classes=a,,b
 
 
 # --- anomaly folders -----------------------------------------------------------------------

@@ -72,6 +72,8 @@ class ClassList:
                 f"classes: at most {IGNORE_INDEX} classes fit an 8-bit label with ignore "
                 f"{IGNORE_INDEX}, got {len(self.names)}"
             )
+        if not all(isinstance(n, str) and n.strip() for n in self.names):
+            raise ValueError(f"classes: every name must be a non-empty string, got {self.names!r}")
         if len(set(self.names)) != len(self.names):
             dup = sorted({n for n in self.names if self.names.count(n) > 1})
             raise ValueError(f"classes: names must be unique, got repeated {dup}")

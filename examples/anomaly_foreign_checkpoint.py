@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from gmmseg.data import FolderAnomaly
 from gmmseg.engine import anomaly_score_maps
+from gmmseg.engine.distributed import select_device
 from gmmseg.recipes import apply_overrides, evaluate_recipe_anomaly, get_recipe, load_trained
 from gmmseg.recipes.build import build_anomaly_datasets
 from gmmseg.recipes.run import inference_settings
@@ -40,6 +41,7 @@ def main() -> None:
     p.add_argument("--method", default="gmmseg", help="SMIYC method name (a folder name)")
     p.add_argument("--smiyc-dataset", default="AnomalyTrack-all", help="SMIYC dataset name")
     p.add_argument("--layout", default="auto", help="checkpoint layout (default: detected)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="more overrides")
     args = p.parse_args()
 
@@ -48,8 +50,9 @@ def main() -> None:
     if args.label_map:
         overrides.append(f"anomaly.folder_label_map={args.label_map}")
     recipe = apply_overrides(get_recipe(args.recipe), [*overrides, *args.set])
-    model, recipe = load_trained(args.checkpoint, recipe, layout=args.layout)
-    results = evaluate_recipe_anomaly(recipe, model=model, device="cpu")["folder"]
+    device = select_device(args.device)
+    model, recipe = load_trained(args.checkpoint, recipe, device, layout=args.layout)
+    results = evaluate_recipe_anomaly(recipe, model=model, device=str(device))["folder"]
     # --8<-- [end:evaluate]
     print(f"{'score':<20} {'AP':>7} {'AUROC':>7} {'FPR95':>7}")
     for score, r in results.items():
@@ -66,7 +69,7 @@ def main() -> None:
     with torch.inference_mode():
         for i in range(len(frames)):
             sample = frames[i]
-            pred = settings.predict(model, sample["image"][None])
+            pred = settings.predict(model, sample["image"][None].to(device))
             score = anomaly_score_maps(model, pred)[score_name][:, None].float()
             # full resolution: SMIYC scores every pixel of the stored image
             full = F.interpolate(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gmmseg.engine.distributed import select_device
 from gmmseg.heads import PosthocSettings
 from gmmseg.recipes import apply_overrides, evaluate_recipe_anomaly, get_recipe, load_trained
 from gmmseg.recipes.posthoc import fit_recipe_posthoc
@@ -40,6 +41,7 @@ def main() -> None:
     p.add_argument("--max-images", type=int, default=None, help="fit on the first images only")
     p.add_argument("--out", default="mixtures.posthoc.pt", help="the fitted mixtures' file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="more overrides")
     args = p.parse_args()
     if bool(args.classes) == bool(args.class_file):
@@ -57,7 +59,8 @@ def main() -> None:
     recipe = apply_overrides(get_recipe(args.recipe), [*overrides, *args.set])
 
     # --8<-- [start:fit]
-    model, recipe = load_trained(args.checkpoint, recipe)
+    device = select_device(args.device)
+    model, recipe = load_trained(args.checkpoint, recipe, device)
     settings = PosthocSettings(num_components=args.components)
     head, path = fit_recipe_posthoc(
         recipe,
@@ -65,9 +68,11 @@ def main() -> None:
         out=args.out,
         settings=settings,
         max_images=args.max_images,
-        device="cpu",
+        device=str(device),
     )
-    results = evaluate_recipe_anomaly(recipe, model=model, posthoc=head, device="cpu")["folder"]
+    results = evaluate_recipe_anomaly(recipe, model=model, posthoc=head, device=str(device))[
+        "folder"
+    ]
     # --8<-- [end:fit]
     print(f"fitted {head.num_classes} classes on {head.info['images']} images -> {path}")
     print(f"\n{'score':<20} {'AP':>7} {'AUROC':>7} {'FPR95':>7}")

@@ -123,6 +123,9 @@ def test_layout_errors(tmp_path: Path, setup: str, error: type, match: str) -> N
 def test_bad_suffix_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="label_suffix must start with"):
         FolderDataset(tmp_path, "train", ["a"], label_suffix="png")
+    _image(tmp_path / "data" / "f.png")
+    with pytest.raises(ValueError, match=r"share the folder .* and the suffix '\.png'"):
+        FolderDataset(tmp_path, "", ["a"], image_dir="data", label_dir="data", image_suffix=".png")
 
 
 # --- label values --------------------------------------------------------------------------

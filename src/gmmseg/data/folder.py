@@ -187,6 +187,11 @@ def _pair_files(
     if label_root is not None and not label_root.is_dir():
         raise FileNotFoundError(f"label folder not found: {label_root}")
     same = label_root is not None and image_root.resolve() == label_root.resolve()
+    if same and image_suffix and image_suffix == label_suffix:
+        raise ValueError(
+            f"images and labels share the folder {image_root} and the suffix {label_suffix!r}: "
+            "give them different suffixes (e.g. image_suffix='.jpg', label_suffix='_label.png')"
+        )
     images: list[tuple[Path, str]] = []
     for path in sorted(image_root.rglob("*"), key=lambda p: p.relative_to(image_root).as_posix()):
         if not path.is_file() or (same and path.name.endswith(label_suffix)):

@@ -45,7 +45,6 @@ def main() -> None:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="more overrides")
     args = p.parse_args()
 
-    # --8<-- [start:evaluate]
     overrides = ["anomaly.datasets=folder", f"anomaly.folder_root={args.anomaly_root}"]
     if args.label_map:
         overrides.append(f"anomaly.folder_label_map={args.label_map}")
@@ -53,12 +52,10 @@ def main() -> None:
     device = select_device(args.device)
     model, recipe = load_trained(args.checkpoint, recipe, device, layout=args.layout)
     results = evaluate_recipe_anomaly(recipe, model=model, device=str(device))["folder"]
-    # --8<-- [end:evaluate]
     print(f"{'score':<20} {'AP':>7} {'AUROC':>7} {'FPR95':>7}")
     for score, r in results.items():
         print(f"{score:<20} {r['ap']:7.3f} {r['auroc']:7.3f} {r['fpr95']:7.3f}")
 
-    # --8<-- [start:smiyc]
     # the folder as evaluated above: the recipe's test-time resize and normalisation
     frames = build_anomaly_datasets(recipe, ["folder"])["folder"]
     assert isinstance(frames, FolderAnomaly)
@@ -79,7 +76,6 @@ def main() -> None:
     scored = score_submission(
         args.out, "smiyc", frames, method=args.method, smiyc_dataset=args.smiyc_dataset
     )
-    # --8<-- [end:smiyc]
     pixel, component = scored["pixel"], scored["component"]
     print(f"\nwrote {scored['frames']} {score_name} maps to {scored['folder']}")
     print(f"SMIYC pixel: AP {pixel['ap']:.3f}, FPR95 {pixel['fpr95']:.3f}")

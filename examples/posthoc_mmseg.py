@@ -58,7 +58,6 @@ def main() -> None:
         overrides.append(f"anomaly.folder_label_map={args.label_map}")
     recipe = apply_overrides(get_recipe(args.recipe), [*overrides, *args.set])
 
-    # --8<-- [start:fit]
     device = select_device(args.device)
     model, recipe = load_trained(args.checkpoint, recipe, device)
     settings = PosthocSettings(num_components=args.components)
@@ -73,7 +72,6 @@ def main() -> None:
     results = evaluate_recipe_anomaly(recipe, model=model, posthoc=head, device=str(device))[
         "folder"
     ]
-    # --8<-- [end:fit]
     print(f"fitted {head.num_classes} classes on {head.info['images']} images -> {path}")
     print(f"\n{'score':<20} {'AP':>7} {'AUROC':>7} {'FPR95':>7}")
     for score, r in results.items():

@@ -34,7 +34,6 @@ def main() -> None:
     if bool(args.classes) == bool(args.class_file):
         p.error("give the classes with exactly one of --classes or --class-file")
 
-    # --8<-- [start:overrides]
     overrides = ["data.dataset=folder", f"data.root={args.root}"]
     if args.classes:
         overrides.append(f"data.classes={args.classes}")
@@ -44,7 +43,6 @@ def main() -> None:
     if not gmm.twin:
         p.error(f"recipe {gmm.name!r} has no softmax twin")
     softmax = apply_overrides(get_recipe(gmm.twin), [*overrides, *args.set])
-    # --8<-- [end:overrides]
 
     results = {}
     for recipe in (gmm, softmax):

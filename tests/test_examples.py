@@ -1,33 +1,124 @@
-"""Every script in examples/ runs to completion (exit code 0) as a user would run it."""
+"""Every script in examples/ runs to completion (exit code 0) as a user would run it.
+
+Scripts that take a dataset or a checkpoint get miniature ones, written here: folders by
+:func:`~gmmseg.data.write_folder_fixture`, foreign checkpoints in their exact published
+layouts by the writers of the interop tests.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from gmmseg.data import write_anomaly_folder_fixture, write_folder_fixture
 
 pytestmark = pytest.mark.cpu_only("runs the example scripts as subprocesses")
 
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
 
+# Miniature settings: a few steps on 48×64 images, no test-time resize.
+QUICK = [
+    "train.iters=3",
+    "data.crop_size=32,32",
+    "data.scale=64,48",
+    "data.test_scale=none",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "optim.warmup_iters=1",
+    "train.device=cpu",
+]
+
+
+def _train_on_folder(tmp: Path) -> list[str]:
+    root = write_folder_fixture(tmp / "mine", ("road", "car", "sky"))
+    args = ["--root", str(root), "--class-file", "classes.json", "--tiny"]
+    return [*args, "--work-dir", str(tmp / "work"), "--set", *QUICK]
+
+
+def _anomaly_foreign_checkpoint(tmp: Path) -> list[str]:
+    pytest.importorskip("transformers")
+    from test_interop_cli import B0
+    from test_interop_official import official_file
+
+    checkpoint = tmp / "gmmseg_segformer_cocostuff10k.pth"
+    # the official release's layout (171 classes, M = 5), with a MiT-B0 backbone
+    official_file(checkpoint, d=64, width=256, k=4, mit=B0)
+    ano = write_anomaly_folder_fixture(tmp / "anomalies", anomaly_value=2)
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        "--recipe",
+        "segformer_b5_cocostuff10k_gmm",
+        "--anomaly-root",
+        str(ano),
+        "--label-map",
+        "0:0,2:1,255:255",
+        "--out",
+        str(tmp / "results"),
+        "--set",
+        "model.backbone=mit_b0",
+        "data.test_scale=none",
+    ]
+
+
+def _posthoc_mmseg(tmp: Path) -> list[str]:
+    pytest.importorskip("transformers")
+    from test_interop_cli import mmseg_b0
+
+    checkpoint = tmp / "segformer_mit-b0_cityscapes.pth"
+    mmseg_b0(checkpoint)  # mmsegmentation's layout, 19 classes, softmax classifier
+    classes = ",".join(f"c{i}" for i in range(19))
+    train = write_folder_fixture(tmp / "train", tuple(f"c{i}" for i in range(19)))
+    ano = write_anomaly_folder_fixture(tmp / "anomalies", num_classes=19)
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        "--train-root",
+        str(train),
+        "--classes",
+        classes,
+        "--anomaly-root",
+        str(ano),
+        "--out",
+        str(tmp / "mixtures.posthoc.pt"),
+        "--set",
+        "model.backbone=mit_b0",
+        "data.test_scale=none",
+    ]
+
+
+ARGUMENTS: dict[str, Callable[[Path], list[str]]] = {
+    "train_on_folder.py": _train_on_folder,
+    "anomaly_foreign_checkpoint.py": _anomaly_foreign_checkpoint,
+    "posthoc_mmseg.py": _posthoc_mmseg,
+}
+
 
 def test_examples_exist():
     assert EXAMPLES, "examples/ holds no script"
+    assert set(ARGUMENTS) <= {p.name for p in EXAMPLES}
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(script, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    args = ARGUMENTS[script.name](inputs) if script.name in ARGUMENTS else []
+    run = tmp_path / "run"
+    run.mkdir()
     # Run from an empty folder so that an example cannot depend on (or litter) the checkout.
     # One thread: the examples use tiny tensors, for which extra threads only add contention
     # (several times slower on a busy 2-core machine).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
+        [sys.executable, str(script), *args],
+        cwd=run,
         env=env,
         capture_output=True,
         text=True,
@@ -39,3 +130,4 @@ def test_example_runs(script, tmp_path):
         f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
     )
     assert proc.stdout.strip(), f"{script.name} printed nothing"
+    assert not any(run.iterdir()), f"{script.name} wrote into the current folder"

@@ -256,6 +256,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from gmmseg.engine import anomaly_score_maps
     from gmmseg.engine.distributed import select_device
     from gmmseg.recipes import load_trained
+    from gmmseg.recipes.build import folder_classes
     from gmmseg.viz import colorize, heatmap, overlay
 
     if args.set and not args.recipe:
@@ -286,6 +287,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         palette = DemoScenes.semantic_palette
     elif recipe.data.dataset == "cityscapes":
         palette = CITYSCAPES_PALETTE
+    elif recipe.data.dataset == "folder" and folder_classes(recipe.data).palette:
+        palette = folder_classes(recipe.data).palette
     else:
         palette = np.random.default_rng(0).integers(0, 256, (256, 3)).tolist()
     out.mkdir(parents=True, exist_ok=True)
@@ -404,7 +407,37 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 )
     root = Path(args.data)
     dataset: Any
-    if args.format == "smiyc":
+    folder_flags = ("label_map", "image_dir", "label_dir", "label_suffix")
+    if args.data_layout != "folder":
+        for flag in folder_flags:
+            if getattr(args, flag) is not None:
+                raise UserError(
+                    f"--{flag.replace('_', '-')} is only used with --data-layout folder"
+                )
+    if args.data_layout == "folder":
+        if args.format != "smiyc":
+            raise UserError(
+                f"--data-layout folder scores anomaly results in the smiyc format, not "
+                f"{args.format}"
+            )
+        if args.track is not None:
+            raise UserError(
+                "--track is not used with --data-layout folder: the track follows "
+                "--smiyc-dataset (AnomalyTrack-*: anomaly; others: obstacle)"
+            )
+        if args.smiyc_dataset is None:
+            raise UserError(
+                "--data-layout folder needs --smiyc-dataset, the SMIYC dataset name the "
+                "results were written under (gmmseg predict --write smiyc --smiyc-dataset)"
+            )
+        dataset = data.FolderAnomaly(
+            root,
+            image_dir=args.image_dir or "images",
+            label_dir=args.label_dir or "labels",
+            label_suffix=args.label_suffix or ".png",
+            label_map=args.label_map,
+        )
+    elif args.format == "smiyc":
         track = data.SMIYCObstacleTrack if args.track == "obstacle" else data.SMIYCAnomalyTrack
         dataset = track(root, "validation")
     elif args.format == "fishyscapes":
@@ -668,6 +701,23 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--cityscapes-root", default=None, help="Fishyscapes Static: Cityscapes")
     sc.add_argument("--fs-version", type=int, default=None, help="Fishyscapes Static: 1, 2, 3")
     sc.add_argument("--allow-extra", action="store_true", help="ignore files of other frames")
+    sc.add_argument(
+        "--data-layout",
+        choices=("official", "folder"),
+        default="official",
+        help="--data is the benchmark's own layout (default) or a folder of images and "
+        "0/1/255 masks (smiyc format; see 'Train on your own data')",
+    )
+    sc.add_argument("--image-dir", default=None, help="folder layout: images (default images)")
+    sc.add_argument("--label-dir", default=None, help="folder layout: masks (default labels)")
+    sc.add_argument(
+        "--label-suffix", default=None, help="folder layout: mask file ending (default .png)"
+    )
+    sc.add_argument(
+        "--label-map",
+        default=None,
+        help="folder layout: stored:canonical pairs when masks are not 0/1/255, e.g. 0:0,2:1",
+    )
     sc.set_defaults(func=_cmd_score)
 
     r = sub.add_parser("recipes", help="list the recipes")

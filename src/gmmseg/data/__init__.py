@@ -26,6 +26,8 @@ from gmmseg.data.converters import (
 )
 from gmmseg.data.demo import DemoScenes
 from gmmseg.data.fixtures import write_broken_fixture, write_fixture
+from gmmseg.data.folder import ClassList, FolderAnomaly, FolderDataset, read_class_file
+from gmmseg.data.folder_fixtures import write_anomaly_folder_fixture, write_folder_fixture
 from gmmseg.data.samplers import (
     ClassBalancedSampler,
     DistributedClassBalancedSampler,
@@ -37,10 +39,13 @@ __all__ = [
     "COCOStuff",
     "Cityscapes",
     "ClassBalancedSampler",
+    "ClassList",
     "DemoScenes",
     "DistributedClassBalancedSampler",
     "FishyscapesLostAndFound",
     "FishyscapesStatic",
+    "FolderAnomaly",
+    "FolderDataset",
     "Frame",
     "RoadAnomaly",
     "SMIYCAnomalyTrack",
@@ -55,6 +60,9 @@ __all__ = [
     "convert_cityscapes",
     "convert_coco_stuff",
     "rasterize_cityscapes_polygons",
+    "read_class_file",
+    "write_anomaly_folder_fixture",
     "write_broken_fixture",
     "write_fixture",
+    "write_folder_fixture",
 ]

@@ -31,13 +31,18 @@ from gmmseg.data import (
     DemoScenes,
     FishyscapesLostAndFound,
     FishyscapesStatic,
+    FolderAnomaly,
+    FolderDataset,
     RoadAnomaly,
     Sample,
     SMIYCAnomalyTrack,
     SMIYCObstacleTrack,
+    write_anomaly_folder_fixture,
     write_fixture,
+    write_folder_fixture,
 )
 from gmmseg.data import transforms as T
+from gmmseg.data.folder import ClassList, read_class_file
 from gmmseg.heads import (
     DeepLabV3PlusDecoder,
     FCNDecoder,
@@ -57,6 +62,7 @@ __all__ = [
     "build_train_data",
     "build_val_dataset",
     "dry_run_recipe",
+    "folder_classes",
     "num_classes_of",
 ]
 
@@ -70,8 +76,41 @@ _NUM_CLASSES = {
 
 
 def num_classes_of(data: DataConfig) -> int:
-    """C of the recipe's dataset."""
+    """C of the recipe's dataset (``folder``: the length of its class list)."""
+    if data.dataset == "folder":
+        return len(folder_classes(data).names)
     return _NUM_CLASSES[data.dataset]
+
+
+def folder_classes(data: DataConfig) -> ClassList:
+    """The class list of a ``data.dataset=folder`` recipe.
+
+    ``data.classes`` names the classes; or ``data.class_file`` is a JSON class file
+    (:func:`~gmmseg.data.read_class_file`): a relative path is looked up from the current
+    folder first, then inside ``data.root``.
+
+    Raises:
+        ValueError: neither or both are set, or a bad class list.
+        FileNotFoundError: the class file does not exist.
+    """
+    if data.classes and data.class_file:
+        raise ValueError("data.classes and data.class_file are both set: give the classes one way")
+    if data.classes:
+        return ClassList(tuple(data.classes))
+    if not data.class_file:
+        raise ValueError(
+            "data.dataset=folder needs its classes: pass --set data.classes=road,car,sky or "
+            "data.class_file=classes.json"
+        )
+    path = Path(data.class_file)
+    if not path.is_absolute() and not path.is_file() and data.root:
+        inside = Path(data.root) / path
+        if inside.is_file():
+            path = inside
+    if not path.is_file():
+        where = f" (nor inside data.root {data.root!r})" if data.root else ""
+        raise FileNotFoundError(f"data.class_file: {str(path)!r} does not exist{where}")
+    return read_class_file(path)
 
 
 def _mit_norm_eps(cfg: ModelConfig) -> tuple[float, float]:
@@ -261,6 +300,17 @@ def _closed_set(data: DataConfig, split: str) -> Dataset[Sample]:
             f"data.root is not set: pass --set data.root=/path/to/{data.dataset} "
             "(the folder in the dataset's official layout)"
         )
+    if data.dataset == "folder":
+        return FolderDataset(
+            data.root,
+            split,
+            folder_classes(data),
+            image_dir=data.image_dir,
+            label_dir=data.label_dir,
+            image_suffix=data.image_suffix,
+            label_suffix=data.label_suffix,
+            reduce_zero_label=data.reduce_zero_label,
+        )
     if data.dataset == "cityscapes":
         return Cityscapes(data.root, split)
     if data.dataset == "ade20k":
@@ -338,6 +388,15 @@ def build_anomaly_datasets(
             ds = SMIYCAnomalyTrack(need(cfg.smiyc_anomaly_root, "smiyc_anomaly_root"))
         elif name == "smiyc_obstacle_track":
             ds = SMIYCObstacleTrack(need(cfg.smiyc_obstacle_root, "smiyc_obstacle_root"))
+        elif name == "folder":
+            ds = FolderAnomaly(
+                need(cfg.folder_root, "folder_root"),
+                image_dir=cfg.folder_image_dir,
+                label_dir=cfg.folder_label_dir,
+                image_suffix=cfg.folder_image_suffix,
+                label_suffix=cfg.folder_label_suffix,
+                label_map=cfg.folder_label_map or None,
+            )
         elif name in ("demo_ood", "demo_ood_near"):
             split = name.removeprefix("demo_")
             ds = InMemory(
@@ -347,7 +406,7 @@ def build_anomaly_datasets(
             raise ValueError(
                 f"unknown anomaly dataset {name!r}; expected one of "
                 "fishyscapes_lostandfound, fishyscapes_static, road_anomaly, "
-                "smiyc_anomaly_track, smiyc_obstacle_track, demo_ood, demo_ood_near"
+                "smiyc_anomaly_track, smiyc_obstacle_track, demo_ood, demo_ood_near, folder"
             )
         ds.transform = transform
         out[name] = ds
@@ -374,7 +433,29 @@ def dry_run_recipe(recipe: Recipe, root: Path | str, iters: int = 2) -> Recipe:
             data, demo_train_images=8, demo_val_images=2, batch_size=2, num_workers=0
         )
     else:
-        fixture = write_fixture(data.dataset, root, size=_FIXTURE_SIZE)
+        if data.dataset == "folder":
+            names = folder_classes(data).names
+            fixture = write_folder_fixture(
+                root / "folder",
+                names,
+                # one folder when both splits are the same (or none: data.train_split=)
+                splits=((data.train_split, 4),)
+                if data.train_split == data.val_split
+                else ((data.train_split, 4), (data.val_split, 2)),
+                size=_FIXTURE_SIZE,
+            )
+            data = dataclasses.replace(
+                data,
+                classes=names,
+                class_file="",
+                image_dir="images",
+                label_dir="labels",
+                image_suffix="",
+                label_suffix=".png",
+                reduce_zero_label=False,
+            )
+        else:
+            fixture = write_fixture(data.dataset, root, size=_FIXTURE_SIZE)
         h, w = _FIXTURE_SIZE
         data = dataclasses.replace(
             data,
@@ -393,6 +474,17 @@ def dry_run_recipe(recipe: Recipe, root: Path | str, iters: int = 2) -> Recipe:
         roots: dict[str, Any] = {"demo_images": 3}
         for name in anomaly.datasets:
             if name.startswith("demo_"):
+                continue
+            if name == "folder":
+                path = write_anomaly_folder_fixture(root / "anomaly_folder", size=_FIXTURE_SIZE)
+                roots.update(
+                    folder_root=str(path),
+                    folder_image_dir="images",
+                    folder_label_dir="labels",
+                    folder_image_suffix="",
+                    folder_label_suffix=".png",
+                    folder_label_map=(),
+                )
                 continue
             path = write_fixture(name, root, size=_FIXTURE_SIZE)
             if name == "fishyscapes_lostandfound":

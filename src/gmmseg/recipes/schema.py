@@ -17,7 +17,7 @@ __all__ = [
     "TrainConfig",
 ]
 
-DatasetName = Literal["cityscapes", "ade20k", "coco_stuff10k", "coco_stuff164k", "demo"]
+DatasetName = Literal["cityscapes", "ade20k", "coco_stuff10k", "coco_stuff164k", "demo", "folder"]
 AnomalySetName = Literal[
     "fishyscapes_lostandfound",
     "fishyscapes_static",
@@ -26,6 +26,7 @@ AnomalySetName = Literal[
     "smiyc_obstacle_track",
     "demo_ood",
     "demo_ood_near",
+    "folder",
 ]
 
 
@@ -120,8 +121,9 @@ class DataConfig:
     """Training and validation data.
 
     Attributes:
-        dataset: ``"cityscapes"``, ``"ade20k"``, ``"coco_stuff10k"``, ``"coco_stuff164k"`` or
-            ``"demo"`` (:class:`~gmmseg.data.DemoScenes`, nothing to download).
+        dataset: ``"cityscapes"``, ``"ade20k"``, ``"coco_stuff10k"``, ``"coco_stuff164k"``,
+            ``"demo"`` (:class:`~gmmseg.data.DemoScenes`, nothing to download) or ``"folder"``
+            (your own images and labels, :class:`~gmmseg.data.FolderDataset`).
         root: dataset folder (unused by ``demo``).
         train_split: split name of the training set.
         val_split: split name of the validation set.
@@ -136,6 +138,14 @@ class DataConfig:
         demo_size: side of the demo scenes.
         demo_train_images: frames of the demo's ``train`` split.
         demo_val_images: frames of the demo's ``val`` split.
+        classes: ``dataset="folder"``: the class names (``--set data.classes=road,car,sky``).
+        class_file: ``dataset="folder"``: a JSON class file instead of ``classes`` (names,
+            optional palette and void colours; see :func:`~gmmseg.data.read_class_file`).
+        image_dir: ``dataset="folder"``: image folder under ``root`` (split folders inside).
+        label_dir: ``dataset="folder"``: label folder under ``root`` (split folders inside).
+        image_suffix: ``dataset="folder"``: ending of the image files ("": .jpg, .png, ...).
+        label_suffix: ``dataset="folder"``: ending of the label files.
+        reduce_zero_label: ``dataset="folder"``: stored 0 is ignore, v is class v − 1.
     """
 
     dataset: DatasetName = "cityscapes"
@@ -153,6 +163,13 @@ class DataConfig:
     demo_size: int = 64
     demo_train_images: int = 1000
     demo_val_images: int = 200
+    classes: tuple[str, ...] = ()
+    class_file: str = ""
+    image_dir: str = "images"
+    label_dir: str = "labels"
+    image_suffix: str = ""
+    label_suffix: str = ".png"
+    reduce_zero_label: bool = False
 
 
 @dataclass(frozen=True)
@@ -251,6 +268,13 @@ class AnomalyConfig:
         mode: metric computation (``"exact"`` or ``"binned"``).
         fpr95_rule: the FPR95 operating-point rule (``"first_ge"``).
         demo_images: frames of the demo's anomaly splits.
+        folder_root: your own anomaly set (``"folder"``, :class:`~gmmseg.data.FolderAnomaly`).
+        folder_image_dir: its image folder under ``folder_root``.
+        folder_label_dir: its mask folder under ``folder_root``.
+        folder_image_suffix: ending of its image files ("": .jpg, .png, ...).
+        folder_label_suffix: ending of its mask files.
+        folder_label_map: ``stored:canonical`` pairs when the masks do not hold 0 normal,
+            1 anomaly, 255 void (e.g. ``0:0,2:1``; empty: the canonical values).
     """
 
     datasets: tuple[AnomalySetName, ...] = (
@@ -271,6 +295,12 @@ class AnomalyConfig:
     mode: Literal["exact", "binned", "smiyc_binned"] = "exact"
     fpr95_rule: Literal["first_ge", "nearest", "first_gt", "interp"] = "first_ge"
     demo_images: int = 200
+    folder_root: str = ""
+    folder_image_dir: str = "images"
+    folder_label_dir: str = "labels"
+    folder_image_suffix: str = ""
+    folder_label_suffix: str = ".png"
+    folder_label_map: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -109,10 +109,11 @@ def check_recipe(recipe: Recipe, *, training: bool = False) -> None:
         _pair("eval.stride", e.stride)
     if not e.scales or not all(s > 0 for s in e.scales):
         raise ValueError(f"eval.scales must be one or more factors > 0, got {e.scales!r}")
+    num_classes = num_classes_of(recipe.data)  # data.classes / data.class_file of a folder
     model = dataclasses.replace(recipe.model, pretrained="")
     with torch.device("meta"):
         try:
-            build_model(model, num_classes_of(recipe.data))
+            build_model(model, num_classes)
         except (ValueError, TypeError) as err:
             text = str(err)
             raise ValueError(text if text.startswith("model.") else f"model: {text}") from err

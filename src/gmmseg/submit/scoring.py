@@ -35,6 +35,7 @@ from gmmseg.data.anomaly import (
 from gmmseg.data.base import SegmentationDataset
 from gmmseg.data.closed_set import ADE20K, Cityscapes
 from gmmseg.data.converters import cityscapes_label_ids_to_train_ids
+from gmmseg.data.folder import FolderAnomaly
 from gmmseg.metrics import (
     AnomalyMetrics,
     AnomalyResult,
@@ -230,16 +231,24 @@ def _check_shape(path: Path, pred: npt.NDArray[Any], label: npt.NDArray[Any]) ->
 def _smiyc_folder(
     folder: Path, dataset: SegmentationDataset, method: str | None, smiyc_dataset: str | None
 ) -> tuple[Path, str]:
+    default: str | None
     if isinstance(dataset, SMIYCAnomalyTrack):
         default = "AnomalyTrack-validation"
     elif isinstance(dataset, SMIYCObstacleTrack):
         default = "ObstacleTrack-validation"
+    elif isinstance(dataset, FolderAnomaly):
+        default = None  # a folder of one's own: the results may sit under any SMIYC name
     else:
         raise ValueError(
-            "dataset must be SMIYCAnomalyTrack or SMIYCObstacleTrack for the smiyc format, got "
-            f"{type(dataset).__name__}"
+            "dataset must be SMIYCAnomalyTrack, SMIYCObstacleTrack or FolderAnomaly for the "
+            f"smiyc format, got {type(dataset).__name__}"
         )
     name = smiyc_dataset or default
+    if name is None:
+        raise ValueError(
+            "a FolderAnomaly dataset needs smiyc_dataset (--smiyc-dataset): the SMIYC dataset "
+            f"name its results were written under, one of {sorted(SMIYC_DATASETS)}"
+        )
     if name not in SMIYC_DATASETS:
         raise ValueError(f"smiyc_dataset must be one of {sorted(SMIYC_DATASETS)}, got {name!r}")
     root = folder / "anomaly_p"
@@ -275,6 +284,8 @@ def score_submission(
         format: ``"smiyc"``, ``"fishyscapes"``, ``"cityscapes"`` or ``"ade20k"``.
         dataset: the split with labels: :class:`~gmmseg.data.SMIYCAnomalyTrack` /
             :class:`~gmmseg.data.SMIYCObstacleTrack` (validation),
+            or :class:`~gmmseg.data.FolderAnomaly` (needs ``smiyc_dataset``; scored as the
+            obstacle track unless it names an ``AnomalyTrack`` dataset),
             :class:`~gmmseg.data.FishyscapesLostAndFound` / :class:`~gmmseg.data.FishyscapesStatic`,
             :class:`~gmmseg.data.Cityscapes` (val) or :class:`~gmmseg.data.ADE20K` (validation).
         method: SMIYC method folder (needed when ``anomaly_p/`` holds several).
@@ -398,6 +409,9 @@ def _score_smiyc(
     expected = {n: sub / f"{n}.hdf5" for n in names}
     _match(sub, expected, sorted(sub.glob("*.hdf5")), allow_extra, ".hdf5")
     track: Track = "obstacle" if isinstance(dataset, SMIYCObstacleTrack) else "anomaly"
+    if isinstance(dataset, FolderAnomaly) and not (smiyc_dataset or "").startswith("Anomaly"):
+        # the toolkit scores the ObstacleTrack and LostAndFound datasets as obstacles
+        track = "obstacle"
     # The toolkit's order: pixel metrics first; the components threshold at their best-F1 δ.
     pixel = AnomalyMetrics(mode="smiyc_binned", score_dtype=torch.float16)
     for i, n in enumerate(names):

@@ -8,6 +8,7 @@ layouts by the writers of the interop tests.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -131,3 +132,21 @@ def test_example_runs(script, tmp_path):
     )
     assert proc.stdout.strip(), f"{script.name} printed nothing"
     assert not any(run.iterdir()), f"{script.name} wrote into the current folder"
+
+
+def test_docs_snippets_name_existing_example_sections() -> None:
+    """Every ``--8<--`` include in the docs names a file and a section that exist (a formatter
+    that rewrites the marker, or a renamed section, would silently empty the page's code)."""
+    root = Path(__file__).resolve().parents[1]
+    includes = []
+    for page in sorted((root / "docs").rglob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        assert "--8 <" not in text, f"{page.name}: a mangled snippet marker"
+        includes += [(page.name, m) for m in re.findall(r'^--8<-- "([^"]+)"$', text, re.M)]
+    assert includes, "no snippet includes found"
+    for page, include in includes:
+        path, _, section = include.partition(":")
+        source = (root / path).read_text(encoding="utf-8")
+        if section:
+            assert f"# --8<-- [start:{section}]" in source, f"{page}: no section {include}"
+            assert f"# --8<-- [end:{section}]" in source, f"{page}: no section end {include}"

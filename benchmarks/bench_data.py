@@ -43,8 +43,9 @@ from PIL import Image, ImageEnhance
 from torch.utils.data import DataLoader, Dataset
 
 from _common import interleaved_medians, median_time, report
-from gmmseg.data import Cityscapes, build_dataloader, write_fixture
+from gmmseg.data import Cityscapes, build_dataloader
 from gmmseg.data import transforms as T
+from gmmseg.testing import write_fixture
 
 torch.set_num_threads(1)
 SCALE, CROP, NUM_FRAMES = (2048, 1024), (512, 1024), 4

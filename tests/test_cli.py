@@ -148,7 +148,7 @@ def test_repeated_set_options_accumulate(
 def test_convert_delegates_to_the_converters(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from gmmseg.data import write_fixture
+    from gmmseg.testing import write_fixture
 
     root = write_fixture("cityscapes", tmp_path)
     for p in root.rglob("*_labelTrainIds.png"):

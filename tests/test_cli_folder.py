@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from gmmseg.cli import main
-from gmmseg.data import FolderAnomaly, write_anomaly_folder_fixture, write_folder_fixture
+from gmmseg.data import FolderAnomaly
 from gmmseg.metrics import AnomalyMetrics
 from gmmseg.recipes import apply_overrides, check_recipe, get_recipe
 from gmmseg.recipes.build import (
@@ -21,6 +21,7 @@ from gmmseg.recipes.build import (
     num_classes_of,
 )
 from gmmseg.submit import read_smiyc
+from gmmseg.testing import write_anomaly_folder_fixture, write_folder_fixture
 
 pytestmark = pytest.mark.cpu_only("runs the command line and reads files")
 

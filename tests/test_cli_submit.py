@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from gmmseg.cli import main
-from gmmseg.data import SMIYCObstacleTrack, write_fixture
+from gmmseg.data import SMIYCObstacleTrack
 from gmmseg.metrics import AnomalyMetrics, ComponentMetrics
 from gmmseg.submit import SubmissionWriter, read_smiyc
+from gmmseg.testing import write_fixture
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::gmmseg.metrics.UndefinedMetricWarning"),

@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 import gmmseg.data as D
-from gmmseg.data import fixtures as F
 from gmmseg.data.converters import (
     cityscapes_label_ids_to_train_ids,
     cityscapes_train_ids_to_label_ids,
@@ -30,6 +29,7 @@ from gmmseg.data.meta import (
     COCO_STUFF_CLASSES,
     COCO_STUFF_PALETTE,
 )
+from gmmseg.testing import datasets as F
 
 pytestmark = pytest.mark.cpu_only("datasets decode files with numpy and Pillow on the CPU")
 

@@ -12,16 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from gmmseg.data import (
-    ClassList,
-    FolderAnomaly,
-    FolderDataset,
-    read_class_file,
-    write_anomaly_folder_fixture,
-    write_folder_fixture,
-)
+from gmmseg.data import ClassList, FolderAnomaly, FolderDataset, read_class_file
 from gmmseg.data.folder import parse_label_map
 from gmmseg.data.meta import ANOMALY_CLASSES
+from gmmseg.testing import write_anomaly_folder_fixture, write_folder_fixture
 
 pytestmark = pytest.mark.cpu_only("datasets decode files with numpy and Pillow on the CPU")
 

@@ -13,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from gmmseg.data import Cityscapes, Sample, write_fixture
+from gmmseg.data import Cityscapes, Sample
 from gmmseg.data import transforms as T
 from gmmseg.data._io import read_image
 from gmmseg.engine.stream import AugmentedView, draw_seed
+from gmmseg.testing import write_fixture
 
 pytestmark = pytest.mark.cpu_only("file decoding runs on the CPU")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from gmmseg.data import Cityscapes, Sample, write_fixture
+from gmmseg.data import Cityscapes, Sample
 from gmmseg.data import transforms as T
 from gmmseg.data.samplers import (
     ClassBalancedSampler,
@@ -18,6 +18,7 @@ from gmmseg.data.samplers import (
     class_image_index,
     collate_samples,
 )
+from gmmseg.testing import write_fixture
 
 pytestmark = pytest.mark.cpu_only("samplers and data loaders run on the CPU")
 

@@ -1,7 +1,7 @@
 """Every script in examples/ runs to completion (exit code 0) as a user would run it.
 
 Scripts that take a dataset or a checkpoint get miniature ones, written here: folders by
-:func:`~gmmseg.data.write_folder_fixture`, foreign checkpoints in their exact published
+:func:`~gmmseg.testing.write_folder_fixture`, foreign checkpoints in their exact published
 layouts by the writers of the interop tests.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gmmseg.data import write_anomaly_folder_fixture, write_folder_fixture
+from gmmseg.testing import write_anomaly_folder_fixture, write_folder_fixture
 
 pytestmark = pytest.mark.cpu_only("runs the example scripts as subprocesses")
 

@@ -99,7 +99,7 @@ def test_predict_without_a_recipe_names_the_fitting_ones(
 
 @pytest.mark.filterwarnings("ignore:classes absent from the labels")  # a 2-image fixture
 def test_eval_with_the_official_release(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from gmmseg.data import write_fixture
+    from gmmseg.testing import write_fixture
 
     checkpoint, recipe = write("official", tmp_path)
     root = write_fixture("coco_stuff10k", tmp_path / "data", size=(64, 96))
@@ -115,7 +115,7 @@ class Untrusted:
 
 
 def test_eval_takes_the_loading_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from gmmseg.data import write_fixture
+    from gmmseg.testing import write_fixture
 
     path = tmp_path / "mmseg.pth"
     mmseg_b0(path)

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 import gmmseg.data as D
-from gmmseg.data import write_fixture
 from gmmseg.data.meta import CITYSCAPES_LABELS
 from gmmseg.metrics import (
     AnomalyMetrics,
@@ -20,6 +19,7 @@ from gmmseg.metrics import (
     ComponentMetrics,
 )
 from gmmseg.submit import MANIFEST_NAME, SubmissionWriter, read_smiyc, score_submission
+from gmmseg.testing import write_fixture
 
 # Tiny fixtures leave classes and components absent: their NaN warnings are expected here.
 pytestmark = [

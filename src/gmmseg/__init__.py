@@ -55,6 +55,7 @@ _MODULES = (
     "segmentor",
     "sinkhorn",
     "submit",
+    "testing",
     "viz",
 )
 

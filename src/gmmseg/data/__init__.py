@@ -1,4 +1,6 @@
-"""Datasets in their real on-disk layouts, joint transforms, samplers and fixtures.
+"""Datasets in their real on-disk layouts, joint transforms and samplers.
+
+Miniature copies of the layouts, for tests, are written by :mod:`gmmseg.testing`.
 
 Closed-set loaders yield train ids with ignore 255; anomaly loaders yield the canonical anomaly
 label (0 in-distribution, 1 anomaly, 255 void). Every item is a `Sample` dict with
@@ -25,9 +27,7 @@ from gmmseg.data.converters import (
     rasterize_cityscapes_polygons,
 )
 from gmmseg.data.demo import DemoScenes
-from gmmseg.data.fixtures import write_broken_fixture, write_fixture
 from gmmseg.data.folder import ClassList, FolderAnomaly, FolderDataset, read_class_file
-from gmmseg.data.folder_fixtures import write_anomaly_folder_fixture, write_folder_fixture
 from gmmseg.data.samplers import (
     ClassBalancedSampler,
     DistributedClassBalancedSampler,
@@ -61,8 +61,4 @@ __all__ = [
     "convert_coco_stuff",
     "rasterize_cityscapes_polygons",
     "read_class_file",
-    "write_anomaly_folder_fixture",
-    "write_broken_fixture",
-    "write_fixture",
-    "write_folder_fixture",
 ]

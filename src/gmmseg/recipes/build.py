@@ -37,9 +37,6 @@ from gmmseg.data import (
     Sample,
     SMIYCAnomalyTrack,
     SMIYCObstacleTrack,
-    write_anomaly_folder_fixture,
-    write_fixture,
-    write_folder_fixture,
 )
 from gmmseg.data import transforms as T
 from gmmseg.data.folder import ClassList, read_class_file
@@ -53,6 +50,7 @@ from gmmseg.heads import (
 )
 from gmmseg.recipes.schema import DataConfig, ModelConfig, Recipe
 from gmmseg.segmentor import Segmentor
+from gmmseg.testing import write_anomaly_folder_fixture, write_fixture, write_folder_fixture
 
 __all__ = [
     "InMemory",
@@ -417,7 +415,7 @@ _FIXTURE_SIZE = (64, 128)
 
 
 def dry_run_recipe(recipe: Recipe, root: Path | str, iters: int = 2) -> Recipe:
-    """A miniature copy of ``recipe`` on :func:`~gmmseg.data.write_fixture` data.
+    """A miniature copy of ``recipe`` on :func:`~gmmseg.testing.write_fixture` data.
 
     Same architecture family, pipeline, optimiser and inference mode; fixtures written under
     ``root``; images of 64×128 (demo: 64×64), batch 2, ``iters`` iterations, checkpoints and

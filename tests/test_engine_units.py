@@ -24,19 +24,15 @@ from torch import nn
 from gmmseg.data import Sample
 from gmmseg.data.transforms import JointTransform, RandomFlip
 from gmmseg.engine import (
-    AugmentedView,
     PolyWarmup,
-    TrainStream,
     build_optimizer,
-    draw_seed,
-    get_rng_state,
     latest_checkpoint,
     load_checkpoint,
     parameter_groups,
     save_checkpoint,
-    set_rng_state,
 )
-from gmmseg.engine.checkpoint import checkpoint_path
+from gmmseg.engine.checkpoint import checkpoint_path, get_rng_state, set_rng_state
+from gmmseg.engine.stream import AugmentedView, TrainStream, draw_seed
 
 # --------------------------------------------------------------------------- parameter groups
 

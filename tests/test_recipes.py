@@ -18,10 +18,9 @@ from gmmseg.recipes import (
     from_dict,
     get_recipe,
     list_recipes,
-    num_classes_of,
-    parse_value,
 )
-from gmmseg.recipes.build import build_anomaly_datasets, build_train_data
+from gmmseg.recipes.build import build_anomaly_datasets, build_train_data, num_classes_of
+from gmmseg.recipes.overrides import parse_value
 
 pytest.importorskip("skimage")
 
@@ -190,7 +189,7 @@ def _generated_table(path: Path) -> str:
 
 @pytest.mark.parametrize("doc", ["docs/recipes.md", "README.md"])
 def test_recipe_tables_in_the_docs_are_current(doc: str) -> None:
-    from gmmseg.recipes import recipes_markdown
+    from gmmseg.recipes.catalog import recipes_markdown
 
     root = Path(__file__).resolve().parents[1]
     assert _generated_table(root / doc) == recipes_markdown()
@@ -198,7 +197,7 @@ def test_recipe_tables_in_the_docs_are_current(doc: str) -> None:
 
 def test_train_loader_batches_do_not_depend_on_workers(tmp_path: Path) -> None:
     """The stream with 2 workers gives the batches of the in-process one."""
-    from gmmseg.engine import TrainStream
+    from gmmseg.engine.stream import TrainStream
     from gmmseg.recipes import dry_run_recipe
     from gmmseg.recipes.run import _train_loader
 

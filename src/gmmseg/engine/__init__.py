@@ -4,13 +4,7 @@ Single process on CPU or one GPU, or many processes under ``torchrun`` (Distribu
 the GMM state stays identical on all ranks because its update gathers from every rank).
 """
 
-from gmmseg.engine.checkpoint import (
-    get_rng_state,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    set_rng_state,
-)
+from gmmseg.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from gmmseg.engine.distributed import DistInfo, cleanup_distributed, init_distributed
 from gmmseg.engine.evaluate import (
     InferenceSettings,
@@ -20,29 +14,23 @@ from gmmseg.engine.evaluate import (
 )
 from gmmseg.engine.logger import MetricLogger
 from gmmseg.engine.optim import PolyWarmup, build_optimizer, parameter_groups
-from gmmseg.engine.stream import AugmentedView, TrainStream, draw_seed
 from gmmseg.engine.trainer import Trainer, TrainSettings
 
 __all__ = [
-    "AugmentedView",
     "DistInfo",
     "InferenceSettings",
     "MetricLogger",
     "PolyWarmup",
     "TrainSettings",
-    "TrainStream",
     "Trainer",
     "anomaly_score_maps",
     "build_optimizer",
     "cleanup_distributed",
-    "draw_seed",
     "evaluate_anomaly",
     "evaluate_segmentation",
-    "get_rng_state",
     "init_distributed",
     "latest_checkpoint",
     "load_checkpoint",
     "parameter_groups",
     "save_checkpoint",
-    "set_rng_state",
 ]

@@ -5,9 +5,9 @@
 checking; ``train_recipe`` / ``evaluate_recipe`` / ``evaluate_recipe_anomaly`` run them.
 """
 
-from gmmseg.recipes.build import build_model, dry_run_recipe, num_classes_of
-from gmmseg.recipes.catalog import RECIPES, get_recipe, list_recipes, recipes_markdown
-from gmmseg.recipes.overrides import OverrideError, apply_overrides, from_dict, parse_value
+from gmmseg.recipes.build import build_model, dry_run_recipe
+from gmmseg.recipes.catalog import RECIPES, get_recipe, list_recipes
+from gmmseg.recipes.overrides import OverrideError, apply_overrides, from_dict
 from gmmseg.recipes.run import (
     evaluate_recipe,
     evaluate_recipe_anomaly,
@@ -47,8 +47,5 @@ __all__ = [
     "get_recipe",
     "list_recipes",
     "load_trained",
-    "num_classes_of",
-    "parse_value",
-    "recipes_markdown",
     "train_recipe",
 ]

@@ -17,12 +17,10 @@ from gmmseg.data import Sample
 from gmmseg.data.samplers import collate_samples, seed_worker
 from gmmseg.data.transforms import JointTransform
 from gmmseg.engine import (
-    AugmentedView,
     InferenceSettings,
     PolyWarmup,
     Trainer,
     TrainSettings,
-    TrainStream,
     build_optimizer,
     evaluate_anomaly,
     evaluate_segmentation,
@@ -31,6 +29,7 @@ from gmmseg.engine import (
 )
 from gmmseg.engine.checkpoint import is_gmmseg_checkpoint
 from gmmseg.engine.distributed import DistInfo
+from gmmseg.engine.stream import AugmentedView, TrainStream
 from gmmseg.heads import GMMClassifier, PosthocMixtures
 from gmmseg.interop import Layout, convert_checkpoint, load_converted, read_checkpoint
 from gmmseg.metrics import AnomalyResult, SegmentationResult

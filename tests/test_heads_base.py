@@ -245,3 +245,12 @@ def test_unknown_option_and_out_of_range_values_are_named() -> None:
         GMMClassifier(3, 8, loss_average="some")
     with pytest.raises(ValueError, match=r"dropout must be a float in \[0, 1\), got 1.0"):
         GMMClassifier(3, 8, dropout=1.0)
+
+
+def test_an_output_of_another_head_is_refused_by_name() -> None:
+    g, lin = gmm_head(), LinearClassifier(3, 8)
+    feats, labels = torch.randn(1, 8, 2, 2), torch.zeros(1, 2, 2, dtype=torch.int64)
+    with pytest.raises(ValueError, match="output must be a GMMOutput, got LinearOutput"):
+        g.losses_and_update(lin(feats), labels)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="output must be a LinearOutput, got GMMOutput"):
+        lin.losses_and_update(g(feats), labels)  # type: ignore[arg-type]

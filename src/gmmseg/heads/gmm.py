@@ -661,7 +661,13 @@ class GMMClassifier(nn.Module):
 
         Returns:
             The losses of :meth:`loss`.
+
+        Raises:
+            ValueError: ``output`` is not a :class:`GMMOutput` (e.g. another head's), or as
+                :meth:`loss`.
         """
+        if not isinstance(output, GMMOutput):
+            raise ValueError(f"output must be a GMMOutput, got {type(output).__name__}")
         assignments = self.e_step(output, target)
         losses = self.loss(output, target, assignments)
         self.update(output, target, assignments)

@@ -148,7 +148,14 @@ class LinearClassifier(nn.Module):
         """No-op: the softmax head has no generative state (kept for interchangeability)."""
 
     def losses_and_update(self, output: LinearOutput, target: Tensor) -> dict[str, Tensor]:
-        """:meth:`loss` (the update is a no-op)."""
+        """:meth:`loss` (the update is a no-op).
+
+        Raises:
+            ValueError: ``output`` is not a :class:`LinearOutput` (e.g. another head's), or as
+                :meth:`loss`.
+        """
+        if not isinstance(output, LinearOutput):
+            raise ValueError(f"output must be a LinearOutput, got {type(output).__name__}")
         losses = self.loss(output, target)
         self.update(output, target)
         return losses

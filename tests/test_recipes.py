@@ -363,3 +363,20 @@ def test_keys_of_earlier_versions_still_work_with_a_deprecation_warning() -> Non
     old["model"]["gmm"].update(persist_memory=None, faithful=True)
     with pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"):
         assert from_dict(Recipe, old) == base
+
+
+def test_resuming_a_run_whose_recipe_has_the_old_gmm_keys_changes_nothing() -> None:
+    from gmmseg.recipes.run import _changed_settings
+
+    demo = get_recipe("demo")
+    old = json.loads(json.dumps(demo.to_dict()))  # as a checkpoint of an earlier version holds it
+    del old["model"]["gmm"]["fixes"]
+    old["model"]["gmm"].update(faithful=False, persist_memory=True)
+    with pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"):
+        assert _changed_settings({"recipe": old}, demo, tiny=False, allow=False) == {}
+    old["model"]["gmm"]["persist_memory"] = False
+    with (
+        pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"),
+        pytest.raises(ValueError, match=r"model\.gmm\.fixes\.persist_memory: False -> True"),
+    ):
+        _changed_settings({"recipe": old}, demo, tiny=False, allow=False)

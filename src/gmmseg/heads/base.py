@@ -7,7 +7,9 @@ these methods and never asks which class it has; a capability only one classifie
 embeddings, a likelihood score) is described by an attribute of the contract.
 
 :class:`~gmmseg.heads.GMMClassifier` and :class:`~gmmseg.heads.LinearClassifier` implement it
-(without inheriting from it). A new classifier does the same; ``mypy`` checks it structurally::
+(without inheriting from it). :class:`~gmmseg.heads.PosthocMixtures` does not: it scores the
+features of a network already trained, and has no logits, loss or update. A new classifier
+meets the contract by having its members; ``mypy`` checks it structurally::
 
     head: Classifier[GMMOutput] = GMMClassifier(19, 256)
 """

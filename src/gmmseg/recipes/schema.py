@@ -238,10 +238,10 @@ class TrainConfig:
     device: str = "auto"
 
 
-#: The ``eval`` section: how :meth:`~gmmseg.segmentor.Segmentor.predict` is called in validation
-#: and anomaly evaluation (``eval.mode``, ``eval.crop_size``, ``eval.stride``, ``eval.scales``,
-#: ``eval.flip``). The same type as :class:`~gmmseg.engine.InferenceSettings`.
 EvalConfig = InferenceSettings
+"""The ``eval`` section: how :meth:`~gmmseg.segmentor.Segmentor.predict` is called in validation
+and anomaly evaluation (``eval.mode``, ``eval.crop_size``, ``eval.stride``, ``eval.scales``,
+``eval.flip``). Another name of :class:`~gmmseg.engine.InferenceSettings`, the one type."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gmmseg.heads import GMMClassifier, LinearClassifier, SegFormerDecoder
+from gmmseg.heads import (
+    GMMClassifier,
+    GMMHeadConfig,
+    LinearClassifier,
+    ReleaseFixes,
+    SegFormerDecoder,
+)
 from gmmseg.metrics import AnomalyMetrics, SegmentationMetrics
 from gmmseg.segmentor import Segmentor
 
@@ -91,16 +97,15 @@ def main() -> None:
     # --8<-- [start:build]
     backbone = TinyBackbone(widths=(16, 32))
     decoder = SegFormerDecoder(backbone.out_channels, backbone.strides, channels=32)
-    head = GMMClassifier(
-        NUM_CLASSES,
-        decoder.out_channels,
+    config = GMMHeadConfig(
         embed_dim=16,  # D (64 in the paper)
         num_components=3,  # M per class (5 in the paper)
         memory_size=512,  # ring slots per (class, component) (32000 in the paper)
         update_interval=1,  # M-step every step: this run is short (paper: every 5 steps)
         mean_momentum=0.9,  # fast-moving means for a short run (paper: 0.999)
-        faithful=False,  # the fixes of the original release (see "The algorithm")
+        fixes=ReleaseFixes.all(),  # the fixes of the original release (see "The algorithm")
     )
+    head = GMMClassifier(NUM_CLASSES, decoder.out_channels, config)
     model = Segmentor(backbone, decoder, head)
     # --8<-- [end:build]
 

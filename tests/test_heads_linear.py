@@ -128,9 +128,31 @@ def test_linear_classifier_errors() -> None:
 
 
 def test_linear_classifier_anomaly_score_and_update() -> None:
+    """Each score against its formula written here in plain torch; update() changes nothing."""
+    torch.manual_seed(0)
     head = LinearClassifier(num_classes=3, in_channels=4).eval()
+    with torch.no_grad():  # logits of a useful size (the init has std 0.01)
+        head.classifier.weight.normal_(0.0, 1.0)
     out = head(torch.randn(2, 4, 3, 3))
-    head.update(out, torch.zeros(2, 3, 3, dtype=torch.int64))
-    s = head.anomaly_score(out, "msp")
-    assert s.shape == (2, 3, 3)
-    torch.testing.assert_close(s, msp_score(out.logits))
+    z = out.logits.detach().double()
+    p = z.exp() / z.exp().sum(dim=1, keepdim=True)
+    expected = {
+        "msp": 1.0 - p.max(dim=1).values,
+        "max_logit": -z.max(dim=1).values,
+        "energy": -z.exp().sum(dim=1).log(),
+        "entropy": -(p * p.log()).sum(dim=1),
+    }
+    for method, reference in expected.items():
+        got = head.anomaly_score(out, method)  # type: ignore[arg-type]
+        assert got.shape == (2, 3, 3), method
+        torch.testing.assert_close(got.double(), reference, rtol=1e-5, atol=1e-6, msg=method)
+    assert float(expected["msp"].std()) > 1e-3  # the scores do vary across pixels
+    torch.testing.assert_close(head.anomaly_score(out), expected["msp"].float())  # the default
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    head.train()
+    result = head.update(out, torch.zeros(2, 3, 3, dtype=torch.int64))
+    assert result is None
+    after = head.state_dict()
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key

@@ -302,3 +302,80 @@ def test_bad_architecture_options_are_named(field: str, value: object, message: 
     if field != "gmm":  # the command line refuses unknown names before anything is built
         with pytest.raises(OverrideError, match="expected one of"):
             apply_overrides(get_recipe("demo"), [f"model.{field}={value}"])
+
+
+# ------------------------------------------------------------------ the GMM section = head config
+
+
+def test_the_gmm_section_is_the_heads_config_passed_as_is() -> None:
+    from gmmseg.engine import InferenceSettings
+    from gmmseg.heads import GMMClassifier, GMMHeadConfig, ReleaseFixes
+    from gmmseg.recipes import EvalConfig, GMMConfig
+
+    assert EvalConfig is InferenceSettings
+    assert issubclass(GMMConfig, GMMHeadConfig)
+    head_fields = {f.name for f in dataclasses.fields(GMMHeadConfig)}
+    recipe_fields = {f.name for f in dataclasses.fields(GMMConfig)}
+    assert recipe_fields - head_fields == {"init_means", "init_iter", "init_batches"}
+    recipe = get_recipe("demo")
+    assert recipe.model.gmm.fixes == dataclasses.replace(ReleaseFixes.all(), persist_memory=True)
+    model = build_model(recipe.model, num_classes_of(recipe.data))
+    assert isinstance(model.classifier, GMMClassifier)
+    assert model.classifier.config == recipe.model.gmm
+    assert model.classifier.count_only_filled and model.classifier.memory.persistent  # type: ignore[union-attr]
+    tiny = build_model(recipe.model, num_classes_of(recipe.data), tiny=True).classifier
+    assert tiny.config == dataclasses.replace(recipe.model.gmm, embed_dim=8, memory_size=64)  # type: ignore[union-attr]
+
+
+def test_fixes_are_set_by_their_own_keys() -> None:
+    r = apply_overrides(
+        get_recipe("segformer_b5_cityscapes_gmm"),
+        ["model.gmm.fixes.count_only_filled=true", "model.gmm.fixes.loss_average=valid"],
+    )
+    fixes = r.model.gmm.fixes
+    assert (fixes.count_only_filled, fixes.loss_average) == (True, "valid")
+    assert (fixes.separate_component_ignore, fixes.persist_memory) == (False, True)
+    data = json.loads(json.dumps(r.to_dict()))
+    assert data["model"]["gmm"]["fixes"]["loss_average"] == "valid"
+    assert from_dict(Recipe, data) == r
+
+
+def test_keys_of_earlier_versions_still_work_with_a_deprecation_warning() -> None:
+    from gmmseg.heads import ReleaseFixes
+
+    base = get_recipe("segformer_b5_cityscapes_gmm")
+    with pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"):
+        r = apply_overrides(base, ["model.gmm.faithful=false"])
+    assert r.model.gmm.fixes == ReleaseFixes.all()
+    with pytest.warns(DeprecationWarning, match="use model.gmm.fixes.persist_memory"):
+        r = apply_overrides(r, ["model.gmm.persist_memory=true"])
+    assert r.model.gmm.fixes == dataclasses.replace(ReleaseFixes.all(), persist_memory=True)
+    with pytest.raises(OverrideError, match="expected a boolean"):
+        apply_overrides(base, ["model.gmm.faithful=maybe"])
+    # a recipe file written before the fixes were grouped (as the demo's metrics.json holds)
+    old = json.loads(json.dumps(base.to_dict()))
+    del old["model"]["gmm"]["fixes"]
+    old["model"]["gmm"].update(persist_memory=True, faithful=False)  # persist_memory comes first
+    with pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"):
+        loaded = from_dict(Recipe, old)
+    assert loaded.model.gmm.fixes == dataclasses.replace(ReleaseFixes.all(), persist_memory=True)
+    old["model"]["gmm"].update(persist_memory=None, faithful=True)
+    with pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"):
+        assert from_dict(Recipe, old) == base
+
+
+def test_resuming_a_run_whose_recipe_has_the_old_gmm_keys_changes_nothing() -> None:
+    from gmmseg.recipes.run import _changed_settings
+
+    demo = get_recipe("demo")
+    old = json.loads(json.dumps(demo.to_dict()))  # as a checkpoint of an earlier version holds it
+    del old["model"]["gmm"]["fixes"]
+    old["model"]["gmm"].update(faithful=False, persist_memory=True)
+    with pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"):
+        assert _changed_settings({"recipe": old}, demo, tiny=False, allow=False) == {}
+    old["model"]["gmm"]["persist_memory"] = False
+    with (
+        pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"),
+        pytest.raises(ValueError, match=r"model\.gmm\.fixes\.persist_memory: False -> True"),
+    ):
+        _changed_settings({"recipe": old}, demo, tiny=False, allow=False)

@@ -312,7 +312,6 @@ def _predict_submission(args: argparse.Namespace) -> int:
 
     from gmmseg.engine import anomaly_score_maps
     from gmmseg.engine.distributed import select_device
-    from gmmseg.heads import GMMClassifier
     from gmmseg.heads.anomaly import LOGIT_SCORES
     from gmmseg.recipes import load_trained
     from gmmseg.recipes.posthoc import default_posthoc_path
@@ -359,9 +358,9 @@ def _predict_submission(args: argparse.Namespace) -> int:
         )
     score_name = None
     if has_scores:
-        gmm = isinstance(model.classifier, GMMClassifier)
-        score_name = args.score or ("likelihood" if gmm else "max_logit")
-        if score_name == "likelihood" and not gmm:
+        own = model.classifier.anomaly_name  # "likelihood" for a GMM classifier
+        score_name = args.score or own or "max_logit"
+        if score_name == "likelihood" and own != "likelihood":
             raise UserError(
                 f"--score likelihood needs a GMM classifier; this model has "
                 f"{type(model.classifier).__name__}: choose one of {sorted(LOGIT_SCORES)}"

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gmmseg.heads._common import compute_dtype
-from gmmseg.heads.anomaly import LogitScore, logit_anomaly_score
-from gmmseg.heads.gmm import GMMClassifier, GMMOutput
-from gmmseg.heads.linear import LinearClassifier, LinearOutput
+from gmmseg.heads.anomaly import LogitScore
+from gmmseg.heads.base import Classifier, ClassifierOutput
 
 __all__ = ["Prediction", "Segmentor"]
-
-Classifier = GMMClassifier | LinearClassifier
-ClassifierOutput = GMMOutput | LinearOutput
 
 
 class Prediction(NamedTuple):
@@ -43,10 +38,11 @@ class Segmentor(nn.Module):
     Args:
         backbone: module mapping (B, 3, H, W) images to a list of feature maps.
         decoder: module mapping that list to one (B, F, h, w) feature map.
-        classifier: :class:`~gmmseg.heads.GMMClassifier` or
-            :class:`~gmmseg.heads.LinearClassifier` with ``in_channels == F``.
+        classifier: a :class:`~gmmseg.heads.Classifier` with ``in_channels == F``
+            (:class:`~gmmseg.heads.GMMClassifier`, :class:`~gmmseg.heads.LinearClassifier`).
         align_corners: of every bilinear resize of logits.
-        logit_anomaly: the anomaly score of a linear classifier (``"msp"`` by default).
+        logit_anomaly: the anomaly score of a classifier without one of its own (a linear
+            classifier, whose ``anomaly_name`` is None; ``"msp"`` by default).
 
     Example:
         >>> seg = Segmentor(backbone, decoder, GMMClassifier(19, decoder.out_channels))
@@ -58,7 +54,7 @@ class Segmentor(nn.Module):
         self,
         backbone: nn.Module,
         decoder: nn.Module,
-        classifier: Classifier,
+        classifier: Classifier[Any],
         *,
         align_corners: bool = False,
         logit_anomaly: LogitScore = "msp",
@@ -66,7 +62,7 @@ class Segmentor(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.decoder = decoder
-        self.classifier = classifier
+        self.classifier: Classifier[Any] = classifier
         self.align_corners = align_corners
         self.logit_anomaly: LogitScore = logit_anomaly
 
@@ -93,7 +89,8 @@ class Segmentor(nn.Module):
             images: (B, 3, H, W) float normalised images.
 
         Returns:
-            :class:`~gmmseg.heads.GMMOutput` or :class:`~gmmseg.heads.LinearOutput`.
+            The classifier's output (:class:`~gmmseg.heads.GMMOutput`,
+            :class:`~gmmseg.heads.LinearOutput`, ...).
         """
         out: ClassifierOutput = self.classifier(self.features(images))
         return out
@@ -130,44 +127,16 @@ class Segmentor(nn.Module):
         Returns:
             The classifier's losses.
         """
-        if isinstance(self.classifier, GMMClassifier):
-            if not isinstance(output, GMMOutput):
-                raise ValueError(f"output must be a GMMOutput, got {type(output).__name__}")
-            assignments = self.classifier.e_step(output, labels)
-            losses = self.classifier.loss(output, labels, assignments)
-            self.classifier.update(output, labels, assignments)
-            return losses
-        if not isinstance(output, LinearOutput):
-            raise ValueError(f"output must be a LinearOutput, got {type(output).__name__}")
-        losses = self.classifier.loss(output, labels)
-        self.classifier.update(output, labels)
-        return losses
+        return self.classifier.losses_and_update(output, labels)
 
     # ------------------------------------------------------------------ inference
 
     def _whole(self, images: Tensor) -> Tensor:
-        """(B, C [+ 1], H, W): logits, and for GMM the best class log-likelihood, stacked.
-
-        The likelihood score is taken at the feature resolution, where each pixel has a feature
-        and max_c s is its likelihood, and only that one map is resized. Resizing the C class
-        log-likelihoods first and taking the maximum afterwards would, between two regions,
-        interpolate each class's log-density from its high value on one side to its steeply
-        lower value on the other: every class boundary would look anomalous. The GMM logits
-        are z, or with ``upsample_before_norm`` the class scores s (normalised by `predict`).
-        """
-        out = self.forward(images)
-        maps = out.logits.to(compute_dtype(out.logits.dtype))
-        if isinstance(out, GMMOutput):
-            scores = out.class_log_prob.to(compute_dtype(out.class_log_prob.dtype))
-            maps = scores if self._scores_before_norm() else maps
-            maps = torch.cat([maps, scores.amax(dim=1, keepdim=True)], dim=1)
+        """The classifier's inference maps of ``images``, resized to the images' size."""
+        maps = self.classifier.inference_maps(self.forward(images))
         return F.interpolate(
             maps, size=images.shape[-2:], mode="bilinear", align_corners=self.align_corners
         )
-
-    def _scores_before_norm(self) -> bool:
-        """Whether inference averages GMM class scores and applies the LayerNorm at the end."""
-        return isinstance(self.classifier, GMMClassifier) and self.classifier.upsample_before_norm
 
     def _slide(self, images: Tensor, crop_size: tuple[int, int], stride: tuple[int, int]) -> Tensor:
         b, _, h, w = images.shape
@@ -205,8 +174,10 @@ class Segmentor(nn.Module):
         Sliding-window inference sums the upsampled logits of overlapping crops and divides by
         the number of crops covering each pixel (mmsegmentation's ``slide`` mode); multi-scale and
         flip average the results over every scale (and its mirror), resized back to the input.
-        A GMM classifier with ``upsample_before_norm`` averages its class scores s instead of its
-        logits, and its logit LayerNorm is applied once, to that average.
+        What is averaged is the classifier's
+        :meth:`~gmmseg.heads.Classifier.inference_maps`: the logits, and for a GMM classifier its
+        likelihood score (with ``upsample_before_norm`` its class scores s instead of its logits,
+        the logit LayerNorm then applied once, to the average).
 
         Args:
             images: (B, 3, H, W) float.
@@ -254,13 +225,5 @@ class Segmentor(nn.Module):
                 acc = maps if acc is None else acc + maps
                 n += 1
         assert acc is not None
-        acc = acc / n
-        c = self.num_classes
-        logits = acc[:, :c]
-        if isinstance(self.classifier, GMMClassifier):
-            if self.classifier.upsample_before_norm:
-                logits = self.classifier.normalize_scores(logits)
-            anomaly = -acc[:, c]
-        else:
-            anomaly = logit_anomaly_score(logits, self.logit_anomaly)
+        logits, anomaly = self.classifier.read_inference_maps(acc / n, self.logit_anomaly)
         return Prediction(logits=logits, anomaly=anomaly)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gmmseg.engine.posthoc import posthoc_score_maps
-from gmmseg.heads import GMMClassifier, PosthocMixtures
+from gmmseg.heads import PosthocMixtures
 from gmmseg.heads.anomaly import LOGIT_SCORES
 from gmmseg.metrics import AnomalyMetrics, AnomalyResult, SegmentationMetrics, SegmentationResult
 from gmmseg.metrics._curve import FPR95Rule
@@ -56,9 +56,10 @@ def _to_label_size(x: Tensor, size: Sequence[int], align_corners: bool) -> Tenso
 def anomaly_score_maps(model: Segmentor, prediction: Prediction) -> dict[str, Tensor]:
     """Every anomaly score of a prediction, by name (higher = more anomalous).
 
-    A GMM classifier yields its likelihood score (``"likelihood"``: −max_c log p(x | c)) and, for
-    comparison, the logit scores of its own logits; a linear classifier yields ``"msp"``,
-    ``"max_logit"``, ``"energy"`` and ``"entropy"``.
+    A classifier with an anomaly score of its own yields it under its ``anomaly_name`` (a GMM
+    classifier: ``"likelihood"``, −max_c log p(x | c)) and, for comparison, the logit scores of
+    its own logits; a linear classifier yields ``"msp"``, ``"max_logit"``, ``"energy"`` and
+    ``"entropy"``.
 
     Args:
         model: the segmentor that made the prediction.
@@ -68,8 +69,9 @@ def anomaly_score_maps(model: Segmentor, prediction: Prediction) -> dict[str, Te
         Name → (B, H, W) float scores.
     """
     scores: dict[str, Tensor] = {}
-    if isinstance(model.classifier, GMMClassifier):
-        scores["likelihood"] = prediction.anomaly
+    own = model.classifier.anomaly_name
+    if own is not None:
+        scores[own] = prediction.anomaly
     for name, fn in LOGIT_SCORES.items():
         scores[name] = fn(prediction.logits)
     return scores

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gmmseg.heads import GMMClassifier, PosthocFitter, PosthocMixtures, PosthocSettings
+from gmmseg.heads import PosthocFitter, PosthocMixtures, PosthocSettings
 from gmmseg.heads.posthoc import POSTHOC_SCORES
 from gmmseg.segmentor import Segmentor
 
@@ -44,25 +44,24 @@ def segmentor_features(model: Segmentor, images: Tensor, space: FeatureSpace) ->
     Args:
         model: the segmentor (its mode is not changed: call ``model.eval()`` first).
         images: (B, 3, H, W) float normalised images.
-        space: ``"decoder"`` or ``"embedding"`` (GMM classifiers only).
+        space: ``"decoder"`` or ``"embedding"`` (classifiers with pixel embeddings only: a GMM
+            classifier's, whose ``embed_dim`` is set).
 
     Returns:
         (B, F, h, w) float features.
 
     Raises:
-        ValueError: an unknown space, or ``"embedding"`` for a model without a GMM classifier.
+        ValueError: an unknown space, or ``"embedding"`` for a classifier without embeddings.
     """
     if space == "decoder":
         return model.features(images)
     if space == "embedding":
-        if not isinstance(model.classifier, GMMClassifier):
+        if model.classifier.embed_dim is None:
             raise ValueError(
                 "space='embedding' needs a GMM classifier; this model's is "
                 f"{type(model.classifier).__name__}: use space='decoder'"
             )
-        out = model.classifier(model.features(images))
-        emb: Tensor = out.embeddings
-        return emb
+        return model.classifier.embed(model.features(images))
     raise ValueError(f"space must be 'decoder' or 'embedding', got {space!r}")
 
 

@@ -13,16 +13,18 @@ length means μ_cm and standard deviations σ_cm, and uniform mixture weights. O
 3. ``update``: write correctly classified embeddings to the memory and, every ``update_interval``
    steps, run the momentum M-step.
 
-Everything is vectorised over classes and components. ``faithful=True`` (the default) reproduces
-the original release's numbers, including its quirks; each fix is a named option:
+Everything is vectorised over classes and components. The hyperparameters are one
+:class:`~gmmseg.heads.GMMHeadConfig`; by default it reproduces the original release's numbers,
+including its quirks, and each fix of a defect is a named field of its ``fixes``
+(:class:`~gmmseg.heads.ReleaseFixes`, all off by default):
 
-* ``separate_component_ignore`` (faithful: False): component targets get their own ignore
-  value, so a target ``c·M + m == 255`` (possible when C·M > 255) is no longer ignored.
-* ``count_only_filled`` (faithful: False): the M-step counts only memory slots written so far,
-  instead of also averaging the random unit vectors the memory starts with.
-* ``persist_memory`` (faithful: True): when False, the memory bank is left out of
+* ``separate_component_ignore``: component targets get their own ignore value, so a target
+  ``c·M + m == 255`` (possible when C·M > 255) is no longer ignored.
+* ``count_only_filled``: the M-step counts only memory slots written so far, instead of also
+  averaging the random unit vectors the memory starts with.
+* ``persist_memory`` (True in the release): when False, the memory bank is left out of
   ``state_dict`` (an ADE20K bank is 150·5·32000·64 floats = 5.7 GiB).
-* ``loss_average`` (faithful: ``"all"``): ``"valid"`` divides the segmentation loss by the
+* ``loss_average`` (``"all"`` in the release): ``"valid"`` divides the segmentation loss by the
   non-ignored pixels instead of by all pixels.
 
 Precision: densities, class scores, logits and the M-step are computed in the wider of float32
@@ -44,7 +46,7 @@ every rank holds identical GMM state (the original crashes without ``torch.distr
 from __future__ import annotations
 
 import warnings
-from typing import Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +66,8 @@ from gmmseg.heads._common import (
     resize_target,
     segmentation_loss,
 )
+from gmmseg.heads.anomaly import LogitScore
+from gmmseg.heads.gmm_config import GMMHeadConfig
 from gmmseg.sinkhorn import segmented_sinkhorn
 
 __all__ = ["GMMClassifier", "GMMOutput"]
@@ -106,47 +110,11 @@ class GMMClassifier(nn.Module):
     Args:
         num_classes: C.
         in_channels: channels of the decoder feature map.
-        embed_dim: D (64 in the paper). A 1×1 conv + BatchNorm + ReLU projects the features
-            when ``in_channels != embed_dim``; otherwise there is no ``projection``.
-        num_components: M components per class.
-        memory_size: K ring slots per (class, component) (``memory="ring"``).
-        max_samples_per_component: at most this many embeddings per (class, component) and step
-            enter the memory (evenly spaced in pixel order).
-        update_interval: the M-step runs at steps 0, k, 2k, …
-        mean_momentum: momentum of the means in the M-step (0.999).
-        scale_momentum: momentum of the standard deviations (0: replaced at every M-step).
-        variance_floor: added to the variance before the square root (0.01).
-        sinkhorn_epsilon: entropic temperature of the E-step (0.05).
-        sinkhorn_iters: Sinkhorn rounds of the E-step (3).
-        component_loss_weight: weight of the component cross-entropy (0.01).
-        upsample_before_norm: where the logit LayerNorm(C) is applied when logits are resized
-            to the labels (loss) or the image (:class:`~gmmseg.segmentor.Segmentor`). False (the
-            paper): z = LayerNorm(s) at the features, then z is upsampled bilinearly. True: s is
-            upsampled and the LayerNorm applied at every output pixel. A LayerNorm over C scores
-            bounds each pixel's logit margins, so interpolating z between two confident pixels
-            leaves the network little to place a boundary between them with; interpolated s keeps
-            the likelihoods' range. The anomaly score and the memory update do not change.
-            In :meth:`~gmmseg.segmentor.Segmentor.predict` the class scores are what sliding
-            windows, scales and flips average, and the LayerNorm is applied once to the average
-            at the input resolution. (Evaluation that resizes predictions from a resized test
-            image to the label size resizes the normalised logits, for every classifier.)
+        config: the hyperparameters (:class:`~gmmseg.heads.GMMHeadConfig`; the paper's values
+            and the original release's behaviour by default).
         ignore_index: label value of void pixels.
-        memory: ``"ring"`` (the paper's ring bank, :class:`~gmmseg.em.memory.ComponentMemory`)
-            or ``"stats"`` (decayed sufficient statistics,
-            :class:`~gmmseg.em.streaming.StreamingStatistics`, O(C·M·D) memory).
-        stats_decay: decay per step of ``memory="stats"``.
         chunk_size: pixels per chunk of the log-density (``None``: automatic).
-        faithful: reproduce the original release exactly; sets the defaults of the options below.
-        separate_component_ignore: see the module table (default ``not faithful``).
-        count_only_filled: see the module table (default ``not faithful``).
-        persist_memory: see the module table (default ``faithful``).
-        loss_average: see the module table (default ``"all"`` if faithful else ``"valid"``).
         align_corners: of the bilinear upsampling of the logits in the loss.
-        dropout: probability of ``nn.Dropout2d`` on the incoming decoder features, before
-            ``projection``, in training only (whole channels are zeroed; identity in eval mode).
-            The official head applies 0.1 there (mmsegmentation's ``dropout_ratio``); the
-            paper's recipes set it, the demo does not (see the docs' design decisions). It has
-            no parameters: ``state_dict`` keys do not change.
         validate: check input values: NaN/Inf features in :meth:`forward` and labels outside
             [0, C) ∪ {ignore_index} in :meth:`e_step`, :meth:`loss` and :meth:`update` (raising
             a ``ValueError`` that names them). Each check reads its result on the host, a
@@ -158,9 +126,19 @@ class GMMClassifier(nn.Module):
             inside PyTorch (a CUDA device-side assert) instead of with a clear message, and
             non-finite features show up as a non-finite loss.
         generator: random generator for the initial means and memory (reproducibility).
+        **options: fields of ``config`` to change, by name, as
+            :meth:`GMMHeadConfig.replace <gmmseg.heads.GMMHeadConfig.replace>` takes them
+            (``embed_dim=8``, ``count_only_filled=True``, ``faithful=False``, ...).
+
+    Attributes:
+        config: the hyperparameters in use; its values are also plain attributes
+            (``num_components``, ``mean_momentum``, ``count_only_filled``, ...).
+        anomaly_name: ``"likelihood"``, the name of :meth:`anomaly_score` in evaluations.
+        memory: the memory of the online EM (:class:`~gmmseg.em.memory.ComponentMemory` or
+            :class:`~gmmseg.em.streaming.StreamingStatistics`, after ``config.memory``).
 
     Example:
-        >>> head = GMMClassifier(num_classes=3, in_channels=16, embed_dim=8, memory_size=32)
+        >>> head = GMMClassifier(3, 16, GMMHeadConfig(embed_dim=8, memory_size=32))
         >>> out = head(torch.randn(2, 16, 4, 4))
         >>> out.component_log_prob.shape
         torch.Size([2, 3, 5, 4, 4])
@@ -169,89 +147,50 @@ class GMMClassifier(nn.Module):
     means: Tensor
     scales: Tensor
     step: Tensor
+    anomaly_name: str | None = "likelihood"
 
     def __init__(
         self,
         num_classes: int,
         in_channels: int,
+        config: GMMHeadConfig | None = None,
         *,
-        embed_dim: int = 64,
-        num_components: int = 5,
-        memory_size: int = 32000,
-        max_samples_per_component: int = 20,
-        update_interval: int = 5,
-        mean_momentum: float = 0.999,
-        scale_momentum: float = 0.0,
-        variance_floor: float = 1e-2,
-        sinkhorn_epsilon: float = 0.05,
-        sinkhorn_iters: int = 3,
-        component_loss_weight: float = 0.01,
-        upsample_before_norm: bool = False,
         ignore_index: int = 255,
-        memory: Literal["ring", "stats"] = "ring",
-        stats_decay: float = 0.999,
         chunk_size: int | None = None,
-        faithful: bool = True,
-        separate_component_ignore: bool | None = None,
-        count_only_filled: bool | None = None,
-        persist_memory: bool | None = None,
-        loss_average: LossAverage | None = None,
         align_corners: bool = False,
-        dropout: float = 0.0,
         validate: bool = True,
         generator: torch.Generator | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("num_classes", num_classes),
-            ("in_channels", in_channels),
-            ("embed_dim", embed_dim),
-            ("num_components", num_components),
-            ("memory_size", memory_size),
-            ("max_samples_per_component", max_samples_per_component),
-            ("update_interval", update_interval),
-            ("sinkhorn_iters", sinkhorn_iters),
-        ):
-            _positive_int(name, value)
-        if not sinkhorn_epsilon > 0:
-            raise ValueError(f"sinkhorn_epsilon must be > 0, got {sinkhorn_epsilon!r}")
-        if not variance_floor >= 0:
-            raise ValueError(f"variance_floor must be >= 0, got {variance_floor!r}")
-        if not component_loss_weight >= 0:
-            raise ValueError(f"component_loss_weight must be >= 0, got {component_loss_weight!r}")
-        if isinstance(dropout, bool) or not (
-            isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0
-        ):
-            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
-        if memory not in ("ring", "stats"):
-            raise ValueError(f"memory must be 'ring' or 'stats', got {memory!r}")
-        loss_average = loss_average or ("all" if faithful else "valid")
-        if loss_average not in ("all", "valid"):
-            raise ValueError(f"loss_average must be 'all' or 'valid', got {loss_average!r}")
+        _positive_int("num_classes", num_classes)
+        _positive_int("in_channels", in_channels)
+        config = (config or GMMHeadConfig()).replace(**options)
+        config.check()
+        self.config = config
+        fixes = config.fixes
         self.num_classes = num_classes
         self.in_channels = in_channels
-        self.embed_dim = embed_dim
-        self.num_components = num_components
-        self.update_interval = update_interval
-        self.mean_momentum = mean_momentum
-        self.scale_momentum = scale_momentum
-        self.variance_floor = variance_floor
-        self.sinkhorn_epsilon = sinkhorn_epsilon
-        self.sinkhorn_iters = sinkhorn_iters
-        self.component_loss_weight = component_loss_weight
-        self.upsample_before_norm = upsample_before_norm
+        self.embed_dim = config.embed_dim
+        self.num_components = config.num_components
+        self.update_interval = config.update_interval
+        self.mean_momentum = config.mean_momentum
+        self.scale_momentum = config.scale_momentum
+        self.variance_floor = config.variance_floor
+        self.sinkhorn_epsilon = config.sinkhorn_epsilon
+        self.sinkhorn_iters = config.sinkhorn_iters
+        self.component_loss_weight = config.component_loss_weight
+        self.upsample_before_norm = config.upsample_before_norm
         self.ignore_index = ignore_index
         self.chunk_size = chunk_size
-        self.faithful = faithful
-        self.separate_component_ignore = (
-            (not faithful) if separate_component_ignore is None else separate_component_ignore
-        )
-        self.count_only_filled = (not faithful) if count_only_filled is None else count_only_filled
-        self.loss_average: LossAverage = loss_average
+        self.separate_component_ignore = fixes.separate_component_ignore
+        self.count_only_filled = fixes.count_only_filled
+        self.loss_average: LossAverage = fixes.loss_average
         self.align_corners = align_corners
         self.validate = validate
 
-        self.dropout = nn.Dropout2d(float(dropout))
+        embed_dim, num_components = config.embed_dim, config.num_components
+        self.dropout = nn.Dropout2d(float(config.dropout))
         self.projection: nn.Module | None = None
         if in_channels != embed_dim:
             self.projection = nn.Sequential(
@@ -273,21 +212,21 @@ class GMMClassifier(nn.Module):
         self.register_load_state_dict_post_hook(_forget_host_step)  # type: ignore[no-untyped-call]
 
         self.memory: ComponentMemory | StreamingStatistics
-        if memory == "ring":
+        if config.memory == "ring":
             self.memory = ComponentMemory(
                 num_classes,
                 num_components,
                 embed_dim,
-                capacity=memory_size,
-                max_per_step=max_samples_per_component,
+                capacity=config.memory_size,
+                max_per_step=config.max_samples_per_component,
                 init="random",
                 count_only_filled=self.count_only_filled,
-                persistent=faithful if persist_memory is None else persist_memory,
+                persistent=fixes.persist_memory,
                 generator=generator,
             )
         else:
             self.memory = StreamingStatistics(
-                num_classes, num_components, embed_dim, decay=stats_decay
+                num_classes, num_components, embed_dim, decay=config.stats_decay
             )
 
     # ------------------------------------------------------------------ forward
@@ -671,3 +610,74 @@ class GMMClassifier(nn.Module):
             (B, H, W) scores in the dtype of ``output`` (float32 or wider).
         """
         return -output.class_log_prob.amax(dim=1)
+
+    # ------------------------------------------------------------------ the Classifier contract
+
+    @property
+    def memory_bank(self) -> ComponentMemory | None:
+        """The ring memory (``memory="ring"``), or None with ``memory="stats"``."""
+        return self.memory if isinstance(self.memory, ComponentMemory) else None
+
+    def losses_and_update(self, output: GMMOutput, target: Tensor) -> dict[str, Tensor]:
+        """:meth:`loss`, then :meth:`update`, with one E-step shared by both.
+
+        Args:
+            output: the result of :meth:`forward`.
+            target: (B, H', W') int64 labels with ``ignore_index`` for void.
+
+        Returns:
+            The losses of :meth:`loss`.
+
+        Raises:
+            ValueError: ``output`` is not a :class:`GMMOutput` (e.g. another head's), or as
+                :meth:`loss`.
+        """
+        if not isinstance(output, GMMOutput):
+            raise ValueError(f"output must be a GMMOutput, got {type(output).__name__}")
+        assignments = self.e_step(output, target)
+        losses = self.loss(output, target, assignments)
+        self.update(output, target, assignments)
+        return losses
+
+    def inference_maps(self, output: GMMOutput) -> Tensor:
+        """(B, C + 1, h, w): the logits, and the best class log-likelihood max_c s, stacked.
+
+        Inference resizes and averages these maps. The likelihood score is taken at the
+        feature resolution, where each pixel has a feature and max_c s is its likelihood, and
+        only that one map is resized. Resizing the C class log-likelihoods first and taking
+        the maximum afterwards would, between two regions, interpolate each class's
+        log-density from its high value on one side to its steeply lower value on the other:
+        every class boundary would look anomalous. The first C maps are z, or with
+        ``upsample_before_norm`` the class scores s (normalised by :meth:`read_inference_maps`).
+
+        Args:
+            output: the result of :meth:`forward`.
+
+        Returns:
+            (B, C + 1, h, w) in the wider of float32 and the output's dtype.
+        """
+        scores = output.class_log_prob.to(compute_dtype(output.class_log_prob.dtype))
+        if self.upsample_before_norm:
+            maps = scores
+        else:
+            maps = output.logits.to(compute_dtype(output.logits.dtype))
+        return torch.cat([maps, scores.amax(dim=1, keepdim=True)], dim=1)
+
+    def read_inference_maps(
+        self, maps: Tensor, logit_score: LogitScore = "msp"
+    ) -> tuple[Tensor, Tensor]:
+        """Logits and likelihood anomaly score of averaged :meth:`inference_maps`.
+
+        Args:
+            maps: (B, C + 1, H, W) resized and averaged inference maps.
+            logit_score: unused: this classifier's anomaly score is its likelihood score.
+
+        Returns:
+            (B, C, H, W) logits (the LayerNorm applied here with ``upsample_before_norm``) and
+            (B, H, W) anomaly score −max_c s.
+        """
+        c = self.num_classes
+        logits = maps[:, :c]
+        if self.upsample_before_norm:
+            logits = self.normalize_scores(logits)
+        return logits, -maps[:, c]

@@ -6,7 +6,14 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from gmmseg.heads._common import LossAverage, check_features, check_target, segmentation_loss
+from gmmseg.em.memory import ComponentMemory
+from gmmseg.heads._common import (
+    LossAverage,
+    check_features,
+    check_target,
+    compute_dtype,
+    segmentation_loss,
+)
 from gmmseg.heads.anomaly import LogitScore, logit_anomaly_score
 
 __all__ = ["LinearClassifier", "LinearOutput"]
@@ -25,8 +32,10 @@ class LinearOutput(NamedTuple):
 class LinearClassifier(nn.Module):
     """Dropout + 1×1 convolution to C logits, trained with cross-entropy.
 
-    It has the same ``forward`` / ``loss`` / ``update`` / ``anomaly_score`` surface as
-    :class:`gmmseg.heads.GMMClassifier`, so the two swap in one line.
+    It meets the same :class:`~gmmseg.heads.Classifier` contract as
+    :class:`gmmseg.heads.GMMClassifier`, so the two swap in one line. It has no embedding space
+    (``embed_dim`` is None) and no anomaly score of its own (``anomaly_name`` is None): its
+    anomaly scores are computed from its logits (:mod:`gmmseg.heads.anomaly`).
 
     Args:
         num_classes: C.
@@ -46,6 +55,10 @@ class LinearClassifier(nn.Module):
         >>> head(torch.randn(2, 8, 4, 4)).logits.shape
         torch.Size([2, 3, 4, 4])
     """
+
+    anomaly_name: str | None = None
+    embed_dim: int | None = None
+    memory_bank: ComponentMemory | None = None
 
     def __init__(
         self,
@@ -134,6 +147,30 @@ class LinearClassifier(nn.Module):
     def update(self, output: LinearOutput, target: Tensor) -> None:
         """No-op: the softmax head has no generative state (kept for interchangeability)."""
 
+    def losses_and_update(self, output: LinearOutput, target: Tensor) -> dict[str, Tensor]:
+        """:meth:`loss` (the update is a no-op).
+
+        Raises:
+            ValueError: ``output`` is not a :class:`LinearOutput` (e.g. another head's), or as
+                :meth:`loss`.
+        """
+        if not isinstance(output, LinearOutput):
+            raise ValueError(f"output must be a LinearOutput, got {type(output).__name__}")
+        losses = self.loss(output, target)
+        self.update(output, target)
+        return losses
+
+    def embed(self, features: Tensor) -> Tensor:
+        """Always raises: the softmax head has no embedding space (``embed_dim`` is None).
+
+        Raises:
+            ValueError: always; use the decoder features instead.
+        """
+        raise ValueError(
+            "LinearClassifier has no pixel embeddings (embed_dim is None): use the decoder "
+            "features instead"
+        )
+
     def anomaly_score(self, output: LinearOutput, method: LogitScore = "msp") -> Tensor:
         """Pixel anomaly score from the logits.
 
@@ -145,3 +182,29 @@ class LinearClassifier(nn.Module):
             (B, H, W) scores, higher = more anomalous.
         """
         return logit_anomaly_score(output.logits, method)
+
+    def inference_maps(self, output: LinearOutput) -> Tensor:
+        """(B, C, h, w): the logits, which inference resizes and averages.
+
+        Args:
+            output: the result of :meth:`forward`.
+
+        Returns:
+            The logits in the wider of float32 and their dtype.
+        """
+        return output.logits.to(compute_dtype(output.logits.dtype))
+
+    def read_inference_maps(
+        self, maps: Tensor, logit_score: LogitScore = "msp"
+    ) -> tuple[Tensor, Tensor]:
+        """Logits and the chosen logit anomaly score of averaged :meth:`inference_maps`.
+
+        Args:
+            maps: (B, C, H, W) resized and averaged logits.
+            logit_score: ``"msp"``, ``"max_logit"``, ``"energy"`` or ``"entropy"``.
+
+        Returns:
+            (B, C, H, W) logits and (B, H, W) anomaly score of those logits.
+        """
+        logits = maps[:, : self.num_classes]
+        return logits, logit_anomaly_score(logits, logit_score)

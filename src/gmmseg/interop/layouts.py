@@ -38,8 +38,6 @@ from gmmseg.backbones.converters import (
 )
 from gmmseg.backbones.mit import MIT_CONFIGS
 from gmmseg.backbones.swin import SWIN_CONFIGS
-from gmmseg.em.memory import ComponentMemory
-from gmmseg.heads.gmm import GMMClassifier
 from gmmseg.segmentor import Segmentor
 
 __all__ = [
@@ -719,15 +717,12 @@ def load_converted(
     memory_loaded = False
     if conversion.memory:
         if memory:
-            if not isinstance(classifier, GMMClassifier) or not isinstance(
-                classifier.memory, ComponentMemory
-            ):
+            bank = classifier.memory_bank
+            if bank is None:
                 raise ValueError(
                     "memory=True needs a GMM classifier with a ring memory (gmm.memory='ring')"
                 )
-            classifier.memory.load_original(
-                conversion.memory["queue"], conversion.memory["queue_ptr"]
-            )
+            bank.load_original(conversion.memory["queue"], conversion.memory["queue_ptr"])
             memory_loaded = True
         else:
             for key in conversion.memory:

@@ -232,27 +232,11 @@ def build_model(
             isinstance(g.dropout, (int, float)) and 0.0 <= g.dropout < 1.0
         ):
             raise ValueError(f"model.gmm.dropout must be a float in [0, 1), got {g.dropout!r}")
+        if tiny:
+            g = dataclasses.replace(g, embed_dim=8, memory_size=min(64, g.memory_size))
+        # the recipe's section is a GMMHeadConfig (its init_* keys are read by the trainer)
         classifier = GMMClassifier(
-            num_classes,
-            channels,
-            embed_dim=8 if tiny else g.embed_dim,
-            num_components=g.num_components,
-            memory_size=min(64, g.memory_size) if tiny else g.memory_size,
-            max_samples_per_component=g.max_samples_per_component,
-            update_interval=g.update_interval,
-            mean_momentum=g.mean_momentum,
-            scale_momentum=g.scale_momentum,
-            variance_floor=g.variance_floor,
-            sinkhorn_epsilon=g.sinkhorn_epsilon,
-            sinkhorn_iters=g.sinkhorn_iters,
-            component_loss_weight=g.component_loss_weight,
-            upsample_before_norm=g.upsample_before_norm,
-            memory=g.memory,
-            faithful=g.faithful,
-            persist_memory=g.persist_memory,
-            align_corners=cfg.align_corners,
-            dropout=g.dropout,
-            generator=generator,
+            num_classes, channels, g, align_corners=cfg.align_corners, generator=generator
         )
     elif cfg.head == "linear":
         classifier = LinearClassifier(

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from gmmseg.engine.evaluate import InferenceSettings
+from gmmseg.heads.gmm_config import ReleaseFixes
 from gmmseg.recipes.schema import (
     AnomalyConfig,
     DataConfig,
-    EvalConfig,
     GMMConfig,
     ModelConfig,
     OptimConfig,
@@ -98,7 +99,7 @@ def _pair(
     data: DataConfig,
     optim: OptimConfig,
     train: TrainConfig,
-    evaluation: EvalConfig,
+    evaluation: InferenceSettings,
     num_components: int,
     paper_gmm: str = "",
     paper_softmax: str = "",
@@ -125,8 +126,8 @@ def _pair(
     return [gmm, softmax]
 
 
-_SLIDE_768 = EvalConfig(mode="slide", crop_size=(768, 768), stride=(512, 512))
-_WHOLE = EvalConfig(mode="whole")
+_SLIDE_768 = InferenceSettings(mode="slide", crop_size=(768, 768), stride=(512, 512))
+_WHOLE = InferenceSettings(mode="whole")
 
 _DEMO_GMM = GMMConfig(
     embed_dim=32,
@@ -136,11 +137,11 @@ _DEMO_GMM = GMMConfig(
     update_interval=1,
     mean_momentum=0.99,
     upsample_before_norm=True,
-    faithful=False,
     # no dropout before the head: measured harmful on the demo (see docs/demo.md)
     dropout=0.0,
-    # The demo's bank is small (a few MB): keep it in checkpoints so that resume is exact.
-    persist_memory=True,
+    # Every fix of the original release, except that the demo's bank is small (a few MB): it
+    # stays in checkpoints so that resume is exact.
+    fixes=dataclasses.replace(ReleaseFixes.all(), persist_memory=True),
 )
 DEMO = Recipe(
     name="demo",

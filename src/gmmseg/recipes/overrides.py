@@ -6,7 +6,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Sequence
-from typing import Any, TypeVar, Union
+from typing import Any, Protocol, TypeVar, Union, runtime_checkable
 
 __all__ = ["OverrideError", "apply_overrides", "from_dict", "parse_value"]
 
@@ -15,6 +15,15 @@ T = TypeVar("T")
 
 class OverrideError(ValueError):
     """An override names an unknown key or carries a value of the wrong type."""
+
+
+@runtime_checkable
+class _LegacySection(Protocol):
+    """A section that still reads some keys of earlier recipe versions (warning)."""
+
+    legacy_keys: dict[str, Any]  # key -> type of its value
+
+    def with_legacy_key(self, key: str, value: Any) -> Any: ...
 
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -101,6 +110,15 @@ def _set_path(obj: Any, path: list[str], text: str, full: str) -> Any:
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     key = path[0]
+    if isinstance(obj, _LegacySection) and key not in names and key in obj.legacy_keys:
+        # a key of an earlier recipe version: the section translates it (and warns)
+        if len(path) > 1:
+            raise OverrideError(f"--set {full}: {key!r} is not a section")
+        try:
+            value = parse_value(text, obj.legacy_keys[key])
+        except ValueError as e:
+            raise OverrideError(f"--set {full}: {e}") from None
+        return obj.with_legacy_key(key, value)
     if key not in names:
         raise OverrideError(f"--set {full}: unknown key {key!r}; expected one of {names}")
     current = getattr(obj, key)
@@ -162,6 +180,10 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         raise TypeError(f"{cls} is not a dataclass")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    legacy_keys: dict[str, Any] = getattr(cls, "legacy_keys", {})
+    # keys of an earlier recipe version, applied (in the section's order) after construction
+    legacy = {k: data[k] for k in legacy_keys if k in data and k not in names}
+    data = {k: v for k, v in data.items() if k not in legacy}
     unknown = set(data) - names
     if unknown:
         raise OverrideError(f"unknown {cls.__name__} keys {sorted(unknown)}")
@@ -176,4 +198,8 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
             kwargs[key] = tuple(value)
         else:
             kwargs[key] = value
-    return cls(**kwargs)
+    section: Any = cls(**kwargs)
+    for key, value in legacy.items():  # only a _LegacySection has legacy keys
+        section = section.with_legacy_key(key, value)
+    obj: T = section
+    return obj

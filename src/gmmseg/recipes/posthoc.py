@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from gmmseg.data.samplers import collate_samples
 from gmmseg.engine import init_distributed
 from gmmseg.engine.posthoc import FeatureSpace, fit_posthoc
-from gmmseg.heads import GMMClassifier, PosthocMixtures, PosthocSettings
+from gmmseg.heads import PosthocMixtures, PosthocSettings
 from gmmseg.interop import Layout
 from gmmseg.recipes.build import _closed_set, _eval_transform
 from gmmseg.recipes.schema import Recipe
@@ -32,10 +32,10 @@ def default_posthoc_path(checkpoint: Path | str) -> Path:
 
 
 def posthoc_space(model: Segmentor, space: FeatureSpace | Literal["auto"] = "auto") -> FeatureSpace:
-    """``"auto"``: a GMM classifier's embeddings, else the decoder features."""
+    """``"auto"``: the classifier's pixel embeddings if it has some (GMM), else the decoder's."""
     if space != "auto":
         return space
-    return "embedding" if isinstance(model.classifier, GMMClassifier) else "decoder"
+    return "decoder" if model.classifier.embed_dim is None else "embedding"
 
 
 def train_fit_loader(recipe: Recipe, batch_size: int | None = None) -> DataLoader[Any]:

@@ -58,9 +58,12 @@ __all__ = [
 
 
 def inference_settings(recipe: Recipe) -> InferenceSettings:
-    """The recipe's eval section as :class:`~gmmseg.engine.InferenceSettings`."""
+    """The recipe's eval section (an :class:`~gmmseg.engine.InferenceSettings`), scales a tuple.
+
+    The scales of a recipe built in Python may be a list; the settings hold a tuple.
+    """
     e = recipe.eval
-    return InferenceSettings(e.mode, e.crop_size, e.stride, tuple(e.scales), e.flip)
+    return dataclasses.replace(e, scales=tuple(e.scales))
 
 
 def segmentation_summary(result: SegmentationResult) -> dict[str, Any]:
@@ -449,8 +452,9 @@ def load_trained(
         cfg = dataclasses.replace(cfg, gmm=dataclasses.replace(cfg.gmm, memory_size=1))
     model = build_model(cfg, num_classes_of(recipe.data), tiny=tiny)
     k = conversion.model.memory_size
-    if memory and k is not None and isinstance(model.classifier, GMMClassifier):
-        have = getattr(model.classifier.memory, "capacity", None)
+    bank = model.classifier.memory_bank
+    if memory and k is not None and bank is not None:
+        have = bank.capacity
         if have != k:
             raise ValueError(
                 f"the checkpoint's memory bank has {k} slots per component, the model of recipe "

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from gmmseg.engine.evaluate import InferenceSettings
+from gmmseg.heads.gmm_config import GMMHeadConfig, ReleaseFixes
 
 __all__ = [
     "AnomalyConfig",
@@ -31,8 +35,17 @@ AnomalySetName = Literal[
 
 
 @dataclass(frozen=True)
-class GMMConfig:
-    """Options of :class:`~gmmseg.heads.GMMClassifier` (see its docstring), plus mean init.
+class GMMConfig(GMMHeadConfig):
+    """The GMM head's hyperparameters (:class:`~gmmseg.heads.GMMHeadConfig`), plus mean init.
+
+    Every field of :class:`~gmmseg.heads.GMMHeadConfig` is a key of this section
+    (``model.gmm.num_components``, ``model.gmm.fixes.count_only_filled``, ...); the recipe
+    passes the section to :class:`~gmmseg.heads.GMMClassifier` as it is.
+
+    Two keys of earlier versions are still read, with a ``DeprecationWarning``:
+    ``model.gmm.faithful`` (``false`` turns on every fix: ``fixes`` becomes
+    :meth:`ReleaseFixes.all() <gmmseg.heads.ReleaseFixes.all>`; ``true`` the release's
+    behaviour) and ``model.gmm.persist_memory`` (now ``model.gmm.fixes.persist_memory``).
 
     Attributes:
         init_means: ``"random"`` (the paper: random unit directions) or ``"kmeans"``: at
@@ -41,33 +54,44 @@ class GMMConfig:
             ``init_batches`` training batches (see the demo's measured effect in the docs).
         init_iter: iteration of the data-driven initialisation.
         init_batches: batches whose embeddings the initialisation fits.
-        persist_memory: keep the memory bank in ``state_dict`` and therefore in checkpoints
-            (None: the classifier's default, ``faithful``). Without it a resumed run restarts
-            from a fresh memory and is not bit-identical to an uninterrupted one.
-        dropout: ``Dropout2d`` probability on the decoder features before the head's
-            projection, in training (the official head: 0.1, set in the paper's recipes; the
-            demo keeps 0: see the docs' design decisions).
     """
 
-    embed_dim: int = 64
-    num_components: int = 5
-    memory_size: int = 32000
-    max_samples_per_component: int = 20
-    update_interval: int = 5
-    mean_momentum: float = 0.999
-    scale_momentum: float = 0.0
-    variance_floor: float = 0.01
-    sinkhorn_epsilon: float = 0.05
-    sinkhorn_iters: int = 3
-    component_loss_weight: float = 0.01
-    upsample_before_norm: bool = False
-    memory: Literal["ring", "stats"] = "ring"
-    faithful: bool = True
     init_means: Literal["random", "kmeans"] = "random"
     init_iter: int = 0
     init_batches: int = 4
-    persist_memory: bool | None = None
-    dropout: float = 0.0
+
+    #: Keys of earlier versions and the type of their values (see :meth:`with_legacy_key`).
+    legacy_keys: ClassVar[dict[str, Any]] = {"faithful": bool, "persist_memory": bool | None}
+
+    def with_legacy_key(self, key: str, value: Any) -> GMMConfig:
+        """Apply a key of an earlier recipe version (``faithful``, ``persist_memory``).
+
+        Warns:
+            DeprecationWarning: naming the key that replaces it.
+
+        Raises:
+            KeyError: ``key`` is not one of :attr:`legacy_keys`.
+        """
+        if key == "faithful":
+            warnings.warn(
+                "model.gmm.faithful is deprecated: set the fixes one by one "
+                "(model.gmm.fixes.separate_component_ignore, .count_only_filled, "
+                ".persist_memory, .loss_average); faithful=false turned all four on",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            return dataclasses.replace(self, fixes=ReleaseFixes.preset(bool(value)))
+        if key == "persist_memory":
+            warnings.warn(
+                "model.gmm.persist_memory is deprecated: use model.gmm.fixes.persist_memory",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            if value is None:  # the old "default": keep the fixes as they are
+                return self
+            fixes = dataclasses.replace(self.fixes, persist_memory=bool(value))
+            return dataclasses.replace(self, fixes=fixes)
+        raise KeyError(key)
 
 
 @dataclass(frozen=True)
@@ -93,7 +117,7 @@ class ModelConfig:
             See :class:`~gmmseg.heads.SegFormerDecoder`.
         head: ``"gmm"`` (GMMSeg) or ``"linear"`` (the softmax baseline).
         dropout: dropout of the linear classifier.
-        gmm: options of the GMM classifier.
+        gmm: options of the GMM classifier (:class:`GMMConfig`).
         align_corners: of every bilinear resize: the decoder's internal ones, the logits' in the
             loss and in inference.
         sync_bn: convert BatchNorm to SyncBatchNorm when training on several GPUs.
@@ -231,23 +255,10 @@ class TrainConfig:
     device: str = "auto"
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    """Inference settings of validation and anomaly evaluation.
-
-    Attributes:
-        mode: ``"whole"`` or ``"slide"``.
-        crop_size: slide window (h, w).
-        stride: slide stride (h, w).
-        scales: multi-scale factors.
-        flip: flip augmentation.
-    """
-
-    mode: Literal["whole", "slide"] = "whole"
-    crop_size: tuple[int, int] | None = None
-    stride: tuple[int, int] | None = None
-    scales: tuple[float, ...] = (1.0,)
-    flip: bool = False
+EvalConfig = InferenceSettings
+"""The ``eval`` section: how :meth:`~gmmseg.segmentor.Segmentor.predict` is called in validation
+and anomaly evaluation (``eval.mode``, ``eval.crop_size``, ``eval.stride``, ``eval.scales``,
+``eval.flip``). Another name of :class:`~gmmseg.engine.InferenceSettings`, the one type."""
 
 
 @dataclass(frozen=True)
@@ -314,7 +325,7 @@ class Recipe:
         data: datasets and pipeline.
         optim: optimiser and schedule.
         train: the loop.
-        eval: inference settings.
+        eval: inference settings (:class:`~gmmseg.engine.InferenceSettings`).
         anomaly: anomaly evaluation (None for closed-set-only recipes).
         paper_result: the paper's reported number where public ("" otherwise).
         twin: name of the recipe that differs only by the classifier ("" if none).
@@ -326,7 +337,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: InferenceSettings = field(default_factory=InferenceSettings)
     anomaly: AnomalyConfig | None = None
     paper_result: str = ""
     twin: str = ""

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
+from torch import Tensor
 
 from gmmseg.data import DemoScenes
 from gmmseg.data.samplers import collate_samples
@@ -55,17 +58,17 @@ def test_resume_reaches_the_same_weights(
     recipe = tiny_demo(tmp_path, head)
     straight, res_a = train_recipe(recipe, tmp_path / "a", tiny=True, progress=False)
     # The same run, killed after its iteration-3 checkpoint ...
-    step = Trainer.step
+    step = Trainer._step
 
-    def crashing_step(self: Trainer, batch: dict[str, object]) -> dict[str, float]:
+    def crashing_step(self: Trainer, batch: dict[str, Any]) -> Any:
         if self.iteration == 3:
             raise Interrupted
         return step(self, batch)
 
-    monkeypatch.setattr(Trainer, "step", crashing_step)
+    monkeypatch.setattr(Trainer, "_step", crashing_step)
     with pytest.raises(Interrupted):
         train_recipe(recipe, tmp_path / "b", tiny=True, progress=False)
-    monkeypatch.setattr(Trainer, "step", step)
+    monkeypatch.setattr(Trainer, "_step", step)
     assert [p.name for p in (tmp_path / "b").glob("iter_*.pt")] == ["iter_00000003.pt"]
     # ... and resumed to the end.
     torch.manual_seed(12345)  # the global RNG is restored from the checkpoint, not reused
@@ -414,7 +417,7 @@ def test_persist_memory_false_keeps_the_bank_out_of_checkpoints(tmp_path: Path) 
     # Before: the docs said so, but trainer checkpoints stored every non-persistent buffer.
     for persist in (False, True):
         recipe = apply_overrides(
-            tiny_demo(tmp_path), ["train.iters=2", f"model.gmm.persist_memory={persist}"]
+            tiny_demo(tmp_path), ["train.iters=2", f"model.gmm.fixes.persist_memory={persist}"]
         )
         train_recipe(recipe, tmp_path / str(persist), tiny=True, progress=False)
         state = load_checkpoint(tmp_path / str(persist) / "iter_00000002.pt")
@@ -538,3 +541,88 @@ def test_inference_loads_skip_the_memory_bank(tmp_path: Path) -> None:
     images = torch.randn(2, 3, 32, 32)
     a, b = light.predict(images), full.predict(images)
     torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=0)
+
+
+def _loop_trainer(
+    model: torch.nn.Module, batches: list[dict[str, Tensor]], work_dir: Path, **settings: Any
+) -> Trainer:
+    from gmmseg.engine import PolyWarmup, build_optimizer
+    from gmmseg.engine.distributed import DistInfo
+
+    return Trainer(
+        model,  # type: ignore[arg-type]
+        build_optimizer(model, "adamw", 1e-3, 0.0),
+        PolyWarmup(len(batches)),
+        lambda start: batches[start:],
+        TrainSettings(max_iters=len(batches), **settings),
+        DistInfo(0, 1, 0, torch.device("cpu")),
+        work_dir=work_dir,
+        progress=False,
+    )
+
+
+def _batches(n: int, nan_at: int | None = None) -> list[dict[str, Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        image = torch.randn(2, 3, 32, 32, generator=g)
+        if i + 1 == nan_at:
+            image[0, 0, 0, 0] = float("nan")
+        out.append({"image": image, "label": torch.randint(0, 12, (2, 32, 32), generator=g)})
+    return out
+
+
+def test_fit_reads_losses_at_log_steps_and_logs_the_per_step_mean(tmp_path: Path) -> None:
+    """The loop reads losses only at log / checkpoint steps, and logs the same means as reading
+    them after every step (Trainer.step)."""
+    recipe = tiny_demo(tmp_path, "linear")
+    torch.manual_seed(0)
+    model = build_model(recipe.model, 12, tiny=True)  # type: ignore[attr-defined]
+    reference = copy.deepcopy(model)
+    batches = _batches(6)
+    trainer = _loop_trainer(model, batches, tmp_path / "a", log_interval=3)
+    reads: list[int] = []
+    read = trainer._read
+
+    def counting(pending: Any) -> list[dict[str, float]]:
+        reads.append(len(pending))
+        return read(pending)
+
+    trainer._read = counting  # type: ignore[method-assign]
+    torch.manual_seed(1)  # the same dropout draws in both runs
+    trainer.fit()
+    assert reads == [3, 3]
+    ref = _loop_trainer(reference, batches, tmp_path / "b", log_interval=3)
+    torch.manual_seed(1)
+    steps = [ref.step(b) for b in batches]
+    logged = [r for r in trainer.history if r["mode"] == "train"]
+    for record, chunk in zip(logged, (steps[:3], steps[3:]), strict=True):
+        assert set(record) == {"iter", "mode", *chunk[0]}
+        for key in chunk[0]:
+            want = sum(s[key] for s in chunk) / 3
+            assert record[key] == pytest.approx(want, rel=1e-12), key
+
+
+def test_a_diverged_step_is_named_and_never_checkpointed(tmp_path: Path) -> None:
+    recipe = tiny_demo(tmp_path, "linear")
+    model = build_model(recipe.model, 12, tiny=True)  # type: ignore[attr-defined]
+    model.classifier.validate = False  # the NaN reaches the loss (as on an accelerator)
+    trainer = _loop_trainer(
+        model, _batches(6, nan_at=5), tmp_path / "w", log_interval=3, checkpoint_interval=3
+    )
+    with pytest.raises(FloatingPointError, match=r"training step 5: non-finite loss nan"):
+        trainer.fit()
+    assert sorted(p.name for p in (tmp_path / "w").glob("iter_*.pt")) == ["iter_00000003.pt"]
+
+
+def test_labels_are_checked_on_the_host_when_the_classifier_does_not_validate(
+    tmp_path: Path,
+) -> None:
+    recipe = tiny_demo(tmp_path)
+    model = build_model(recipe.model, 12, tiny=True)  # type: ignore[attr-defined]
+    model.classifier.validate = False
+    trainer = _bare_trainer(model)
+    batch = _batches(1)[0]
+    batch["label"][0, 0, 0] = 40
+    with pytest.raises(ValueError, match=r"training step 1: target values must be in \[0, 12\)"):
+        trainer.step(batch)

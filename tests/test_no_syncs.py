@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,3 +151,43 @@ def test_bad_input_still_gets_a_clear_error() -> None:
     classifier.validate = False
     with pytest.raises(ValueError, match=r"target values must be in \[0, 150\)"):
         classifier.check_labels(labels)
+
+
+def test_trainer_loop_reads_the_device_only_at_its_read_steps(tmp_path: Path) -> None:
+    """The Trainer around the step: with the classifier's device checks off (as train_recipe
+    sets them on accelerators), a step adds no synchronisation; the labels are checked while
+    they are still host tensors, and the losses are read in Trainer._read only.
+
+    SGD rather than AdamW: AdamW reads its step counters with ``item()``, which the detector
+    flags, but PyTorch keeps those counters on the host unless the optimiser is ``capturable``.
+    """
+    from gmmseg.engine import PolyWarmup, build_optimizer
+    from gmmseg.engine.distributed import DistInfo
+    from gmmseg.engine.trainer import Trainer, TrainSettings
+
+    seg = _segmentor("ring", validate=False)
+    classifier = seg.classifier
+    assert isinstance(classifier, GMMClassifier)
+    images, labels = _batch()
+    batches = [{"image": images, "label": labels}] * 3
+    trainer = Trainer(
+        seg,
+        build_optimizer(seg, "sgd", 1e-4, 0.0, momentum=0.9),
+        PolyWarmup(3),
+        lambda start: batches[start:],
+        TrainSettings(max_iters=3, log_interval=3),
+        DistInfo(0, 1, 0, torch.device("cpu")),
+        work_dir=tmp_path,
+        progress=False,
+    )
+    pending = [trainer._step(batches[0])]  # step 0 runs the M-step; steps 1 and 2 do not
+    for _ in range(2):
+        with detect_syncs() as log:
+            pending.append(trainer._step(batches[0]))
+        # The only reads are of the host labels (checked before they are moved).
+        assert all(s.function == "check_target" for s in log.syncs), [str(s) for s in log.syncs]
+        assert log.syncs, "expected the host label check"
+    with detect_syncs() as log:
+        records = trainer._read(pending)
+    assert [s.function for s in log.syncs] == ["_read"]
+    assert len(records) == 3 and all(sorted(r) == sorted(records[0]) for r in records)

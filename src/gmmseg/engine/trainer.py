@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -34,6 +35,9 @@ from gmmseg.segmentor import Segmentor
 __all__ = ["TrainSettings", "Trainer"]
 
 AmpMode = Literal["none", "bf16", "fp16"]
+
+# Most steps whose losses wait on the device before the loop reads them.
+_READ_EVERY = 100
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,13 @@ class Trainer:
     history and ``extra``). At an iteration that has both, the checkpoint is written before the
     evaluation runs, so a failing evaluation loses no training; a resumed run evaluates an
     iteration whose evaluation did not finish before it trains on.
+
+    The loop reads the losses on the host only at log, checkpoint and evaluation steps (and at
+    least every 100 steps), in one synchronisation, and stops with a ``FloatingPointError``
+    naming the first step whose loss is not finite; a checkpoint is written only after every
+    step before it was read. When the classifier's ``validate`` is off (no value checks on the
+    device), each batch's labels are checked on the host before they are moved
+    (``classifier.check_labels``), so a label outside the classes is still refused at its step.
 
     Buffers a module keeps out of its ``state_dict`` are not saved (a GMM memory bank built with
     ``persist_memory=False`` starts afresh on resume; Swin's index tables are recomputed).
@@ -289,7 +300,15 @@ class Trainer:
         return torch.autocast(self.dist.device.type, dtype=dtype)
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
-        """One optimisation step on ``batch``; returns the losses and the learning rate."""
+        """One optimisation step on ``batch``; returns the losses and the learning rate.
+
+        Reads the losses on the host (one synchronisation) and refuses a non-finite loss;
+        :meth:`fit` defers that read to its log, checkpoint and evaluation steps.
+        """
+        return self._read([self._step(batch)])[0]
+
+    def _step(self, batch: dict[str, Any]) -> tuple[int, dict[str, Tensor], float]:
+        """One optimisation step without host reads: (its number, device losses, lr factor)."""
         device = self.dist.device
         if batch["image"].shape[0] == 0:
             # A mean over no pixels is NaN: refuse instead of training on it.
@@ -297,13 +316,16 @@ class Trainer:
                 f"training step {self.iteration + 1}: the batch holds no images (B = 0); "
                 "check the data loader and data.batch_size"
             )
-        images: Tensor = batch["image"].to(device, non_blocking=True)
-        labels: Tensor = batch["label"].to(device, non_blocking=True)
-        if self.settings.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        factor = self.schedule.apply(self.optimizer, self.iteration)
-        self.model.train()
+        classifier = self.model.classifier
         try:
+            if not classifier.validate:  # the labels are still on the host: no device sync
+                classifier.check_labels(batch["label"])
+            images: Tensor = batch["image"].to(device, non_blocking=True)
+            labels: Tensor = batch["label"].to(device, non_blocking=True)
+            if self.settings.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            factor = self.schedule.apply(self.optimizer, self.iteration)
+            self.model.train()
             with self._autocast():
                 out = self.forward(images)
                 losses = self.model.losses_and_update(out, labels)
@@ -311,25 +333,46 @@ class Trainer:
             # e.g. "features must be finite": the run diverged; say where.
             raise ValueError(f"training step {self.iteration + 1}: {e}") from e
         loss = sum(losses.values(), torch.zeros((), device=device))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training step {self.iteration + 1}: non-finite loss {loss.item()} "
-                f"{ {k: v.item() for k, v in losses.items()} } (the run diverged: lower the "
-                "learning rate, enable gradient clipping, or resume from an earlier checkpoint)"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-        record = {k: float(v.detach()) for k, v in losses.items()}
+        record = {k: v.detach() for k, v in losses.items()}
         if self.settings.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
-            record["grad_norm"] = float(norm)
+            record["grad_norm"] = norm.detach()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.iteration += 1
-        record["loss"] = float(loss.detach())
-        record["lr_factor"] = factor
-        return record
+        record["loss"] = loss.detach()
+        return self.iteration, record, factor
+
+    @staticmethod
+    def _read(pending: Sequence[tuple[int, dict[str, Tensor], float]]) -> list[dict[str, float]]:
+        """The host values of the steps' losses, read in one synchronisation.
+
+        Raises:
+            FloatingPointError: at the first step whose loss is not finite (a checkpoint is
+                never written after such a step: :meth:`fit` reads before every save).
+        """
+        if not pending:
+            return []
+        keys = list(pending[0][1])
+        values = torch.stack(
+            [torch.stack([r[k].to(torch.float64) for k in keys]) for _, r, _ in pending]
+        ).tolist()
+        out = []
+        for (iteration, _, factor), row in zip(pending, values, strict=True):
+            record = dict(zip(keys, row, strict=True))
+            if not math.isfinite(record["loss"]):
+                parts = {k: v for k, v in record.items() if k not in ("loss", "grad_norm")}
+                raise FloatingPointError(
+                    f"training step {iteration}: non-finite loss {record['loss']} {parts} (the "
+                    "run diverged: lower the learning rate, enable gradient clipping, or resume "
+                    "from an earlier checkpoint)"
+                )
+            record["lr_factor"] = factor
+            out.append(record)
+        return out
 
     def _evaluated(self, iteration: int) -> bool:
         return any(r.get("mode") == "eval" and r.get("iter") == iteration for r in self.history)
@@ -392,6 +435,9 @@ class Trainer:
         start = time.perf_counter()
         sums: dict[str, float] = {}
         count = 0
+        # Losses stay on the device until a log, checkpoint or evaluation step (or every
+        # _READ_EVERY steps) reads them in one synchronisation.
+        pending: list[tuple[int, dict[str, Tensor], float]] = []
         try:
             if self._eval_due(self.iteration) and not self._evaluated(self.iteration):
                 self._run_eval(logger)
@@ -401,23 +447,30 @@ class Trainer:
                     batches = iter(self.loader_factory(self.iteration))
                 for hook in self.hooks:
                     hook(self)
-                record = self.step(next(batches))
-                for k, v in record.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                logger.advance(1, {"loss": record["loss"]})
-                if count and (
-                    (s.log_interval and self.iteration % s.log_interval == 0)
-                    or self.iteration == s.max_iters
-                ):
+                pending.append(self._step(next(batches)))
+                logger.advance(1)
+                log_due = (
+                    s.log_interval > 0 and self.iteration % s.log_interval == 0
+                ) or self.iteration == s.max_iters
+                checkpoint_due = self._checkpoint_due(self.iteration)
+                eval_due = self._eval_due(self.iteration)
+                if log_due or checkpoint_due or eval_due or len(pending) >= _READ_EVERY:
+                    records = self._read(pending)
+                    pending = []
+                    for record in records:
+                        for k, v in record.items():
+                            sums[k] = sums.get(k, 0.0) + v
+                    count += len(records)
+                    logger.advance(0, {"loss": records[-1]["loss"]})
+                if log_due and count:
                     averages = {k: v / count for k, v in sums.items()}
                     train_record = {"iter": self.iteration, "mode": "train", **averages}
                     logger.log(train_record, self.iteration)
                     self.history.append(train_record)
                     sums, count = {}, 0
-                if self._checkpoint_due(self.iteration):
+                if checkpoint_due:
                     self.save()
-                if self._eval_due(self.iteration):
+                if eval_due:
                     self._run_eval(logger)
         finally:
             logger.close()

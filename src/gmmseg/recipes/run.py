@@ -233,6 +233,9 @@ def train_recipe(
     num_classes = num_classes_of(data)
     g = torch.Generator().manual_seed(recipe.train.seed)
     model = build_model(recipe.model, num_classes, tiny=tiny, generator=g).to(dist.device)
+    # On an accelerator the classifier's value checks would synchronise every step; the trainer
+    # then checks labels on the host and catches divergence from the losses it reads.
+    model.classifier.validate = dist.device.type == "cpu"
     if dist.world_size > 1 and dist.device.type == "cuda" and recipe.model.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
     o = recipe.optim

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from typing import Any
@@ -731,3 +732,94 @@ def test_large_diag_fit_matches_sklearn() -> None:
     for attr in ("weights_", "means_", "covariances_"):
         np.testing.assert_allclose(getattr(ours, attr), getattr(ref, attr), rtol=1e-6)
     assert ours.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-6)
+
+
+# -- scikit-learn estimator protocol -----------------------------------------------------------
+
+
+def test_sklearn_exception_classes_catch_gmmseg_errors_and_warnings() -> None:
+    import sklearn.exceptions
+
+    assert issubclass(NotFittedError, sklearn.exceptions.NotFittedError)
+    assert issubclass(ConvergenceWarning, SkConvergenceWarning)
+    with pytest.raises(sklearn.exceptions.NotFittedError):
+        GaussianMixture(2).predict(_iris())
+    with pytest.warns(SkConvergenceWarning, match="did not converge"):
+        GaussianMixture(3, max_iter=1, random_state=0).fit(_iris())
+    with warnings.catch_warnings():  # scikit-learn's filter silences gmmseg's warning
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", SkConvergenceWarning)
+        GaussianMixture(3, max_iter=1, random_state=0).fit(_iris())
+
+
+def test_get_params_set_params_and_validation_in_fit() -> None:
+    gm = GaussianMixture(3, covariance_type="diag", tol=1e-4, verbose_interval=5)
+    params = gm.get_params()
+    assert params["n_components"] == 3 and params["covariance_type"] == "diag"
+    assert set(params) == set(inspect.signature(GaussianMixture).parameters)
+    twin = GaussianMixture(**params)
+    assert twin.get_params() == params
+    assert gm.set_params(n_components=-1, tol=np.inf) is gm  # stored, not checked ...
+    with pytest.raises(ValueError, match="The 'n_components' parameter of GaussianMixture"):
+        gm.fit(_iris())  # ... until fit
+    with pytest.raises(ValueError, match="Invalid parameter 'n_component' for estimator"):
+        gm.set_params(n_component=2)
+    gm.set_params(n_components=3).fit(_iris())
+    assert gm.get_params()["n_components"] == 3  # fit does not rewrite parameters
+
+
+def test_numpy_random_state_seeds_and_advances() -> None:
+    x = _blobs()
+
+    def fit(rs: Any) -> np.ndarray:
+        return (
+            GaussianMixture(4, init_params="random_from_data", max_iter=0, random_state=rs)
+            .fit(x)
+            .means_
+        )
+
+    np.testing.assert_array_equal(fit(np.random.RandomState(3)), fit(np.random.RandomState(3)))
+    shared = np.random.RandomState(3)
+    first, second = fit(shared), fit(shared)
+    assert not np.array_equal(first, second), "a RandomState advances between fits"
+
+
+def test_float32_weights_init_normalised_as_sklearn_accepts() -> None:
+    x = _iris().astype(np.float32)
+    w = np.random.default_rng(0).uniform(size=3).astype(np.float32)
+    w = w / w.sum()  # float32 rounding: the sum is 1 only to about 1e-7
+    SkGaussianMixture(3, weights_init=w, random_state=0).fit(x)  # the reference accepts it
+    gm = GaussianMixture(3, weights_init=w, random_state=0).fit(x)
+    assert gm.means_.dtype == np.float32
+    GaussianMixture(3, weights_init=w, random_state=0).fit(x.astype(np.float64))
+    with pytest.raises(ValueError, match="should be normalized"):
+        GaussianMixture(3, weights_init=w * 1.001, random_state=0).fit(x)
+
+
+def test_object_arrays_of_numbers_and_sparse_input() -> None:
+    import scipy.sparse
+
+    x = _iris()
+    a = GaussianMixture(3, random_state=0).fit(x)
+    b = GaussianMixture(3, random_state=0).fit(x.astype(object))
+    np.testing.assert_array_equal(a.means_, b.means_)
+    bad = x.astype(object)
+    bad[0, 0] = {"not": "a number"}
+    with pytest.raises(TypeError, match="X must hold numbers"):
+        GaussianMixture(3).fit(bad)
+    with pytest.raises(TypeError, match="Sparse data was passed for X"):
+        GaussianMixture(3).fit(scipy.sparse.csr_matrix(x))
+
+
+def test_verbose_prints_initialisations_and_iterations(capsys: pytest.CaptureFixture[str]) -> None:
+    x = _blobs()
+    GaussianMixture(4, n_init=2, verbose=1, verbose_interval=2, random_state=0).fit(x)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Initialization 0" and "Initialization 1" in out
+    assert "  Iteration 2" in out and out[-1] == "Initialization converged."
+    GaussianMixture(4, verbose=2, verbose_interval=1, random_state=0).fit(x)
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("  Iteration 1\t time lapse ") and "ll change" in out[1]
+    assert "lower bound" in out[-1]
+    GaussianMixture(4, random_state=0).fit(x)
+    assert capsys.readouterr().out == ""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,38 @@ def global_dtype(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def global_random_seed() -> int:
     return 42  # scikit-learn's default (SKLEARN_TESTS_GLOBAL_RANDOM_SEED unset)
+
+
+# -- scikit-learn's estimator checks ---------------------------------------------------------
+
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+with warnings.catch_warnings():
+    # gmmseg does not depend on scikit-learn, so its estimator cannot inherit BaseEstimator;
+    # it implements the protocol (get_params, set_params, __sklearn_tags__) instead.
+    warnings.filterwarnings("ignore", "Estimator GaussianMixture does not inherit", UserWarning)
+    _ESTIMATOR_CHECKS = parametrize_with_checks([GaussianMixture()])
+
+
+@_ESTIMATOR_CHECKS
+def test_sklearn_estimator_check(estimator: Any, check: Any) -> None:
+    check(estimator)
+
+
+def test_clone_pipeline_and_grid_search() -> None:
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.RandomState(0)
+    x = np.r_[rng.randn(60, 2), rng.randn(60, 2) + 6]
+    gm = GaussianMixture(2, covariance_type="diag", random_state=rng)
+    twin = clone(gm)
+    assert twin is not gm and twin.get_params()["covariance_type"] == "diag"
+    pipe = make_pipeline(StandardScaler(), GaussianMixture(random_state=0)).fit(x)
+    assert pipe.predict(x).shape == (120,)
+    search = GridSearchCV(GaussianMixture(random_state=0), {"n_components": [1, 2, 3]}, cv=3)
+    search.fit(x)
+    assert search.best_params_["n_components"] >= 2  # two separated blobs
+    assert isinstance(search.best_estimator_, GaussianMixture)

@@ -74,7 +74,9 @@ def as_array(name: str, value: object, device: torch.device | None = None) -> Te
         arr = np.ascontiguousarray(arr)
         t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     if t.is_complex():
-        raise ValueError(f"{name} must be real-valued, got dtype {t.dtype}")
+        raise ValueError(
+            f"Complex data not supported: {name} must be real-valued, got dtype {t.dtype}"
+        )
     return t if device is None else t.to(device)
 
 
@@ -104,9 +106,15 @@ def check_x(X: object, dtype: torch.dtype, device: torch.device) -> Tensor:
     """(N, D) finite samples with N, D >= 1 (an already converted tensor is not copied)."""
     x = as_array("X", X)
     if x.ndim != 2:
+        hint = (
+            " Reshape your data either using array.reshape(-1, 1) if your data has a single "
+            "feature or array.reshape(1, -1) if it contains a single sample."
+            if x.ndim == 1
+            else ""
+        )
         raise ValueError(
             f"Expected 2D array, got {x.ndim}D array instead: X must have shape (N, D), got "
-            f"shape {tuple(x.shape)}"
+            f"shape {tuple(x.shape)}.{hint}"
         )
     for axis, what in ((0, "sample(s)"), (1, "feature(s)")):
         if x.shape[axis] < 1:

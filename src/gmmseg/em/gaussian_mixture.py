@@ -412,8 +412,8 @@ class GaussianMixture:
         positive = int((w > 0).sum())
         if positive < k:
             raise ValueError(
-                f"sample_weight must have at least n_components={k} positive entries, got "
-                f"{positive}"
+                f"sample_weight must have at least n_components={k} non-zero (positive) "
+                f"weights, got {positive}"
             )
         return x, w, numpy
 

@@ -2,7 +2,10 @@
 
 :class:`GaussianMixture` mirrors :class:`sklearn.mixture.GaussianMixture` (same constructor
 arguments, methods and fitted attributes, same EM iterations, same convergence test, same
-``n_init`` selection), computing in torch on any device. With the same initialisation its fitted
+``n_init`` selection), computing in torch on any device. It is a scikit-learn estimator
+(``get_params``, ``set_params``, tags; numpy in, numpy out; scikit-learn's exception classes and
+messages) that passes scikit-learn's own mixture tests and ``check_estimator``; the API page's
+compatibility section lists what differs. With the same initialisation its fitted
 parameters equal scikit-learn's to rounding. :meth:`GaussianMixture.fit_grouped` fits one
 mixture per group of rows (one per class, the common case in segmentation) and returns a
 :class:`GroupedGaussianMixture`.

@@ -823,3 +823,41 @@ def test_verbose_prints_initialisations_and_iterations(capsys: pytest.CaptureFix
     assert "lower bound" in out[-1]
     GaussianMixture(4, random_state=0).fit(x)
     assert capsys.readouterr().out == ""
+
+
+def test_clone_pipeline_and_grid_search() -> None:
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.RandomState(0)
+    x = np.r_[rng.randn(60, 2), rng.randn(60, 2) + 6]
+    gm = GaussianMixture(2, covariance_type="diag", random_state=rng)
+    twin = clone(gm)
+    assert twin is not gm and twin.get_params()["covariance_type"] == "diag"
+    pipe = make_pipeline(StandardScaler(), GaussianMixture(random_state=0)).fit(x)
+    assert pipe.predict(x).shape == (120,)
+    search = GridSearchCV(GaussianMixture(random_state=0), {"n_components": [1, 2, 3]}, cv=3)
+    search.fit(x)
+    assert search.best_params_["n_components"] >= 2  # two separated blobs
+    assert isinstance(search.best_estimator_, GaussianMixture)
+
+
+def test_numpy_scalar_hyperparameters() -> None:
+    """Parameters as a grid search may pass them (numpy scalars) fit like Python numbers."""
+    x = _blobs()
+    kw: dict[str, Any] = {
+        "max_iter": np.int64(50),
+        "n_init": np.int64(2),
+        "chunk_size": np.int64(10),
+        "random_state": np.int64(3),
+        "tol": np.float32(1e-3),
+        "verbose_interval": np.int64(3),
+        "warm_start": np.bool_(False),
+    }
+    for init in ["kmeans", "k-means++", "random", "random_from_data"]:
+        a = GaussianMixture(np.int64(4), init_params=init, **kw).fit(x)
+        b = GaussianMixture(4, init_params=init, **{k: v.item() for k, v in kw.items()}).fit(x)
+        np.testing.assert_array_equal(a.means_, b.means_)
+        assert a.sample(np.int64(5))[0].shape == (5, 3)

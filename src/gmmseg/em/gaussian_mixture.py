@@ -405,7 +405,7 @@ class GaussianMixture:
     def _check_fit_data(self, X: object, sample_weight: object) -> tuple[Tensor, Tensor, bool]:
         """Validated (N, D) samples and (N,) weights in the computation dtype and device."""
         x, numpy = self._convert(X)
-        k = self.n_components
+        k = int(self.n_components)
         if x.shape[0] < k:
             raise ValueError(
                 f"Expected n_samples >= n_components but got n_components = {k}, "
@@ -419,6 +419,10 @@ class GaussianMixture:
                 f"weights, got {positive}"
             )
         return x, w, numpy
+
+    def _chunk_size(self) -> int | None:
+        """``chunk_size`` as a Python int (numpy integers are valid parameters too)."""
+        return None if self.chunk_size is None else int(self.chunk_size)
 
     def _check_is_fitted(self) -> None:
         if not hasattr(self, "precisions_cholesky_"):
@@ -465,7 +469,7 @@ class GaussianMixture:
             self.weights_init,
             self.means_init,
             self.precisions_init,
-            n_components=self.n_components,
+            n_components=int(self.n_components),
             covariance_type=self.covariance_type,
             groups=None,
             like=x,
@@ -564,7 +568,7 @@ class GaussianMixture:
             params.means,
             params.precisions_cholesky,
             self.covariance_type,
-            self.chunk_size,
+            self._chunk_size(),
             features,
         )
 
@@ -581,7 +585,7 @@ class GaussianMixture:
 
     def _initial_resp(self, x: Tensor, w: Tensor, generator: torch.Generator | None) -> Tensor:
         """(N, K) initial responsibilities by ``init_params`` (a test hook: override freely)."""
-        n, k = x.shape[0], self.n_components
+        n, k = x.shape[0], int(self.n_components)
         if self.init_params == "random":
             resp = uniform_draws((n, k), generator, x)
             return resp / resp.sum(dim=1, keepdim=True)
@@ -720,7 +724,7 @@ class GaussianMixture:
         dtype, device = x.dtype, x.device
         ids = check_group_ids(group_ids, num_groups, x.shape[0], device)
         w = check_sample_weight(sample_weight, x)
-        k = self.n_components
+        k = int(self.n_components)
         counts = torch.bincount(ids, minlength=num_groups)
         positive = torch.bincount(ids, weights=(w > 0).to(torch.float64), minlength=num_groups)
         for what, per_group in (("samples", counts), ("positive sample weights", positive)):
@@ -755,7 +759,7 @@ class GaussianMixture:
                 random_state=generator,
                 dtype=dtype,
                 device=device,
-                chunk_size=self.chunk_size,
+                chunk_size=self._chunk_size(),
             )
             gm._fit_em(x[rows], w[rows], inits.group(g), warm=False, where=f" of group {g}")
             fits.append(gm)
@@ -780,7 +784,7 @@ class GaussianMixture:
             ),
             n_iter_=torch.tensor([gm.n_iter_ for gm in fits], dtype=torch.int64, device=device),
             converged_=torch.tensor([gm.converged_ for gm in fits], device=device),
-            chunk_size=self.chunk_size,
+            chunk_size=self._chunk_size(),
         )
 
     def _check_new_x(self, X: object) -> tuple[Tensor, bool]:
@@ -802,7 +806,7 @@ class GaussianMixture:
             self._fitted("means_"),
             self._fitted("precisions_cholesky_"),
             self.covariance_type,
-            chunk_size=self.chunk_size,
+            chunk_size=self._chunk_size(),
         )
         return log_prob + torch.log(self._fitted("weights_"))
 
@@ -930,7 +934,7 @@ class GaussianMixture:
         return _to_numpy(x), _to_numpy(y)
 
     def _n_parameters(self) -> int:
-        return n_parameters(self.n_components, self.n_features_in_, self.covariance_type)
+        return n_parameters(int(self.n_components), self.n_features_in_, self.covariance_type)
 
     def bic(self, X: Tensor | npt.ArrayLike) -> float:
         """Bayesian information criterion ``−2 N·score(X) + p log N`` (lower is better).

@@ -861,3 +861,21 @@ def test_numpy_scalar_hyperparameters() -> None:
         b = GaussianMixture(4, init_params=init, **{k: v.item() for k, v in kw.items()}).fit(x)
         np.testing.assert_array_equal(a.means_, b.means_)
         assert a.sample(np.int64(5))[0].shape == (5, 3)
+
+
+def test_exception_classes_without_scikit_learn() -> None:
+    """Without scikit-learn the classes fall back to the standard bases (no hard dependency)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['sklearn'] = None\n"
+        "from gmmseg.em import ConvergenceWarning, NotFittedError, GaussianMixture\n"
+        "assert ConvergenceWarning.__mro__[1] is UserWarning, ConvergenceWarning.__mro__\n"
+        "assert issubclass(NotFittedError, (ValueError)), NotFittedError.__mro__\n"
+        "assert issubclass(NotFittedError, AttributeError), NotFittedError.__mro__\n"
+        "assert 'sklearn' not in NotFittedError.__mro__[1].__module__\n"
+        "import numpy as np\n"
+        "GaussianMixture(2, random_state=0).fit(np.random.RandomState(0).randn(50, 2))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

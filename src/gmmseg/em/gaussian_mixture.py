@@ -512,7 +512,7 @@ class GaussianMixture:
         best: tuple[_Params, int, bool, list[float]] | None = None
         max_lower_bound = -math.inf
         for init in range(1 if warm else self.n_init):
-            self._say(1, f"Initialization {init}", restart=True)
+            self._say(f"Initialization {init}", restart=True)
             if warm:
                 params = self._warm_params(centre)
                 lower_bound = self.lower_bound_
@@ -529,7 +529,7 @@ class GaussianMixture:
                 history.append(lower_bound)
                 if n_iter % self.verbose_interval == 0:
                     change = lower_bound - previous
-                    self._say(1, f"  Iteration {n_iter}", f"\t ll change {change:.5f}")
+                    self._say(f"  Iteration {n_iter}", f"\t ll change {change:.5f}")
                 if abs(lower_bound - previous) < self.tol:
                     converged = True
                     break
@@ -537,7 +537,7 @@ class GaussianMixture:
                 lower_bound = -math.inf
             else:
                 status = "converged" if converged else "did not converge"
-                self._say(1, f"Initialization {status}.", f"\t lower bound {lower_bound:.5f}.")
+                self._say(f"Initialization {status}.", f"\t lower bound {lower_bound:.5f}.")
             if best is None or lower_bound > max_lower_bound or max_lower_bound == -math.inf:
                 max_lower_bound = lower_bound
                 best = (params, len(history), converged, history)
@@ -548,16 +548,18 @@ class GaussianMixture:
             params.weights, params.means + centre, params.covariances, params.precisions_cholesky
         )
 
-    def _say(self, level: int, line: str, detail: str = "", *, restart: bool = False) -> None:
-        """Print ``line`` if ``verbose`` >= ``level``, as scikit-learn's verbose output.
+    def _say(self, line: str, detail: str = "", *, restart: bool = False) -> None:
+        """Print ``line`` if ``verbose`` >= 1, as scikit-learn's verbose output.
 
-        At ``verbose`` >= 2 the line also shows the time since the last one and ``detail``.
+        At ``verbose`` >= 2 the line also shows the time since the previous line (``restart``
+        starts the clock) and ``detail``.
         """
+        if not self.verbose:
+            return
         now = time.perf_counter()
         if self.verbose >= 2 and not restart:
             line += f"\t time lapse {now - self._last_said:.5f}s{detail}"
-        if self.verbose >= level:
-            print(line)
+        print(line)
         self._last_said = now
 
     def _e_step(self, x: Tensor, params: _Params, features: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -8,12 +8,16 @@ tolerances, data), so pytest collects them as gmmseg tests. The two fixtures the
 scikit-learn's ``conftest.py`` are defined below with the same values (``global_dtype`` also
 runs float32, which scikit-learn only does behind ``SKLEARN_RUN_FLOAT32_TESTS=1``).
 
-Tests that call scikit-learn's private helpers, not the estimator, cannot apply to another
-class; they are listed in ``NOT_APPLICABLE`` with the reason (and in the docs' compatibility
-section), and are not collected.
+The ``BayesianGaussianMixture`` cases of ``test_mixture.py``'s ``estimator`` parametrizations
+are dropped (they test scikit-learn's class). Tests that call scikit-learn's private helpers or
+its array-API dispatch, not the estimator, cannot apply to another class; they are listed in
+``NOT_APPLICABLE`` with the reason (and in the docs' compatibility section) and not collected;
+a test fails if a scikit-learn test is neither run nor listed.
+
+Below, scikit-learn's ``parametrize_with_checks`` runs every ``check_estimator`` check.
 
 The list was audited against scikit-learn 1.9; on another version the module skips, since a
-new release may add, rename or change tests.
+new release may add, rename or change tests (gmmseg's other tests accept scikit-learn >= 1.3).
 """
 
 from __future__ import annotations

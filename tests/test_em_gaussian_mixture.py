@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from typing import Any
@@ -83,9 +84,10 @@ def _assert_params_equal(ours: GaussianMixture, sk: SkGaussianMixture, rtol: flo
     for name in ATTRS:
         ref = np.asarray(getattr(sk, name))
         got = getattr(ours, name)
-        assert isinstance(got, torch.Tensor), name
+        assert isinstance(got, np.ndarray), name  # numpy in, numpy out, as scikit-learn
+        assert got.dtype == ref.dtype, name
         np.testing.assert_allclose(
-            got.cpu().numpy(), ref, rtol=rtol, atol=rtol * 1e-3 * np.abs(ref).max(), err_msg=name
+            got, ref, rtol=rtol, atol=rtol * 1e-3 * np.abs(ref).max(), err_msg=name
         )
     assert math.isclose(ours.lower_bound_, sk.lower_bound_, rel_tol=rtol)
     assert ours.n_iter_ == sk.n_iter_
@@ -147,15 +149,15 @@ def test_initial_m_step_from_resp_and_n_init_match_sklearn(ct: str, init: str) -
     # later run only if its bound is strictly greater). Such a tie is accepted only as a
     # relabelling of the same fit with the same bound; any other difference fails below.
     order = linear_sum_assignment(
-        np.linalg.norm(sk.means_[:, None, :] - ours.means_.numpy()[None, :, :], axis=2)
+        np.linalg.norm(sk.means_[:, None, :] - ours.means_[None, :, :], axis=2)
     )[1]
     if not np.array_equal(order, np.arange(4)):
         assert math.isclose(ours.lower_bound_, sk.lower_bound_, rel_tol=1e-12)
         for name in ATTRS:
             got = getattr(ours, name)
             if ct != "tied" or name in ("weights_", "means_"):  # tied shares one covariance
-                got = got[torch.as_tensor(order)]
-            np.testing.assert_allclose(got.numpy(), np.asarray(getattr(sk, name)), rtol=1e-5)
+                got = got[order]
+            np.testing.assert_allclose(got, np.asarray(getattr(sk, name)), rtol=1e-5)
         return
     _assert_params_equal(ours, sk, rtol=1e-5)
 
@@ -167,7 +169,7 @@ def test_tied_initial_covariance_is_centred_for_one_row_per_component() -> None:
     for init in ["random_from_data", "k-means++"]:
         gm = GaussianMixture(4, covariance_type="tied", init_params=init, max_iter=0)
         gm.fit(x)
-        torch.testing.assert_close(gm.covariances_, 1e-6 * torch.eye(3, dtype=torch.float64))
+        np.testing.assert_allclose(gm.covariances_, 1e-6 * np.eye(3), rtol=1e-7, atol=1e-7)
 
 
 def test_partial_inits_override_resp_estimates_like_sklearn() -> None:
@@ -184,13 +186,13 @@ def test_scoring_methods_match_sklearn(ct: str) -> None:
     x = _wine()
     sk, ours = _fit_both(x, 3, covariance_type=ct, **_inits(x, 3, ct, seed=2))
     x_new = x[::3] + 0.1
-    np.testing.assert_array_equal(ours.predict(x_new).numpy(), sk.predict(x_new))
-    np.testing.assert_allclose(
-        ours.predict_proba(x_new).numpy(), sk.predict_proba(x_new), atol=1e-9
-    )
-    np.testing.assert_allclose(
-        ours.score_samples(x_new).numpy(), sk.score_samples(x_new), rtol=1e-9
-    )
+    np.testing.assert_array_equal(ours.predict(x_new), sk.predict(x_new))
+    np.testing.assert_allclose(ours.predict_proba(x_new), sk.predict_proba(x_new), atol=1e-9)
+    np.testing.assert_allclose(ours.score_samples(x_new), sk.score_samples(x_new), rtol=1e-9)
+    # tensors in, tensors out: the same values
+    t_new = torch.as_tensor(x_new)
+    assert torch.equal(ours.predict(t_new), torch.as_tensor(ours.predict(x_new)))
+    torch.testing.assert_close(ours.score_samples(t_new), torch.as_tensor(sk.score_samples(x_new)))
     assert math.isclose(ours.score(x_new), sk.score(x_new), rel_tol=1e-9)
     assert math.isclose(ours.bic(x_new), sk.bic(x_new), rel_tol=1e-9)
     assert math.isclose(ours.aic(x_new), sk.aic(x_new), rel_tol=1e-9)
@@ -218,7 +220,7 @@ def test_fit_predict_equals_predict(init: str, max_iter: int) -> None:
         warnings.simplefilter("ignore", ConvergenceWarning)
         gm = GaussianMixture(4, init_params=init, max_iter=max_iter, random_state=0)
         labels = gm.fit_predict(x)
-    assert torch.equal(labels, gm.predict(x))
+    np.testing.assert_array_equal(labels, gm.predict(x))
 
 
 def test_convergence_warning_and_max_iter_zero() -> None:
@@ -238,11 +240,9 @@ def test_all_inits_with_max_iter_zero_gives_the_inits_back() -> None:
     x = _iris()
     inits = _inits(x, 3, "full")
     gm = GaussianMixture(3, max_iter=0, **inits).fit(x)
-    np.testing.assert_allclose(gm.means_.numpy(), inits["means_init"], rtol=1e-12)
-    np.testing.assert_allclose(gm.precisions_.numpy(), inits["precisions_init"], rtol=1e-10)
-    np.testing.assert_allclose(
-        gm.covariances_.numpy(), np.linalg.inv(inits["precisions_init"]), rtol=1e-9
-    )
+    np.testing.assert_allclose(gm.means_, inits["means_init"], rtol=1e-12)
+    np.testing.assert_allclose(gm.precisions_, inits["precisions_init"], rtol=1e-10)
+    np.testing.assert_allclose(gm.covariances_, np.linalg.inv(inits["precisions_init"]), rtol=1e-9)
 
 
 # -- kmeans initialisation ------------------------------------------------------------------
@@ -252,8 +252,8 @@ def test_kmeans_init_recovers_separated_blobs_and_is_deterministic() -> None:
     x, y = make_blobs(n_samples=600, centers=5, n_features=4, cluster_std=0.5, random_state=7)
     a = GaussianMixture(5, init_params="kmeans", max_iter=0, random_state=3).fit(x)
     b = GaussianMixture(5, init_params="kmeans", max_iter=0, random_state=3).fit(x)
-    assert torch.equal(a.means_, b.means_)
-    assert adjusted_rand_score(y, a.predict(x).numpy()) == pytest.approx(1.0)
+    np.testing.assert_array_equal(a.means_, b.means_)
+    assert adjusted_rand_score(y, a.predict(x)) == pytest.approx(1.0)
 
 
 def test_kmeans_plusplus_and_distinct_draws_pick_positive_weight_rows() -> None:
@@ -304,7 +304,7 @@ def test_fit_grouped_equals_separate_fits(ct: str) -> None:
     for g, single in enumerate(singles):
         for name in ATTRS:
             torch.testing.assert_close(
-                getattr(res, name)[g], getattr(single, name), rtol=1e-9, atol=1e-9
+                getattr(res, name)[g], torch.as_tensor(getattr(single, name)), rtol=1e-9, atol=1e-9
             )
         assert float(res.lower_bound_[g]) == pytest.approx(single.lower_bound_, rel=1e-12)
         assert int(res.n_iter_[g]) == single.n_iter_
@@ -323,9 +323,13 @@ def test_fit_grouped_shared_inits_small_chunks_and_scoring() -> None:
     assert scores.shape == (50, ngroups)
     for g in range(ngroups):
         single = GaussianMixture(3, covariance_type="full", tol=1e-5, **inits).fit(x[gid == g])
-        torch.testing.assert_close(res.means_[g], single.means_, rtol=1e-9, atol=1e-9)
-        torch.testing.assert_close(scores[:, g], res.mixture(g).score_samples(x[:50]))
-        torch.testing.assert_close(res.mixture(g).predict(x), single.predict(x), rtol=0, atol=0)
+        torch.testing.assert_close(
+            res.means_[g], torch.as_tensor(single.means_), rtol=1e-9, atol=1e-9
+        )
+        torch.testing.assert_close(
+            scores[:, g], res.mixture(g).score_samples(torch.as_tensor(x[:50]))
+        )
+        np.testing.assert_array_equal(res.mixture(g).predict(x), single.predict(x))
 
 
 @pytest.mark.parametrize("ct", ["tied", "spherical"])
@@ -334,7 +338,9 @@ def test_grouped_score_samples_other_types(ct: str) -> None:
     res = GaussianMixture(2, covariance_type=ct, random_state=0).fit_grouped(x, gid, ngroups)
     scores = res.score_samples(x[:20])
     for g in range(ngroups):
-        torch.testing.assert_close(scores[:, g], res.mixture(g).score_samples(x[:20]))
+        torch.testing.assert_close(
+            scores[:, g], res.mixture(g).score_samples(torch.as_tensor(x[:20]))
+        )
 
 
 def test_fit_grouped_random_inits_and_warning_lists_groups() -> None:
@@ -375,9 +381,11 @@ def test_centred_scatter_matches_plain_loop(sparse: bool, diagonal: bool) -> Non
 
 @pytest.mark.parametrize("ct", COV_TYPES)
 def test_sample_shapes_counts_and_reproducibility(ct: str) -> None:
-    x = _blobs()
+    x = torch.as_tensor(_blobs())  # fitted on a tensor: samples are tensors
     gm = GaussianMixture(4, covariance_type=ct, random_state=0).fit(x)
     xs, ys = gm.sample(20000)
+    assert isinstance(xs, torch.Tensor) and isinstance(ys, torch.Tensor)
+    assert isinstance(gm.means_, torch.Tensor) and isinstance(gm.covariances_, torch.Tensor)
     assert xs.shape == (20000, 3) and ys.shape == (20000,)
     assert xs.dtype == torch.float64 and ys.dtype == torch.int64
     assert bool((ys[1:] >= ys[:-1]).all()), "sorted by component, as scikit-learn"
@@ -393,6 +401,10 @@ def test_sample_shapes_counts_and_reproducibility(ct: str) -> None:
     gen = GaussianMixture(4, covariance_type=ct, random_state=torch.Generator().manual_seed(0))
     gen.fit(x)
     assert not torch.equal(gen.sample(10)[0], gen.sample(10)[0])
+    numpy_fit = GaussianMixture(4, covariance_type=ct, random_state=0).fit(x.numpy())
+    xs_np, ys_np = numpy_fit.sample(20000)  # fitted on numpy: the same samples, as numpy
+    np.testing.assert_array_equal(ys_np, ys.numpy())
+    np.testing.assert_allclose(xs_np, xs.numpy(), rtol=1e-12, atol=1e-12)
 
 
 # -- sample weights -------------------------------------------------------------------------
@@ -416,8 +428,8 @@ def test_sample_weight_random_init_and_fractional_weights() -> None:
     w = np.random.default_rng(1).uniform(0.5, 2.0, len(x))
     for init in ["kmeans", "random_from_data", "random"]:
         gm = GaussianMixture(4, init_params=init, random_state=0).fit(x, sample_weight=w)
-        assert gm.weights_.sum().item() == pytest.approx(1.0)
-        lb = (w * gm.score_samples(x).numpy()).sum() / w.sum()
+        assert float(gm.weights_.sum()) == pytest.approx(1.0)
+        lb = (w * gm.score_samples(x)).sum() / w.sum()
         assert gm.lower_bound_ == pytest.approx(lb, abs=1e-3)
 
 
@@ -445,7 +457,9 @@ def test_float32_tight_cluster_far_from_origin(ct: str) -> None:
     f32 = GaussianMixture(2, dtype=torch.float32, **kw).fit(torch.as_tensor(x, dtype=torch.float32))
     f64 = GaussianMixture(2, **kw).fit(x)
     assert f32.covariances_.dtype == torch.float32
-    torch.testing.assert_close(f32.covariances_.double(), f64.covariances_, rtol=2e-3, atol=1e-4)
+    torch.testing.assert_close(
+        f32.covariances_.double(), torch.as_tensor(f64.covariances_), rtol=2e-3, atol=1e-4
+    )
     if ct in ("diag", "spherical"):
         assert float(f32.covariances_[1].mean()) == pytest.approx(0.1, rel=0.15)
 
@@ -485,9 +499,11 @@ def test_float32_fit_grouped_with_tight_components_matches_float64(
         one = {k: v[g] for k, v in kw.items() if k != "covariance_type"}
         f64 = GaussianMixture(2, covariance_type="diag", **one).fit(x[gid == g])
         torch.testing.assert_close(
-            f32.covariances_[g].double(), f64.covariances_, rtol=2e-3, atol=1e-4
+            f32.covariances_[g].double(), torch.as_tensor(f64.covariances_), rtol=2e-3, atol=1e-4
         )
-        torch.testing.assert_close(f32.means_[g].double(), f64.means_, rtol=1e-6, atol=1e-3)
+        torch.testing.assert_close(
+            f32.means_[g].double(), torch.as_tensor(f64.means_), rtol=1e-6, atol=1e-3
+        )
 
 
 def test_float32_singleton_component_far_from_the_rest() -> None:
@@ -502,22 +518,23 @@ def test_float32_singleton_component_far_from_the_rest() -> None:
     }
     f32 = GaussianMixture(2, dtype=torch.float32, **kw).fit(x)
     f64 = GaussianMixture(2, **kw).fit(x)
-    torch.testing.assert_close(f32.covariances_.double(), f64.covariances_, rtol=1e-3, atol=0)
+    assert f32.covariances_.dtype == np.float32  # numpy in, numpy out in the fit's dtype
+    np.testing.assert_allclose(f32.covariances_, f64.covariances_, rtol=1e-3, atol=0)
     # Initial M-step from one row per component: each variance is reg_covar (1e-6), whereas
     # one-pass E[x²] − μ² rounds to about eps·x² ≈ 1e-3 here (or goes negative).
     singleton = GaussianMixture(
         2, covariance_type="diag", dtype=torch.float32, init_params="random_from_data", max_iter=0
     ).fit(x)
-    assert bool((singleton.covariances_ > 0.5e-6).all() & (singleton.covariances_ < 2e-6).all())
+    assert bool(((singleton.covariances_ > 0.5e-6) & (singleton.covariances_ < 2e-6)).all())
 
 
 def test_duplicate_points_get_reg_covar() -> None:
     x = np.tile([[3.0, -1.0]], (10, 1)) + 1e6
     for ct, expected in [("diag", np.full((1, 2), 1e-3)), ("spherical", np.full(1, 1e-3))]:
         gm = GaussianMixture(1, covariance_type=ct, reg_covar=1e-3).fit(x)
-        np.testing.assert_allclose(gm.covariances_.numpy(), expected, rtol=1e-9)
+        np.testing.assert_allclose(gm.covariances_, expected, rtol=1e-9)
     gm = GaussianMixture(1, covariance_type="full", reg_covar=1e-3).fit(x)
-    np.testing.assert_allclose(gm.covariances_[0].numpy(), 1e-3 * np.eye(2), rtol=1e-9)
+    np.testing.assert_allclose(gm.covariances_[0], 1e-3 * np.eye(2), rtol=1e-9)
 
 
 @given(
@@ -543,11 +560,11 @@ def test_property_shapes_and_invariants(
     shapes = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}
     assert gm.weights_.shape == (k,) and gm.means_.shape == (k, d)
     assert gm.covariances_.shape == shapes[ct] == gm.precisions_cholesky_.shape
-    assert gm.weights_.sum().item() == pytest.approx(1.0)
-    assert torch.equal(labels, gm.predict(x))
+    assert float(gm.weights_.sum()) == pytest.approx(1.0)
+    np.testing.assert_array_equal(labels, gm.predict(x))
     proba = gm.predict_proba(x)
-    torch.testing.assert_close(proba.sum(1), torch.ones(n, dtype=torch.float64))
-    assert bool(torch.isfinite(gm.score_samples(x)).all())
+    np.testing.assert_allclose(proba.sum(1), np.ones(n), rtol=1e-12)
+    assert bool(np.isfinite(gm.score_samples(x)).all())
     if n >= 2:  # scikit-learn needs two samples; one EM step from identical initial values
         inits = _inits(x, k, ct, seed=seed)
         sk, ours = _fit_both(x, k, covariance_type=ct, reg_covar=1e-4, max_iter=1, **inits)
@@ -559,12 +576,18 @@ def test_property_shapes_and_invariants(
 
 def test_dtype_and_device_defaults() -> None:
     x = _blobs()
-    assert GaussianMixture(2).fit(x).means_.dtype == torch.float64
+    assert GaussianMixture(2).fit(x).means_.dtype == np.float64
+    # numpy in, numpy out in the input's floating dtype (integers -> float64), as scikit-learn
+    assert GaussianMixture(2).fit(x.astype(np.float32)).means_.dtype == np.float32
+    assert GaussianMixture(2).fit(x.astype(np.int64)).means_.dtype == np.float64
+    assert GaussianMixture(2).fit(x.astype(object)).means_.dtype == np.float64
     gm = GaussianMixture(2).fit(torch.as_tensor(x, dtype=torch.float32))
     assert gm.means_.dtype == torch.float32 and gm.means_.device.type == "cpu"
-    assert gm.predict(x).dtype == torch.int64
+    assert gm.predict(x).dtype == np.int64
+    assert gm.predict(torch.as_tensor(x)).dtype == torch.int64
+    assert gm.predict_proba(x).dtype == np.float32
     assert isinstance(gm.lower_bound_, float) and isinstance(gm.n_iter_, int)
-    assert GaussianMixture(2, dtype=torch.float32).fit(x).means_.dtype == torch.float32
+    assert GaussianMixture(2, dtype=torch.float32).fit(x).means_.dtype == np.float32
     assert GaussianMixture(2).fit(torch.as_tensor(x).half()).means_.dtype == torch.float32
     assert "n_components=2" in repr(GaussianMixture(2, covariance_type="diag"))
 
@@ -603,24 +626,25 @@ def test_not_fitted_error() -> None:
 )
 def test_bad_hyperparameters(kwargs: dict[str, Any], match: str) -> None:
     k = kwargs.pop("n_components", 2)
-    with pytest.raises(ValueError, match=match):
-        GaussianMixture(k, **kwargs)
+    gm = GaussianMixture(k, **kwargs)  # stored as given (scikit-learn's convention) ...
+    with pytest.raises(ValueError, match=f"The '{match}' parameter of GaussianMixture must be"):
+        gm.fit(_iris())  # ... and checked by fit
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"weights_init": [0.5, 0.6]}, "weights_init must sum to 1"),
-        ({"weights_init": [1.5, -0.5]}, r"weights_init must lie in \[0, 1\]"),
-        ({"weights_init": [1.0]}, r"weights_init must have shape \(2,\)"),
-        ({"means_init": np.zeros((2, 3))}, r"means_init must have shape \(2, 4\)"),
-        ({"means_init": np.full((2, 4), np.nan)}, "means_init must be finite"),
-        ({"precisions_init": np.ones((2, 4, 4))}, "precisions_init.*positive definite"),
-        ({"precisions_init": np.triu(np.ones((2, 4, 4)))}, "precisions_init.*symmetric"),
-        ({"precisions_init": np.ones((2, 3, 3))}, r"precisions_init must have shape \(2, 4, 4\)"),
+        ({"weights_init": [0.5, 0.6]}, r"should be normalized, .*sum to 1 .*w / w.sum\(\)"),
+        ({"weights_init": [1.5, -0.5]}, r"weights_init lies in \[-0.5, 1.5\]"),
+        ({"weights_init": [1.0]}, r"'weights' should have the shape of \(2,\), .*weights_init"),
+        ({"means_init": np.zeros((2, 3))}, r"'means' should have the shape of \(2, 4\)"),
+        ({"means_init": np.full((2, 4), np.nan)}, "Input means_init contains NaN"),
+        ({"precisions_init": np.ones((2, 4, 4))}, "positive-definite .*eigenvalue <= 0"),
+        ({"precisions_init": np.triu(np.ones((2, 4, 4)))}, "precisions_init is not symmetric"),
+        ({"precisions_init": np.ones((2, 3, 3))}, r"'full precision' should have the shape"),
         (
             {"covariance_type": "diag", "precisions_init": -np.ones((2, 4))},
-            "precisions_init.*positive",
+            "'diag precision' should be positive .*precisions_init",
         ),
     ],
 )
@@ -632,13 +656,13 @@ def test_bad_initial_values(kwargs: dict[str, Any], match: str) -> None:
 def test_bad_data() -> None:
     x = _iris()
     gm = GaussianMixture(2)
-    with pytest.raises(ValueError, match=r"X must have shape \(N, D\)"):
+    with pytest.raises(ValueError, match=r"Expected 2D array, got 1D array.*X must have shape"):
         gm.fit(x[:, 0])
-    with pytest.raises(ValueError, match="X must be finite"):
+    with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
         gm.fit(np.where(x > 7, np.inf, x))
     with pytest.raises(ValueError, match="X must hold numbers"):
         gm.fit(np.array([["a", "b"], ["c", "d"]]))
-    with pytest.raises(ValueError, match="at least n_components=2 samples"):
+    with pytest.raises(ValueError, match="Expected n_samples >= n_components"):
         gm.fit(x[:1])
     with pytest.raises(ValueError, match=r"sample_weight must have shape \(N,\)"):
         gm.fit(x, sample_weight=np.ones(3))
@@ -647,19 +671,19 @@ def test_bad_data() -> None:
     with pytest.raises(ValueError, match="sample_weight must have at least n_components"):
         gm.fit(x, sample_weight=np.r_[1.0, np.zeros(len(x) - 1)])
     gm.fit(x)
-    with pytest.raises(ValueError, match="X must have D=4 features"):
+    with pytest.raises(ValueError, match="X has 3 features, but GaussianMixture is expecting 4"):
         gm.predict(x[:, :3])
-    with pytest.raises(ValueError, match="n_samples must be an int >= 1"):
+    with pytest.raises(ValueError, match="Invalid value for 'n_samples'"):
         gm.sample(0)
 
 
 def test_ill_defined_covariance_names_component_and_reg_covar() -> None:
     same = np.full((6, 2), 3.0)
     for ct in COV_TYPES:
-        with pytest.raises(ValueError, match=r"(component 0|tied covariance).*increase reg_covar"):
+        with pytest.raises(ValueError, match=r"increase reg_covar.*(component 0|tied covariance)"):
             GaussianMixture(1, covariance_type=ct, reg_covar=0.0).fit(same)
     spread = np.random.default_rng(0).normal(size=(10, 2))
-    with pytest.raises(ValueError, match=r"component 0 of group 1.*reg_covar"):
+    with pytest.raises(ValueError, match=r"reg_covar.*component 0 of group 1"):
         GaussianMixture(1, reg_covar=0.0).fit_grouped(
             np.r_[spread, same], np.r_[np.zeros(10, dtype=int), np.ones(6, dtype=int)], 2
         )
@@ -680,7 +704,7 @@ def test_bad_grouped_inputs() -> None:
         gm.fit_grouped(x, few, ngroups)
     with pytest.raises(ValueError, match="group 4 has 0 samples"):
         gm.fit_grouped(x, gid, ngroups + 1)
-    with pytest.raises(ValueError, match=r"means_init must have shape \(3, 4\) or \(4, 3, 4\)"):
+    with pytest.raises(ValueError, match=r"shape of \(3, 4\) or \(4, 3, 4\), .*means_init"):
         GaussianMixture(3, means_init=np.zeros((2, 3, 4))).fit_grouped(x, gid, ngroups)
     res = gm.fit_grouped(x, gid, ngroups)
     with pytest.raises(ValueError, match="group must be an int"):
@@ -708,3 +732,150 @@ def test_large_diag_fit_matches_sklearn() -> None:
     for attr in ("weights_", "means_", "covariances_"):
         np.testing.assert_allclose(getattr(ours, attr), getattr(ref, attr), rtol=1e-6)
     assert ours.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-6)
+
+
+# -- scikit-learn estimator protocol -----------------------------------------------------------
+
+
+def test_sklearn_exception_classes_catch_gmmseg_errors_and_warnings() -> None:
+    import sklearn.exceptions
+
+    assert issubclass(NotFittedError, sklearn.exceptions.NotFittedError)
+    assert issubclass(ConvergenceWarning, SkConvergenceWarning)
+    with pytest.raises(sklearn.exceptions.NotFittedError):
+        GaussianMixture(2).predict(_iris())
+    with pytest.warns(SkConvergenceWarning, match="did not converge"):
+        GaussianMixture(3, max_iter=1, random_state=0).fit(_iris())
+    with warnings.catch_warnings():  # scikit-learn's filter silences gmmseg's warning
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", SkConvergenceWarning)
+        GaussianMixture(3, max_iter=1, random_state=0).fit(_iris())
+
+
+def test_get_params_set_params_and_validation_in_fit() -> None:
+    gm = GaussianMixture(3, covariance_type="diag", tol=1e-4, verbose_interval=5)
+    params = gm.get_params()
+    assert params["n_components"] == 3 and params["covariance_type"] == "diag"
+    assert set(params) == set(inspect.signature(GaussianMixture).parameters)
+    twin = GaussianMixture(**params)
+    assert twin.get_params() == params
+    assert gm.set_params(n_components=-1, tol=np.inf) is gm  # stored, not checked ...
+    with pytest.raises(ValueError, match="The 'n_components' parameter of GaussianMixture"):
+        gm.fit(_iris())  # ... until fit
+    with pytest.raises(ValueError, match="Invalid parameter 'n_component' for estimator"):
+        gm.set_params(n_component=2)
+    gm.set_params(n_components=3).fit(_iris())
+    assert gm.get_params()["n_components"] == 3  # fit does not rewrite parameters
+
+
+def test_numpy_random_state_seeds_and_advances() -> None:
+    x = _blobs()
+
+    def fit(rs: Any) -> np.ndarray:
+        return (
+            GaussianMixture(4, init_params="random_from_data", max_iter=0, random_state=rs)
+            .fit(x)
+            .means_
+        )
+
+    np.testing.assert_array_equal(fit(np.random.RandomState(3)), fit(np.random.RandomState(3)))
+    shared = np.random.RandomState(3)
+    first, second = fit(shared), fit(shared)
+    assert not np.array_equal(first, second), "a RandomState advances between fits"
+
+
+def test_float32_weights_init_normalised_as_sklearn_accepts() -> None:
+    x = _iris().astype(np.float32)
+    w = np.random.default_rng(0).uniform(size=3).astype(np.float32)
+    w = w / w.sum()  # float32 rounding: the sum is 1 only to about 1e-7
+    SkGaussianMixture(3, weights_init=w, random_state=0).fit(x)  # the reference accepts it
+    gm = GaussianMixture(3, weights_init=w, random_state=0).fit(x)
+    assert gm.means_.dtype == np.float32
+    GaussianMixture(3, weights_init=w, random_state=0).fit(x.astype(np.float64))
+    with pytest.raises(ValueError, match="should be normalized"):
+        GaussianMixture(3, weights_init=w * 1.001, random_state=0).fit(x)
+
+
+def test_object_arrays_of_numbers_and_sparse_input() -> None:
+    import scipy.sparse
+
+    x = _iris()
+    a = GaussianMixture(3, random_state=0).fit(x)
+    b = GaussianMixture(3, random_state=0).fit(x.astype(object))
+    np.testing.assert_array_equal(a.means_, b.means_)
+    bad = x.astype(object)
+    bad[0, 0] = {"not": "a number"}
+    with pytest.raises(TypeError, match="X must hold numbers"):
+        GaussianMixture(3).fit(bad)
+    with pytest.raises(TypeError, match="Sparse data was passed for X"):
+        GaussianMixture(3).fit(scipy.sparse.csr_matrix(x))
+
+
+def test_verbose_prints_initialisations_and_iterations(capsys: pytest.CaptureFixture[str]) -> None:
+    x = _blobs()
+    GaussianMixture(4, n_init=2, verbose=1, verbose_interval=2, random_state=0).fit(x)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Initialization 0" and "Initialization 1" in out
+    assert "  Iteration 2" in out and out[-1] == "Initialization converged."
+    GaussianMixture(4, verbose=2, verbose_interval=1, random_state=0).fit(x)
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("  Iteration 1\t time lapse ") and "ll change" in out[1]
+    assert "lower bound" in out[-1]
+    GaussianMixture(4, random_state=0).fit(x)
+    assert capsys.readouterr().out == ""
+
+
+def test_clone_pipeline_and_grid_search() -> None:
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.RandomState(0)
+    x = np.r_[rng.randn(60, 2), rng.randn(60, 2) + 6]
+    gm = GaussianMixture(2, covariance_type="diag", random_state=rng)
+    twin = clone(gm)
+    assert twin is not gm and twin.get_params()["covariance_type"] == "diag"
+    pipe = make_pipeline(StandardScaler(), GaussianMixture(random_state=0)).fit(x)
+    assert pipe.predict(x).shape == (120,)
+    search = GridSearchCV(GaussianMixture(random_state=0), {"n_components": [1, 2, 3]}, cv=3)
+    search.fit(x)
+    assert search.best_params_["n_components"] >= 2  # two separated blobs
+    assert isinstance(search.best_estimator_, GaussianMixture)
+
+
+def test_numpy_scalar_hyperparameters() -> None:
+    """Parameters as a grid search may pass them (numpy scalars) fit like Python numbers."""
+    x = _blobs()
+    kw: dict[str, Any] = {
+        "max_iter": np.int64(50),
+        "n_init": np.int64(2),
+        "chunk_size": np.int64(10),
+        "random_state": np.int64(3),
+        "tol": np.float32(1e-3),
+        "verbose_interval": np.int64(3),
+        "warm_start": np.bool_(False),
+    }
+    for init in ["kmeans", "k-means++", "random", "random_from_data"]:
+        a = GaussianMixture(np.int64(4), init_params=init, **kw).fit(x)
+        b = GaussianMixture(4, init_params=init, **{k: v.item() for k, v in kw.items()}).fit(x)
+        np.testing.assert_array_equal(a.means_, b.means_)
+        assert a.sample(np.int64(5))[0].shape == (5, 3)
+
+
+def test_exception_classes_without_scikit_learn() -> None:
+    """Without scikit-learn the classes fall back to the standard bases (no hard dependency)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['sklearn'] = None\n"
+        "from gmmseg.em import ConvergenceWarning, NotFittedError, GaussianMixture\n"
+        "assert ConvergenceWarning.__mro__[1] is UserWarning, ConvergenceWarning.__mro__\n"
+        "assert issubclass(NotFittedError, (ValueError)), NotFittedError.__mro__\n"
+        "assert issubclass(NotFittedError, AttributeError), NotFittedError.__mro__\n"
+        "assert 'sklearn' not in NotFittedError.__mro__[1].__module__\n"
+        "import numpy as np\n"
+        "GaussianMixture(2, random_state=0).fit(np.random.RandomState(0).randn(50, 2))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -296,10 +296,11 @@ def compute_precision_cholesky(
                 per = covariances.reshape(covariances.shape[0], -1)
                 bad = ((per <= 0) | ~torch.isfinite(per)).any(dim=1)
             name = f"component {int(torch.nonzero(bad)[0, 0]) if bool(bad.any()) else 0}"
-        message = (
-            f"Fitting the mixture model failed because {name}{where} has an ill-defined "
+        message = (  # scikit-learn's message, then which component failed
+            "Fitting the mixture model failed because some components have ill-defined "
             "empirical covariance (for instance caused by singleton or collapsed samples). Try "
-            "to decrease n_components, increase reg_covar, or scale the input data."
+            "to decrease the number of components, increase reg_covar, or scale the input "
+            f"data. The first is {name}{where}."
         )
         if covariances.dtype == torch.float32:
             message += " Fitting in float64 (dtype=torch.float64) also improves accuracy."

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import numpy as np
+import scipy.sparse
 import torch
 from torch import Tensor
 
@@ -23,6 +24,7 @@ __all__ = [
     "check_inits",
     "check_sample_weight",
     "check_x",
+    "float_dtype",
     "is_int",
     "is_real",
     "to_float",
@@ -42,22 +44,53 @@ def is_real(value: object) -> bool:
 
 
 def as_array(name: str, value: object, device: torch.device | None = None) -> Tensor:
-    """Any array-like -> tensor (no dtype change beyond numpy's), on ``device`` if given."""
+    """Any array-like -> tensor (no dtype change beyond numpy's), on ``device`` if given.
+
+    Object arrays of numbers are converted to float64, as scikit-learn does; scipy sparse
+    matrices are refused (dense data is required).
+    """
     if isinstance(value, Tensor):
         t = value
     else:
+        if scipy.sparse.issparse(value):
+            raise TypeError(
+                f"Sparse data was passed for {name}, but dense data is required. Use "
+                "'.toarray()' to convert to a dense numpy array."
+            )
         try:
             arr = np.asarray(value)
         except Exception as err:
             raise ValueError(f"{name} must be an array or tensor, got {type(value)!r}") from err
-        if arr.dtype == object or not (
-            np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
-        ):
+        if arr.dtype == object:
+            try:
+                arr = arr.astype(np.float64)
+            except TypeError as err:  # e.g. a dict in the array: TypeError, as numpy's
+                raise TypeError(f"{name} must hold numbers: {err}") from err
+            except ValueError as err:
+                raise ValueError(f"{name} must hold numbers: {err}") from err
+        if not (np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)):
             raise ValueError(f"{name} must hold numbers, got an array of dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        # A copy for read-only input (memory maps): torch cannot wrap it without a warning.
+        arr = np.ascontiguousarray(arr)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     if t.is_complex():
-        raise ValueError(f"{name} must be real-valued, got dtype {t.dtype}")
+        raise ValueError(
+            f"Complex data not supported: {name} must be real-valued, got dtype {t.dtype}"
+        )
     return t if device is None else t.to(device)
+
+
+def float_dtype(t: Tensor, *, numpy_input: bool) -> torch.dtype:
+    """The floating dtype a computation on ``t`` runs in when none is requested.
+
+    float32 and float64 are kept; other dtypes become float64, as scikit-learn does, except
+    half-precision tensors, which become float32 (the tensor path's choice).
+    """
+    if t.dtype in (torch.float32, torch.float64):
+        return t.dtype
+    if t.is_floating_point() and not numpy_input:
+        return torch.float32
+    return torch.float64
 
 
 def to_float(name: str, value: object, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -65,16 +98,31 @@ def to_float(name: str, value: object, dtype: torch.dtype, device: torch.device)
     t = as_array(name, value).to(dtype=dtype, device=device)
     if not all_finite(t):
         bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(f"{name} must be finite, got {bad} NaN/Inf value(s)")
+        raise ValueError(f"Input {name} contains NaN or infinity ({bad} non-finite value(s))")
     return t
 
 
 def check_x(X: object, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(N, D) finite samples with N, D >= 1."""
-    x = to_float("X", X, dtype, device)
-    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"X must have shape (N, D) with N, D >= 1, got shape {tuple(x.shape)}")
-    return x
+    """(N, D) finite samples with N, D >= 1 (an already converted tensor is not copied)."""
+    x = as_array("X", X)
+    if x.ndim != 2:
+        hint = (
+            " Reshape your data either using array.reshape(-1, 1) if your data has a single "
+            "feature or array.reshape(1, -1) if it contains a single sample."
+            if x.ndim == 1
+            else ""
+        )
+        raise ValueError(
+            f"Expected 2D array, got {x.ndim}D array instead: X must have shape (N, D), got "
+            f"shape {tuple(x.shape)}.{hint}"
+        )
+    for axis, what in ((0, "sample(s)"), (1, "feature(s)")):
+        if x.shape[axis] < 1:
+            raise ValueError(
+                f"Found array with 0 {what} (shape={tuple(x.shape)}) while a minimum of 1 is "
+                "required."
+            )
+    return to_float("X", x, dtype, device)
 
 
 def check_sample_weight(sample_weight: object, x: Tensor) -> Tensor:
@@ -133,30 +181,40 @@ class Inits:
         return Inits(pick(self.weights), pick(self.means), pick(self.precisions))
 
 
-def _check_shape(name: str, t: Tensor, expected: tuple[int, ...], groups: int | None) -> Tensor:
-    """Check ``t`` has ``expected`` shape, or (G, *expected) when ``groups`` = G; batch it."""
+def _check_shape(
+    name: str, arg: str, t: Tensor, expected: tuple[int, ...], groups: int | None
+) -> Tensor:
+    """Check ``t`` has ``expected`` shape, or (G, *expected) when ``groups`` = G; batch it.
+
+    ``name`` is scikit-learn's name of the parameter (``'weights'``, ``'full precision'``),
+    ``arg`` the argument's (``weights_init``).
+    """
     shape = tuple(t.shape)
     if shape == expected:
         return t.unsqueeze(0).expand(groups or 1, *expected)
     if groups is not None and shape == (groups, *expected):
         return t
     want = f"{expected}" + (f" or {(groups, *expected)}" if groups is not None else "")
-    raise ValueError(f"{name} must have shape {want}, got {shape}")
+    raise ValueError(
+        f"The parameter '{name}' should have the shape of {want}, but got {shape} ({arg})"
+    )
 
 
-def _check_weights_init(weights: Tensor) -> None:
-    if bool(((weights < 0) | (weights > 1)).any()):
+def _check_weights_init(weights: Tensor, atol: float) -> None:
+    low, high = float(weights.min()), float(weights.max())
+    if low < 0 or high > 1:
+        # scikit-learn's wording, which swaps the two values; the true range follows.
         raise ValueError(
-            "weights_init must lie in [0, 1], got values in "
-            f"[{float(weights.min()):.5g}, {float(weights.max()):.5g}]"
+            "The parameter 'weights' should be in the range [0, 1], but got max value "
+            f"{low:.5f}, min value {high:.5f} (weights_init lies in [{low:.5g}, {high:.5g}])"
         )
-    atol = 1e-6 if weights.dtype == torch.float32 else 1e-8
     sums = weights.sum(dim=-1)
     if bool(((sums - 1.0).abs() > atol).any()):
         worst = float(sums[(sums - 1.0).abs().argmax()])
         raise ValueError(
-            f"weights_init must sum to 1 (to within {atol:g}), got sum {worst:.10g}; "
-            "normalise it with w / w.sum()"
+            f"The parameter 'weights' should be normalized, but got sum(weights) = {worst:.5f} "
+            f"(weights_init must sum to 1 to within {atol:g}, got {worst:.10g}; normalise it "
+            "with w / w.sum())"
         )
 
 
@@ -164,19 +222,20 @@ def _check_precisions_init(precisions: Tensor, covariance_type: CovarianceType) 
     if covariance_type in ("diag", "spherical"):
         if bool((precisions <= 0).any()):
             raise ValueError(
-                f"precisions_init for covariance_type={covariance_type!r} must be positive, "
-                f"got minimum {float(precisions.min()):.5g}"
+                f"'{covariance_type} precision' should be positive (precisions_init has "
+                f"minimum {float(precisions.min()):.5g})"
             )
         return
     mats = precisions.reshape(-1, *precisions.shape[-2:])
     if not torch.allclose(mats, mats.transpose(-1, -2)):
         raise ValueError(
-            f"precisions_init for covariance_type={covariance_type!r} must be symmetric"
+            f"'{covariance_type} precision' should be symmetric, positive-definite "
+            "(precisions_init is not symmetric)"
         )
     if bool((torch.linalg.eigvalsh(mats) <= 0).any()):
         raise ValueError(
-            f"precisions_init for covariance_type={covariance_type!r} must be positive "
-            "definite (all eigenvalues > 0)"
+            f"'{covariance_type} precision' should be symmetric, positive-definite "
+            "(precisions_init has an eigenvalue <= 0)"
         )
 
 
@@ -207,15 +266,19 @@ def check_inits(
     k, d = n_components, like.shape[1]
     weights = means = precisions = None
     if weights_init is not None:
-        wi = to_float("weights_init", weights_init, like.dtype, like.device)
-        weights = _check_shape("weights_init", wi, (k,), groups)
-        _check_weights_init(weights)
+        wi = as_array("weights_init", weights_init)
+        # scikit-learn's tolerance: 1e-6 for float32 weights (w / w.sum() is that accurate)
+        single = torch.float32 in (wi.dtype, like.dtype)
+        wi = to_float("weights_init", wi, like.dtype, like.device)
+        weights = _check_shape("weights", "weights_init", wi, (k,), groups)
+        _check_weights_init(weights, 1e-6 if single else 1e-8)
     if means_init is not None:
         mi = to_float("means_init", means_init, like.dtype, like.device)
-        means = _check_shape("means_init", mi, (k, d), groups)
+        means = _check_shape("means", "means_init", mi, (k, d), groups)
     if precisions_init is not None:
         shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}
         p = to_float("precisions_init", precisions_init, like.dtype, like.device)
-        precisions = _check_shape("precisions_init", p, shape[covariance_type], groups)
+        name = f"{covariance_type} precision"
+        precisions = _check_shape(name, "precisions_init", p, shape[covariance_type], groups)
         _check_precisions_init(precisions, covariance_type)
     return Inits(weights, means, precisions)

@@ -2,7 +2,10 @@
 
 :class:`GaussianMixture` mirrors :class:`sklearn.mixture.GaussianMixture` (same constructor
 arguments, methods and fitted attributes, same EM iterations, same convergence test, same
-``n_init`` selection), computing in torch on any device. With the same initialisation its fitted
+``n_init`` selection), computing in torch on any device. It is a scikit-learn estimator
+(``get_params``, ``set_params``, tags; numpy in, numpy out; scikit-learn's exception classes and
+messages) that passes scikit-learn's own mixture tests and ``check_estimator``; the API page's
+compatibility section lists what differs. With the same initialisation its fitted
 parameters equal scikit-learn's to rounding. :meth:`GaussianMixture.fit_grouped` fits one
 mixture per group of rows (one per class, the common case in segmentation) and returns a
 :class:`GroupedGaussianMixture`.
@@ -33,10 +36,13 @@ Sample weights. ``fit(X, sample_weight=w)`` runs weighted EM: responsibilities a
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
+import time
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, get_args, overload
 
 import numpy as np
 import torch
@@ -57,10 +63,12 @@ from gmmseg.em._steps import (
 )
 from gmmseg.em._validation import (
     Inits,
+    as_array,
     check_group_ids,
     check_inits,
     check_sample_weight,
     check_x,
+    float_dtype,
     is_int,
     is_real,
     to_float,
@@ -80,14 +88,41 @@ __all__ = [
 InitParams = Literal["kmeans", "k-means++", "random", "random_from_data"]
 _INIT_PARAMS: tuple[str, ...] = get_args(InitParams)
 _COVARIANCE_TYPES: tuple[str, ...] = get_args(CovarianceType)
+_ARRAY_ATTRIBUTES = ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_")
+ArrayOut: TypeAlias = "Tensor | npt.NDArray[Any]"
 
 
-class ConvergenceWarning(UserWarning):
-    """Warned when the best EM run stopped at ``max_iter`` before converging."""
+if TYPE_CHECKING:
+    _WarningBase = UserWarning
+
+    class _NotFittedBase(ValueError, AttributeError):
+        pass
+
+else:
+    try:  # subclassing scikit-learn's classes lets its except clauses and filters catch ours
+        from sklearn.exceptions import ConvergenceWarning as _WarningBase
+        from sklearn.exceptions import NotFittedError as _NotFittedBase
+    except ImportError:
+        _WarningBase = UserWarning
+
+        class _NotFittedBase(ValueError, AttributeError):
+            pass
 
 
-class NotFittedError(ValueError, AttributeError):
-    """Raised when a fitted-model method is called before :meth:`GaussianMixture.fit`."""
+class ConvergenceWarning(_WarningBase):
+    """Warned when the best EM run stopped at ``max_iter`` before converging.
+
+    A subclass of :class:`sklearn.exceptions.ConvergenceWarning` when scikit-learn is
+    installed (of :class:`UserWarning` otherwise), so scikit-learn's warning filters apply.
+    """
+
+
+class NotFittedError(_NotFittedBase):
+    """Raised when a fitted-model method is called before :meth:`GaussianMixture.fit`.
+
+    A subclass of :class:`sklearn.exceptions.NotFittedError` when scikit-learn is installed
+    (of ``ValueError`` and ``AttributeError`` otherwise).
+    """
 
 
 class _Params(NamedTuple):
@@ -99,9 +134,19 @@ class _Params(NamedTuple):
     precisions_cholesky: Tensor  # same shape as covariances
 
 
-def _generator(random_state: int | torch.Generator | None) -> torch.Generator | None:
+RandomStateLike = int | np.random.RandomState | torch.Generator | None
+
+
+def _generator(random_state: RandomStateLike) -> torch.Generator | None:
+    """A torch generator for ``random_state`` (``None``: torch's global generator).
+
+    A ``numpy.random.RandomState`` seeds a new generator with one draw, so it advances at every
+    call, as scikit-learn's ``check_random_state`` does with it.
+    """
     if isinstance(random_state, torch.Generator) or random_state is None:
         return random_state
+    if isinstance(random_state, np.random.RandomState):
+        random_state = int(random_state.randint(np.iinfo(np.int32).max))
     return torch.Generator().manual_seed(int(random_state))
 
 
@@ -112,14 +157,27 @@ def _weighted_mean(values: Tensor, w: Tensor) -> float:
     return float(terms.sum() / w64.sum())
 
 
+def _to_numpy(t: Tensor) -> npt.NDArray[Any]:
+    return t.detach().cpu().numpy()
+
+
 class GaussianMixture:
-    """Gaussian mixture fitted by EM, mirroring :class:`sklearn.mixture.GaussianMixture`.
+    """Gaussian mixture fitted by EM, a drop-in for :class:`sklearn.mixture.GaussianMixture`.
 
     Computation runs in torch on ``device`` (default: the input tensor's device, the CPU for
-    numpy input) in ``dtype`` (default: float64 for numpy and non-float input, as
-    scikit-learn; the input tensor's dtype for float32/float64 tensors; float32 for half
-    tensors). Fitted attributes are tensors on that device; scalars are Python numbers. Methods
-    accept numpy arrays or tensors on any device and return tensors on the model's device.
+    numpy input) in ``dtype`` (default: the input's float32/float64 dtype; float64 for other
+    numpy dtypes and integer tensors, as scikit-learn; float32 for half tensors).
+
+    Numpy in, numpy out: fitted on a numpy array (or a list, ...), the fitted array attributes
+    are numpy arrays in the computation dtype, as scikit-learn's; fitted on a tensor, they are
+    tensors on the computation device. Methods return numpy arrays for numpy input and tensors
+    (on the model's device) for tensor input, whatever the fit's input was. Scalars (``n_iter_``,
+    ``lower_bound_``, ``score``, ``bic``, ``aic``) are Python numbers.
+
+    The hyper-parameters are stored as given and checked by :meth:`fit` (scikit-learn's
+    convention, so :meth:`set_params`, ``clone`` and grid searches work). :meth:`get_params`,
+    :meth:`set_params` and ``__sklearn_tags__`` make it a scikit-learn estimator (``Pipeline``,
+    ``GridSearchCV``, ``check_estimator``) without scikit-learn being a dependency.
 
     Args:
         n_components: K, the number of mixture components (>= 1).
@@ -135,9 +193,13 @@ class GaussianMixture:
         means_init: (K, D) initial means (``fit_grouped``: also (G, K, D)).
         precisions_init: initial precisions (inverse covariances), shaped as the module table
             (``fit_grouped``: also with a leading G).
-        random_state: int seed, ``torch.Generator`` or ``None`` (torch's global generator).
+        random_state: int seed, ``numpy.random.RandomState`` (seeds a torch generator with one
+            draw, advancing it), ``torch.Generator`` or ``None`` (torch's global generator).
         warm_start: if true, a second ``fit`` starts from the previous solution (``n_init`` is
             then 1 and the lower bound continues from ``lower_bound_``).
+        verbose: 0 silent, 1 prints each initialisation and every ``verbose_interval``-th
+            iteration, 2 also the time and the change of the lower bound.
+        verbose_interval: iterations between two printed lines.
         device: computation device (``None``: follow the input).
         dtype: computation dtype, ``torch.float32`` or ``torch.float64`` (``None``: see above).
         chunk_size: rows per chunk of the log-density temporaries (``None``: a 64 MiB budget).
@@ -153,10 +215,8 @@ class GaussianMixture:
         lower_bound_: (weighted) mean log-likelihood of the best run's last E-step.
         lower_bounds_: lower bound at every iteration of the best run.
         n_features_in_: D.
-
-    Raises:
-        ValueError: on an invalid hyper-parameter (naming it, with the expected and received
-            value).
+        dtype_: the computation dtype of the fit.
+        device_: the computation device of the fit.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -164,13 +224,16 @@ class GaussianMixture:
         >>> gm = GaussianMixture(2, random_state=0).fit(x)
         >>> sorted(gm.predict(x).bincount().tolist())
         [50, 50]
+        >>> gm.fit(x.numpy()).predict(x.numpy()).dtype
+        dtype('int64')
     """
 
-    weights_: Tensor
-    means_: Tensor
-    covariances_: Tensor
-    precisions_: Tensor
-    precisions_cholesky_: Tensor
+    # Tensors when fitted on a tensor, numpy arrays otherwise (see the class docstring).
+    weights_: ArrayOut
+    means_: ArrayOut
+    covariances_: ArrayOut
+    precisions_: ArrayOut
+    precisions_cholesky_: ArrayOut
     converged_: bool
     n_iter_: int
     lower_bound_: float
@@ -178,6 +241,7 @@ class GaussianMixture:
     n_features_in_: int
     dtype_: torch.dtype
     device_: torch.device
+    _last_said: float  # time of the last verbose line
 
     def __init__(
         self,
@@ -192,8 +256,10 @@ class GaussianMixture:
         weights_init: Tensor | npt.ArrayLike | None = None,
         means_init: Tensor | npt.ArrayLike | None = None,
         precisions_init: Tensor | npt.ArrayLike | None = None,
-        random_state: int | torch.Generator | None = None,
+        random_state: RandomStateLike = None,
         warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         chunk_size: int | None = None,
@@ -210,94 +276,159 @@ class GaussianMixture:
         self.precisions_init = precisions_init
         self.random_state = random_state
         self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
         self.device = device
         self.dtype = dtype
         self.chunk_size = chunk_size
-        self._check_hyperparameters()
 
     def __repr__(self) -> str:
         defaults = GaussianMixture.__init__.__kwdefaults__ or {}
-        shown = [f"n_components={self.n_components}"]
+        shown = [f"n_components={self.n_components}"] if self.n_components != 1 else []
         for name, default in defaults.items():
             value = getattr(self, name)
-            if isinstance(value, (Tensor, np.ndarray)) or value != default:
-                text = "<array>" if isinstance(value, (Tensor, np.ndarray)) else repr(value)
-                shown.append(f"{name}={text}")
+            if isinstance(value, (Tensor, np.ndarray)):
+                shown.append(f"{name}=<array>")
+            elif not (value is default or (type(value) is type(default) and value == default)):
+                shown.append(f"{name}={value!r}")
         return f"GaussianMixture({', '.join(shown)})"
+
+    # -- scikit-learn estimator protocol --------------------------------------------------------
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor arguments, as scikit-learn's ``BaseEstimator.get_params``.
+
+        Args:
+            deep: ignored (no parameter is an estimator).
+
+        Returns:
+            ``{name: value}`` for every ``__init__`` argument.
+        """
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> GaussianMixture:
+        """Set constructor arguments (checked by the next :meth:`fit`, as in scikit-learn).
+
+        Args:
+            **params: ``name=value`` for ``__init__`` arguments.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: for a name that is not an ``__init__`` argument.
+        """
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(
+                    f"Invalid parameter {name!r} for estimator {self}. Valid parameters are: "
+                    f"{sorted(valid)!r}."
+                )
+            setattr(self, name, value)
+        return self
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's estimator tags: a density estimator with no target (needs sklearn)."""
+        utils = importlib.import_module("sklearn.utils")
+        return utils.Tags(
+            estimator_type="density_estimator",
+            target_tags=utils.TargetTags(required=False),
+            input_tags=utils.InputTags(),
+        )
 
     # -- validation ---------------------------------------------------------------------------
 
     def _check_hyperparameters(self) -> None:
         def bad(name: str, expected: str) -> ValueError:
-            return ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+            return ValueError(
+                f"The {name!r} parameter of GaussianMixture must be {expected}. Got "
+                f"{getattr(self, name)!r} instead."
+            )
 
         if not is_int(self.n_components) or self.n_components < 1:
-            raise bad("n_components", "an int >= 1")
+            raise bad("n_components", "an int in the range [1, inf)")
         if self.covariance_type not in _COVARIANCE_TYPES:
-            raise bad("covariance_type", f"one of {_COVARIANCE_TYPES}")
+            raise bad("covariance_type", f"a str among {set(_COVARIANCE_TYPES)}")
         if not is_real(self.tol) or not self.tol >= 0:
-            raise bad("tol", "a real number >= 0")
+            raise bad("tol", "a float in the range [0.0, inf)")
         if not is_real(self.reg_covar) or not 0 <= self.reg_covar < math.inf:
-            raise bad("reg_covar", "a finite real number >= 0")
+            raise bad("reg_covar", "a finite float in the range [0.0, inf)")
         if not is_int(self.max_iter) or self.max_iter < 0:
-            raise bad("max_iter", "an int >= 0")
+            raise bad("max_iter", "an int in the range [0, inf)")
         if not is_int(self.n_init) or self.n_init < 1:
-            raise bad("n_init", "an int >= 1")
+            raise bad("n_init", "an int in the range [1, inf)")
         if self.init_params not in _INIT_PARAMS:
-            raise bad("init_params", f"one of {_INIT_PARAMS}")
+            raise bad("init_params", f"a str among {set(_INIT_PARAMS)}")
         rs = self.random_state
-        if not (rs is None or isinstance(rs, torch.Generator) or (is_int(rs) and rs >= 0)):
-            raise bad("random_state", "None, an int >= 0 or a torch.Generator")
-        if not isinstance(self.warm_start, bool):
+        if not (
+            rs is None
+            or isinstance(rs, (np.random.RandomState, torch.Generator))
+            or (is_int(rs) and 0 <= rs < 2**32)
+        ):
+            raise bad(
+                "random_state",
+                "None, an int in the range [0, 4294967295], a numpy.random.RandomState or a "
+                "torch.Generator",
+            )
+        if not isinstance(self.warm_start, (bool, np.bool_)):
             raise bad("warm_start", "a bool")
+        if not is_int(self.verbose) or self.verbose < 0:
+            raise bad("verbose", "an int in the range [0, inf)")
+        if not is_int(self.verbose_interval) or self.verbose_interval < 1:
+            raise bad("verbose_interval", "an int in the range [1, inf)")
         if self.dtype not in (None, torch.float32, torch.float64):
             raise bad("dtype", "None, torch.float32 or torch.float64")
         if self.chunk_size is not None and (not is_int(self.chunk_size) or self.chunk_size < 1):
-            raise bad("chunk_size", "None or an int >= 1")
+            raise bad("chunk_size", "None or an int in the range [1, inf)")
         if self.device is not None:
             try:
                 torch.device(self.device)
             except (RuntimeError, TypeError) as err:
                 raise bad("device", "None, a torch.device or a device string") from err
-        self.n_components = int(self.n_components)
-        self.max_iter = int(self.max_iter)
-        self.n_init = int(self.n_init)
-        self.chunk_size = None if self.chunk_size is None else int(self.chunk_size)
 
-    def _resolve(self, x: object) -> tuple[torch.dtype, torch.device]:
-        """Computation dtype and device for the input ``x``."""
-        device = (
-            torch.device(self.device)
-            if self.device is not None
-            else (x.device if isinstance(x, Tensor) else torch.device("cpu"))
-        )
-        if self.dtype is not None:
-            return self.dtype, device
-        if isinstance(x, Tensor) and x.is_floating_point():
-            return (x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32), device
-        return torch.float64, device
+    def _convert(self, X: object) -> tuple[Tensor, bool]:
+        """``X`` in the computation dtype and device, and whether it was not a tensor.
 
-    def _check_fit_data(self, X: object, sample_weight: object) -> tuple[Tensor, Tensor]:
+        Results go back as numpy when the flag is true.
+        """
+        t = as_array("X", X)
+        numpy = not isinstance(X, Tensor)
+        dtype = self.dtype if self.dtype is not None else float_dtype(t, numpy_input=numpy)
+        device = torch.device(self.device) if self.device is not None else t.device
+        return check_x(t, dtype, device), numpy
+
+    def _check_fit_data(self, X: object, sample_weight: object) -> tuple[Tensor, Tensor, bool]:
         """Validated (N, D) samples and (N,) weights in the computation dtype and device."""
-        dtype, device = self._resolve(X)
-        x = check_x(X, dtype, device)
-        k = self.n_components
+        x, numpy = self._convert(X)
+        k = int(self.n_components)
         if x.shape[0] < k:
-            raise ValueError(f"X must have at least n_components={k} samples, got N={x.shape[0]}")
+            raise ValueError(
+                f"Expected n_samples >= n_components but got n_components = {k}, "
+                f"n_samples = {x.shape[0]}"
+            )
         w = check_sample_weight(sample_weight, x)
         positive = int((w > 0).sum())
         if positive < k:
             raise ValueError(
-                f"sample_weight must have at least n_components={k} positive entries, got "
-                f"{positive}"
+                f"sample_weight must have at least n_components={k} non-zero (positive) "
+                f"weights, got {positive}"
             )
-        return x, w
+        return x, w, numpy
+
+    def _chunk_size(self) -> int | None:
+        """``chunk_size`` as a Python int (numpy integers are valid parameters too)."""
+        return None if self.chunk_size is None else int(self.chunk_size)
 
     def _check_is_fitted(self) -> None:
         if not hasattr(self, "precisions_cholesky_"):
             raise NotFittedError(
-                "This GaussianMixture instance is not fitted yet; call fit(X) before using "
-                "this method"
+                "This GaussianMixture instance is not fitted yet. Call 'fit' with appropriate "
+                "arguments before using this estimator."
             )
 
     # -- EM -----------------------------------------------------------------------------------
@@ -321,32 +452,37 @@ class GaussianMixture:
         Raises:
             ValueError: on invalid input, hyper-parameters or initial values, or an ill-defined
                 covariance during EM (the message names the component).
+            TypeError: for scipy sparse input.
 
         Warns:
             ConvergenceWarning: if the best run did not converge within ``max_iter``.
         """
         self._check_hyperparameters()
-        x, w = self._check_fit_data(X, sample_weight)
+        x, w, numpy = self._check_fit_data(X, sample_weight)
         warm = self.warm_start and hasattr(self, "precisions_cholesky_")
         if warm and x.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"X must have D={self.n_features_in_} features to warm-start, got D={x.shape[1]}"
+                f"X has {x.shape[1]} features, but GaussianMixture is expecting "
+                f"{self.n_features_in_} features as input (warm start)."
             )
         inits = check_inits(
             self.weights_init,
             self.means_init,
             self.precisions_init,
-            n_components=self.n_components,
+            n_components=int(self.n_components),
             covariance_type=self.covariance_type,
             groups=None,
             like=x,
         )
         self._fit_em(x, w, inits, warm=warm)
+        if numpy:
+            for name in _ARRAY_ATTRIBUTES:
+                setattr(self, name, _to_numpy(getattr(self, name)))
         if not self.converged_ and self.max_iter > 0:
             warnings.warn(
-                "Best performing initialization did not converge within "
-                f"max_iter={self.max_iter} iterations. Try different init parameters, or "
-                "increase max_iter, tol, or check for degenerate data.",
+                "Best performing initialization did not converge. Try different init "
+                "parameters, or increase max_iter, tol, or check for degenerate data "
+                f"(max_iter={self.max_iter}).",
                 ConvergenceWarning,
                 stacklevel=2,
             )
@@ -375,7 +511,8 @@ class GaussianMixture:
         generator = _generator(self.random_state)
         best: tuple[_Params, int, bool, list[float]] | None = None
         max_lower_bound = -math.inf
-        for _ in range(1 if warm else self.n_init):
+        for init in range(1 if warm else self.n_init):
+            self._say(f"Initialization {init}", restart=True)
             if warm:
                 params = self._warm_params(centre)
                 lower_bound = self.lower_bound_
@@ -384,17 +521,23 @@ class GaussianMixture:
                 lower_bound = -math.inf
             history: list[float] = []
             converged = False
-            for _ in range(self.max_iter):
+            for n_iter in range(1, self.max_iter + 1):
                 previous = lower_bound
                 log_prob_norm, log_resp = self._e_step(xc, params, features)
                 params = self._m_step(xc, w, log_resp, where, features)
                 lower_bound = _weighted_mean(log_prob_norm, w)
                 history.append(lower_bound)
+                if n_iter % self.verbose_interval == 0:
+                    change = lower_bound - previous
+                    self._say(f"  Iteration {n_iter}", f"\t ll change {change:.5f}")
                 if abs(lower_bound - previous) < self.tol:
                     converged = True
                     break
             if self.max_iter == 0:
                 lower_bound = -math.inf
+            else:
+                status = "converged" if converged else "did not converge"
+                self._say(f"Initialization {status}.", f"\t lower bound {lower_bound:.5f}.")
             if best is None or lower_bound > max_lower_bound or max_lower_bound == -math.inf:
                 max_lower_bound = lower_bound
                 best = (params, len(history), converged, history)
@@ -405,6 +548,20 @@ class GaussianMixture:
             params.weights, params.means + centre, params.covariances, params.precisions_cholesky
         )
 
+    def _say(self, line: str, detail: str = "", *, restart: bool = False) -> None:
+        """Print ``line`` if ``verbose`` >= 1, as scikit-learn's verbose output.
+
+        At ``verbose`` >= 2 the line also shows the time since the previous line (``restart``
+        starts the clock) and ``detail``.
+        """
+        if not self.verbose:
+            return
+        now = time.perf_counter()
+        if self.verbose >= 2 and not restart:
+            line += f"\t time lapse {now - self._last_said:.5f}s{detail}"
+        print(line)
+        self._last_said = now
+
     def _e_step(self, x: Tensor, params: _Params, features: Tensor | None) -> tuple[Tensor, Tensor]:
         """``(log_prob_norm (N,), log_resp (N, K))`` of the centred rows."""
         return estimate_log_prob_resp(
@@ -413,7 +570,7 @@ class GaussianMixture:
             params.means,
             params.precisions_cholesky,
             self.covariance_type,
-            self.chunk_size,
+            self._chunk_size(),
             features,
         )
 
@@ -430,7 +587,7 @@ class GaussianMixture:
 
     def _initial_resp(self, x: Tensor, w: Tensor, generator: torch.Generator | None) -> Tensor:
         """(N, K) initial responsibilities by ``init_params`` (a test hook: override freely)."""
-        n, k = x.shape[0], self.n_components
+        n, k = x.shape[0], int(self.n_components)
         if self.init_params == "random":
             resp = uniform_draws((n, k), generator, x)
             return resp / resp.sum(dim=1, keepdim=True)
@@ -477,15 +634,16 @@ class GaussianMixture:
     def _warm_params(self, centre: Tensor) -> _Params:
         """The fitted attributes as starting parameters, relative to ``centre``."""
 
-        def to(t: Tensor) -> Tensor:
-            return t.to(dtype=centre.dtype, device=centre.device)
+        def to(name: str) -> Tensor:
+            return self._fitted(name).to(dtype=centre.dtype, device=centre.device)
 
         return _Params(
-            to(self.weights_),
-            to(self.means_) - centre,
-            to(self.covariances_),
-            to(self.precisions_cholesky_),
+            to("weights_"), to("means_") - centre, to("covariances_"), to("precisions_cholesky_")
         )
+
+    def _fitted(self, name: str) -> Tensor:
+        """A fitted array attribute as a tensor of the fit's dtype and device."""
+        return torch.as_tensor(getattr(self, name), dtype=self.dtype_, device=self.device_)
 
     def _set_fitted(
         self, weights: Tensor, means: Tensor, covariances: Tensor, prec_chol: Tensor
@@ -501,12 +659,23 @@ class GaussianMixture:
 
     # -- public API ---------------------------------------------------------------------------
 
+    @overload
+    def fit_predict(
+        self, X: Tensor, y: object = None, sample_weight: Tensor | npt.ArrayLike | None = None
+    ) -> Tensor: ...
+    @overload
+    def fit_predict(
+        self,
+        X: npt.ArrayLike,
+        y: object = None,
+        sample_weight: Tensor | npt.ArrayLike | None = None,
+    ) -> npt.NDArray[np.int64]: ...
     def fit_predict(
         self,
         X: Tensor | npt.ArrayLike,
         y: object = None,
         sample_weight: Tensor | npt.ArrayLike | None = None,
-    ) -> Tensor:
+    ) -> Tensor | npt.NDArray[np.int64]:
         """Fit, then return the component of each sample (``fit(X).predict(X)``).
 
         Args:
@@ -515,7 +684,7 @@ class GaussianMixture:
             sample_weight: (N,) non-negative weights.
 
         Returns:
-            (N,) int64 component labels.
+            (N,) int64 component labels (numpy for numpy input).
         """
         return self.fit(X, y, sample_weight).predict(X)
 
@@ -553,11 +722,11 @@ class GaussianMixture:
             ConvergenceWarning: listing the groups whose best run did not converge.
         """
         self._check_hyperparameters()
-        dtype, device = self._resolve(X)
-        x = check_x(X, dtype, device)
+        x, _ = self._convert(X)
+        dtype, device = x.dtype, x.device
         ids = check_group_ids(group_ids, num_groups, x.shape[0], device)
         w = check_sample_weight(sample_weight, x)
-        k = self.n_components
+        k = int(self.n_components)
         counts = torch.bincount(ids, minlength=num_groups)
         positive = torch.bincount(ids, weights=(w > 0).to(torch.float64), minlength=num_groups)
         for what, per_group in (("samples", counts), ("positive sample weights", positive)):
@@ -592,7 +761,7 @@ class GaussianMixture:
                 random_state=generator,
                 dtype=dtype,
                 device=device,
-                chunk_size=self.chunk_size,
+                chunk_size=self._chunk_size(),
             )
             gm._fit_em(x[rows], w[rows], inits.group(g), warm=False, where=f" of group {g}")
             fits.append(gm)
@@ -607,50 +776,62 @@ class GaussianMixture:
             )
         return GroupedGaussianMixture(
             covariance_type=self.covariance_type,
-            weights_=torch.stack([gm.weights_ for gm in fits]),
-            means_=torch.stack([gm.means_ for gm in fits]),
-            covariances_=torch.stack([gm.covariances_ for gm in fits]),
-            precisions_=torch.stack([gm.precisions_ for gm in fits]),
-            precisions_cholesky_=torch.stack([gm.precisions_cholesky_ for gm in fits]),
+            weights_=torch.stack([gm._fitted("weights_") for gm in fits]),
+            means_=torch.stack([gm._fitted("means_") for gm in fits]),
+            covariances_=torch.stack([gm._fitted("covariances_") for gm in fits]),
+            precisions_=torch.stack([gm._fitted("precisions_") for gm in fits]),
+            precisions_cholesky_=torch.stack([gm._fitted("precisions_cholesky_") for gm in fits]),
             lower_bound_=torch.tensor(
                 [gm.lower_bound_ for gm in fits], dtype=torch.float64, device=device
             ),
             n_iter_=torch.tensor([gm.n_iter_ for gm in fits], dtype=torch.int64, device=device),
             converged_=torch.tensor([gm.converged_ for gm in fits], device=device),
-            chunk_size=self.chunk_size,
+            chunk_size=self._chunk_size(),
         )
 
-    def _check_new_x(self, X: Tensor | npt.ArrayLike) -> Tensor:
+    def _check_new_x(self, X: object) -> tuple[Tensor, bool]:
+        """New samples in the fit's dtype and device, and whether ``X`` was not a tensor."""
         self._check_is_fitted()
+        numpy = not isinstance(X, Tensor)
         x = check_x(X, self.dtype_, self.device_)
         if x.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"X must have D={self.n_features_in_} features (as in fit), got "
-                f"shape {tuple(x.shape)}"
+                f"X has {x.shape[1]} features, but GaussianMixture is expecting "
+                f"{self.n_features_in_} features as input."
             )
-        return x
+        return x, numpy
 
     def _estimate_weighted_log_prob(self, x: Tensor) -> Tensor:
         """(N, K) ``log N(x | μ_k, Σ_k) + log w_k``."""
         log_prob = log_prob_from_precision_cholesky(
             x,
-            self.means_,
-            self.precisions_cholesky_,
+            self._fitted("means_"),
+            self._fitted("precisions_cholesky_"),
             self.covariance_type,
-            chunk_size=self.chunk_size,
+            chunk_size=self._chunk_size(),
         )
-        return log_prob + torch.log(self.weights_)
+        return log_prob + torch.log(self._fitted("weights_"))
 
-    def score_samples(self, X: Tensor | npt.ArrayLike) -> Tensor:
+    @overload
+    def score_samples(self, X: Tensor) -> Tensor: ...
+    @overload
+    def score_samples(self, X: npt.ArrayLike) -> npt.NDArray[np.floating[Any]]: ...
+    def score_samples(self, X: Tensor | npt.ArrayLike) -> ArrayOut:
         """Log-likelihood of each sample under the mixture.
 
         Args:
             X: (N, D) samples.
 
         Returns:
-            (N,) ``log p(x_n)``.
+            (N,) ``log p(x_n)`` (numpy for numpy input).
+
+        Raises:
+            NotFittedError: before :meth:`fit`.
+            ValueError: if ``X`` is not finite or has a different D than in :meth:`fit`.
         """
-        return torch.logsumexp(self._estimate_weighted_log_prob(self._check_new_x(X)), dim=1)
+        x, numpy = self._check_new_x(X)
+        scores = torch.logsumexp(self._estimate_weighted_log_prob(x), dim=1)
+        return _to_numpy(scores) if numpy else scores
 
     def score(self, X: Tensor | npt.ArrayLike, y: object = None) -> float:
         """Mean log-likelihood of the samples.
@@ -666,70 +847,96 @@ class GaussianMixture:
             NotFittedError: before :meth:`fit`.
             ValueError: if ``X`` is not finite or has a different D than in :meth:`fit`.
         """
-        return float(self.score_samples(X).mean())
+        x, _ = self._check_new_x(X)
+        return float(torch.logsumexp(self._estimate_weighted_log_prob(x), dim=1).mean())
 
-    def predict(self, X: Tensor | npt.ArrayLike) -> Tensor:
+    @overload
+    def predict(self, X: Tensor) -> Tensor: ...
+    @overload
+    def predict(self, X: npt.ArrayLike) -> npt.NDArray[np.int64]: ...
+    def predict(self, X: Tensor | npt.ArrayLike) -> Tensor | npt.NDArray[np.int64]:
         """Most probable component of each sample.
 
         Args:
             X: (N, D) samples.
 
         Returns:
-            (N,) int64 component indices, ``argmax_k w_k N(x_n | μ_k, Σ_k)``.
+            (N,) int64 component indices, ``argmax_k w_k N(x_n | μ_k, Σ_k)`` (numpy for numpy
+            input).
 
         Raises:
             NotFittedError: before :meth:`fit`.
             ValueError: if ``X`` is not finite or has a different D than in :meth:`fit`.
         """
-        return torch.argmax(self._estimate_weighted_log_prob(self._check_new_x(X)), dim=1)
+        x, numpy = self._check_new_x(X)
+        labels = torch.argmax(self._estimate_weighted_log_prob(x), dim=1)
+        return _to_numpy(labels) if numpy else labels
 
-    def predict_proba(self, X: Tensor | npt.ArrayLike) -> Tensor:
+    @overload
+    def predict_proba(self, X: Tensor) -> Tensor: ...
+    @overload
+    def predict_proba(self, X: npt.ArrayLike) -> npt.NDArray[np.floating[Any]]: ...
+    def predict_proba(self, X: Tensor | npt.ArrayLike) -> ArrayOut:
         """Posterior probability of each component (the responsibilities).
 
         Args:
             X: (N, D) samples.
 
         Returns:
-            (N, K) probabilities, rows summing to 1.
+            (N, K) probabilities, rows summing to 1 (numpy for numpy input).
 
         Raises:
             NotFittedError: before :meth:`fit`.
             ValueError: if ``X`` is not finite or has a different D than in :meth:`fit`.
         """
-        weighted = self._estimate_weighted_log_prob(self._check_new_x(X))
-        return torch.exp(weighted - torch.logsumexp(weighted, dim=1, keepdim=True))
+        x, numpy = self._check_new_x(X)
+        weighted = self._estimate_weighted_log_prob(x)
+        proba = torch.exp(weighted - torch.logsumexp(weighted, dim=1, keepdim=True))
+        return _to_numpy(proba) if numpy else proba
 
-    def sample(self, n_samples: int = 1) -> tuple[Tensor, Tensor]:
+    def sample(self, n_samples: int = 1) -> tuple[ArrayOut, ArrayOut]:
         """Draw samples from the fitted mixture, ordered by component as scikit-learn does.
 
-        An int ``random_state`` gives the same samples at every call; a ``torch.Generator``
-        advances.
+        An int ``random_state`` gives the same samples at every call; a ``torch.Generator`` or
+        a ``numpy.random.RandomState`` advances.
 
         Args:
             n_samples: number of samples (>= 1).
 
         Returns:
             ``(X, y)``: (n_samples, D) samples and their (n_samples,) int64 components, sorted
-            by component.
+            by component; numpy arrays if the model was fitted on numpy input, tensors on the
+            model's device otherwise.
+
+        Raises:
+            NotFittedError: before :meth:`fit`.
+            ValueError: if ``n_samples`` is not an int >= 1.
         """
         self._check_is_fitted()
         if not is_int(n_samples) or n_samples < 1:
-            raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+            raise ValueError(
+                f"Invalid value for 'n_samples': {n_samples!r} . The sampling requires at "
+                "least one sample."
+            )
         generator = _generator(self.random_state)
         where = generator.device if generator is not None else torch.device("cpu")
+        weights = self._fitted("weights_")
         x, y = sample_mixture(
             int(n_samples),
-            self.means_.to(where),
-            self.covariances_.to(where),
-            torch.log(self.weights_ / self.weights_.sum()).to(where),
+            self._fitted("means_").to(where),
+            self._fitted("covariances_").to(where),
+            torch.log(weights / weights.sum()).to(where),
             self.covariance_type,
             generator=generator,
         )
         order = torch.argsort(y, stable=True)
-        return x[order].to(self.device_), y[order].to(self.device_)
+        x, y = x[order].to(self.device_), y[order].to(self.device_)
+        if isinstance(self.means_, Tensor):
+            return x, y
+        return _to_numpy(x), _to_numpy(y)
 
     def _n_parameters(self) -> int:
-        return n_parameters(self.n_components, self.n_features_in_, self.covariance_type)
+        return n_parameters(int(self.n_components), self.n_features_in_, self.covariance_type)
 
     def bic(self, X: Tensor | npt.ArrayLike) -> float:
         """Bayesian information criterion ``−2 N·score(X) + p log N`` (lower is better).
@@ -740,7 +947,7 @@ class GaussianMixture:
         Returns:
             The criterion as a float; ``p`` is the number of free parameters.
         """
-        n = self._check_new_x(X).shape[0]
+        n = self._check_new_x(X)[0].shape[0]
         return -2.0 * self.score(X) * n + self._n_parameters() * math.log(n)
 
     def aic(self, X: Tensor | npt.ArrayLike) -> float:
@@ -752,7 +959,7 @@ class GaussianMixture:
         Returns:
             The criterion as a float; ``p`` is the number of free parameters.
         """
-        n = self._check_new_x(X).shape[0]
+        n = self._check_new_x(X)[0].shape[0]
         return -2.0 * self.score(X) * n + 2.0 * self._n_parameters()
 
 

@@ -626,3 +626,17 @@ def test_labels_are_checked_on_the_host_when_the_classifier_does_not_validate(
     batch["label"][0, 0, 0] = 40
     with pytest.raises(ValueError, match=r"training step 1: target values must be in \[0, 12\)"):
         trainer.step(batch)
+
+
+def test_step_refuses_a_non_finite_loss_before_the_optimiser_step(tmp_path: Path) -> None:
+    recipe = tiny_demo(tmp_path, "linear")
+    model = build_model(recipe.model, 12, tiny=True)  # type: ignore[attr-defined]
+    model.classifier.validate = False  # the NaN reaches the loss
+    trainer = _bare_trainer(model)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    with pytest.raises(FloatingPointError, match=r"training step 1: non-finite loss nan"):
+        trainer.step(_batches(1, nan_at=1)[0])
+    assert trainer.iteration == 0
+    assert not trainer.optimizer.state  # no moments were written
+    for k, v in model.named_parameters():  # (BatchNorm statistics move in any forward)
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)

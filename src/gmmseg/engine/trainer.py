@@ -302,13 +302,20 @@ class Trainer:
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One optimisation step on ``batch``; returns the losses and the learning rate.
 
-        Reads the losses on the host (one synchronisation) and refuses a non-finite loss;
-        :meth:`fit` defers that read to its log, checkpoint and evaluation steps.
+        Reads the losses on the host (one synchronisation) and refuses a non-finite loss before
+        the optimiser step, so the model and optimiser are left as they were; :meth:`fit`
+        defers that read to its log, checkpoint and evaluation steps.
         """
-        return self._read([self._step(batch)])[0]
+        return self._read([self._step(batch, check_now=True)])[0]
 
-    def _step(self, batch: dict[str, Any]) -> tuple[int, dict[str, Tensor], float]:
-        """One optimisation step without host reads: (its number, device losses, lr factor)."""
+    def _step(
+        self, batch: dict[str, Any], check_now: bool = False
+    ) -> tuple[int, dict[str, Tensor], float]:
+        """One optimisation step: (its number, device losses, lr factor).
+
+        Without ``check_now`` nothing is read on the host; with it, a non-finite loss is
+        refused before backward and the optimiser step.
+        """
         device = self.dist.device
         if batch["image"].shape[0] == 0:
             # A mean over no pixels is NaN: refuse instead of training on it.
@@ -333,6 +340,9 @@ class Trainer:
             # e.g. "features must be finite": the run diverged; say where.
             raise ValueError(f"training step {self.iteration + 1}: {e}") from e
         loss = sum(losses.values(), torch.zeros((), device=device))
+        if check_now:
+            detached = {k: v.detach() for k, v in losses.items()}
+            self._read([(self.iteration + 1, {**detached, "loss": loss.detach()}, factor)])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         record = {k: v.detach() for k, v in losses.items()}

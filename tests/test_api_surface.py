@@ -94,3 +94,18 @@ def test_plumbing_is_not_exported(name: str, plumbing: list[str]) -> None:
     module = importlib.import_module(name)
     assert not set(plumbing) & set(module.__all__)
     assert not [p for p in plumbing if hasattr(module, p) and p in vars(module)]
+
+
+def test_the_training_path_does_not_import_scikit_learn() -> None:
+    """Only the offline estimator imports scikit-learn (for its exception classes): building and
+    training a model, the CLI included, never loads it."""
+    code = (
+        "import sys\n"
+        "import gmmseg.cli, gmmseg.engine, gmmseg.recipes, gmmseg.segmentor\n"
+        "from gmmseg.em import ComponentMemory, StreamingStatistics\n"
+        "assert 'sklearn' not in sys.modules\n"
+        "assert 'gmmseg.em.gaussian_mixture' not in sys.modules\n"
+        "from gmmseg.em import GaussianMixture, NotFittedError\n"
+        "assert GaussianMixture.__module__ == 'gmmseg.em.gaussian_mixture'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -115,7 +115,7 @@ def test_cycle_finder_finds_a_planted_cycle() -> None:
 
 def test_no_import_cycles() -> None:
     graph = _import_graph()
-    assert "gmmseg.em.gaussian_mixture" in graph["gmmseg.em"]  # the graph sees re-exports
+    assert "gmmseg.em.memory" in graph["gmmseg.em"]  # the graph sees re-exports
     assert _cycles(graph) == []
 
 
@@ -155,7 +155,8 @@ def test_modules_stay_readable_in_size(path: Path) -> None:
 
 
 # The team's design notes live outside the repository; the code and docs cite their own pages.
-_OUTSIDE = re.compile(r"DESIGN\.md|STYLE\.md|\bspec/(datasets|metrics|formats)\.md")
+# Nor the rule codes of those notes' tables ("G1" ... "G7" for the data loaders).
+_OUTSIDE = re.compile(r"DESIGN\.md|STYLE\.md|\bspec/(datasets|metrics|formats)\.md|\(G[1-9]\b")
 
 
 def test_no_citations_of_files_outside_the_repository() -> None:

@@ -76,7 +76,7 @@ def _bomb(path: Path, err: Exception) -> ValueError:
 
 
 def read_image(path: Path) -> NDArray[np.uint8]:
-    """Decode an image file as RGB uint8, exactly as stored (G7: no gamma or profile correction).
+    """Decode an image file as RGB uint8, exactly as stored (no gamma or colour-profile correction).
 
     An alpha channel is dropped; greyscale, palette and CMYK images are converted to RGB;
     16-bit greyscale is rescaled to 8 bits (``round(v · 255 / 65535)``), never clipped.
@@ -107,7 +107,7 @@ def read_image(path: Path) -> NDArray[np.uint8]:
 
 
 def read_label(path: Path) -> NDArray[np.uint8]:
-    """Decode a label PNG as its stored indices (G2).
+    """Decode a label PNG as its stored indices (a palette PNG gives its indices, not colours).
 
     Mode "L" is read as is; for mode "P" the palette indices are used, never the colours.
 
@@ -153,7 +153,7 @@ def allowed_mask(values: list[int] | range) -> NDArray[np.bool_]:
 def check_values(
     label: NDArray[np.uint8], allowed: NDArray[np.bool_], path: Path, expected: str, hint: str
 ) -> None:
-    """Raise if ``label`` holds a value outside ``allowed`` (G4).
+    """Raise if ``label`` holds a value outside ``allowed`` (never clamped or remapped).
 
     Args:
         label: (H, W) uint8 stored values.
@@ -179,7 +179,7 @@ def check_values(
 def check_same_size(
     image: NDArray[np.uint8], label: NDArray[np.uint8], image_path: Path, label_path: Path
 ) -> None:
-    """Raise if image and label sizes differ (G3: labels are never resized by loaders).
+    """Raise if image and label sizes differ (loaders never resize labels).
 
     Raises:
         ValueError: naming both files and both H×W.

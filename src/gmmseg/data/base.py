@@ -72,7 +72,7 @@ def resolve_root(root: Path | str, subdir: str) -> Path:
 
 
 def scan(folder: Path, suffix: str) -> list[Path]:
-    """Files under ``folder`` (recursively) ending with ``suffix``, sorted by relative path (G5).
+    """Files under ``folder`` (recursively) ending with ``suffix``, sorted by relative path.
 
     Raises:
         FileNotFoundError: the folder does not exist or holds no such file.
@@ -86,7 +86,7 @@ def scan(folder: Path, suffix: str) -> list[Path]:
 
 
 def require_label(image_path: Path, label_path: Path, extra_hint: str = "") -> Path:
-    """Return ``label_path`` or raise FileNotFoundError naming it (G1)."""
+    """Return ``label_path`` or raise FileNotFoundError naming it."""
     if not label_path.is_file():
         raise FileNotFoundError(
             f"image {image_path} has no label: expected {label_path}{extra_hint}"
@@ -98,7 +98,7 @@ class SegmentationDataset(Dataset[Sample]):
     """Base class of the gmmseg loaders (map-style `Dataset`).
 
     Subclasses fill `frames` and set the class attributes that describe the stored label
-    values; decoding, validation (G2–G4) and mapping to train ids happen here.
+    values; decoding, validation (mode, size and values) and mapping to train ids happen here.
 
     Attributes:
         frames: The frames, sorted by relative path.
@@ -167,7 +167,7 @@ class SegmentationDataset(Dataset[Sample]):
             (H, W) uint8 train ids / canonical anomaly labels, or None for unlabelled splits.
 
         Raises:
-            ValueError: wrong mode (G2) or values outside the allowed set (G4), naming the file.
+            ValueError: wrong mode or values outside the allowed set, naming the file.
         """
         path = self.frames[index].label_path
         if path is None:

@@ -102,7 +102,7 @@ else:
     try:  # subclassing scikit-learn's classes lets its except clauses and filters catch ours
         from sklearn.exceptions import ConvergenceWarning as _WarningBase
         from sklearn.exceptions import NotFittedError as _NotFittedBase
-    except ImportError:
+    except Exception:  # not installed, or an installation that cannot import
         _WarningBase = UserWarning
 
         class _NotFittedBase(ValueError, AttributeError):

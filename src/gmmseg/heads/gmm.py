@@ -55,7 +55,6 @@ from torch import Tensor, nn
 
 from gmmseg._distributed import all_gather_rows, is_distributed
 from gmmseg.distributions import log_prob_from_precision_cholesky
-from gmmseg.em.gaussian_mixture import ConvergenceWarning, GaussianMixture
 from gmmseg.em.memory import ComponentMemory
 from gmmseg.em.streaming import StreamingStatistics
 from gmmseg.heads._common import (
@@ -579,6 +578,9 @@ class GMMClassifier(nn.Module):
         groups = torch.cat(
             [torch.full((r.numel(),), g, dtype=torch.int64) for g, r in enumerate(keep_rows)]
         )
+        # the offline estimator (and the scikit-learn it may import) only when asked for
+        from gmmseg.em.gaussian_mixture import ConvergenceWarning, GaussianMixture
+
         gm = GaussianMixture(
             n_components=m,
             covariance_type="diag",

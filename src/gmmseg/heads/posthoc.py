@@ -55,7 +55,6 @@ from einops import rearrange
 from torch import Tensor
 
 from gmmseg.distributions import log_prob_from_precision_cholesky
-from gmmseg.em import GaussianMixture
 from gmmseg.heads._common import resize_target
 
 __all__ = [
@@ -604,6 +603,9 @@ class PosthocFitter:
         group_of[fitted] = torch.arange(fitted.numel())
         groups = group_of.to(cls.device)[cls]
         rows = groups >= 0
+        # the offline estimator (and the scikit-learn it may import) only when fitting
+        from gmmseg.em.gaussian_mixture import GaussianMixture
+
         gm = GaussianMixture(
             s.num_components,
             covariance_type=s.covariance_type,

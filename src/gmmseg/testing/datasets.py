@@ -372,7 +372,7 @@ def _write_fs_laf(root: Path, n: int, size: Size, rng: np.random.Generator, exp:
     )
     exp.split("val", {"root": "fishyscapes_lostandfound", "laf_root": "LostAndFound"})
     gamma = PngInfo()
-    gamma.add(b"gAMA", (45455).to_bytes(4, "big"))  # LostAndFound PNGs carry a gamma chunk (G7)
+    gamma.add(b"gAMA", (45455).to_bytes(4, "big"))  # as LostAndFound PNGs (ignored when decoding)
     for i in range(n):
         split, scene = scenes[i % 3]
         fid = f"{scene}_{i // 3:06d}_{30 + 10 * i:06d}"

@@ -247,6 +247,35 @@ def test_unknown_option_and_out_of_range_values_are_named() -> None:
         GMMClassifier(3, 8, dropout=1.0)
 
 
+@pytest.mark.parametrize(
+    "name", ["separate_component_ignore", "count_only_filled", "persist_memory"]
+)
+def test_a_fix_flag_must_be_a_bool_and_none_is_refused_by_name(name: str) -> None:
+    """None meant "follow faithful" in the old keyword API; a stored None would, e.g., build a
+    ComponentMemory(persistent=None) whose bank silently leaves the state_dict."""
+    none = rf"{name}: expected True or False, received None \(None meant 'follow faithful'"
+    with pytest.raises(ValueError, match=none):
+        GMMClassifier(3, 8, **{name: None})
+    with pytest.raises(ValueError, match=none):
+        ReleaseFixes(**{name: None})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=rf"{name}: expected True or False, received 1$"):
+        GMMHeadConfig().replace(**{name: 1})
+    with pytest.raises(ValueError, match=rf"{name}: expected True or False, received 'no'$"):
+        dataclasses.replace(ReleaseFixes(), **{name: "no"})
+    assert getattr(GMMClassifier(3, 8, **{name: True}).config.fixes, name) is True
+
+
+def test_faithful_must_be_a_bool_and_cannot_be_combined_with_a_fixes_object() -> None:
+    with pytest.raises(ValueError, match="faithful: expected True or False, received None$"):
+        GMMClassifier(3, 8, faithful=None)
+    with pytest.raises(TypeError, match="pass fixes= or faithful=, not both"):
+        GMMHeadConfig().replace(faithful=True, fixes=ReleaseFixes(persist_memory=False))
+    with pytest.raises(ValueError, match="fixes must be a ReleaseFixes, got dict"):
+        GMMClassifier(3, 8, fixes={"persist_memory": False})
+    with pytest.raises(ValueError, match="upsample_before_norm: expected True or False"):
+        GMMClassifier(3, 8, upsample_before_norm=None)
+
+
 def test_an_output_of_another_head_is_refused_by_name() -> None:
     g, lin = gmm_head(), LinearClassifier(3, 8)
     feats, labels = torch.randn(1, 8, 2, 2), torch.zeros(1, 2, 2, dtype=torch.int64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -375,7 +376,10 @@ def test_an_explicit_fix_wins_over_faithful_whatever_the_order(reverse: bool) ->
         r = apply_overrides(base, sets[::-1] if reverse else sets)
     assert r.model.gmm.fixes == ReleaseFixes(persist_memory=False)
     sets = ["model.gmm.persist_memory=true", "model.gmm.faithful=false"]
-    with pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"):
+    with (
+        pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"),
+        pytest.warns(DeprecationWarning, match="use model.gmm.fixes.persist_memory"),
+    ):
         r = apply_overrides(base, sets[::-1] if reverse else sets)
     assert r.model.gmm.fixes == dataclasses.replace(ReleaseFixes.all(), persist_memory=True)
     # a recipe dict holding both: the preset, then the old persist_memory, then ``fixes``
@@ -384,11 +388,19 @@ def test_an_explicit_fix_wins_over_faithful_whatever_the_order(reverse: bool) ->
     gmm["fixes"] = {"persist_memory": False}
     items = [("faithful", True), ("persist_memory", True)]
     gmm.update(items[::-1] if reverse else items)
-    with pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"):
+
+    def both() -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(pytest.warns(DeprecationWarning, match="faithful is deprecated"))
+        stack.enter_context(pytest.warns(DeprecationWarning, match="use model.gmm.fixes.persist"))
+        return stack
+
+    with both():
         assert from_dict(Recipe, data).model.gmm.fixes == ReleaseFixes(persist_memory=False)
     del gmm["fixes"]
-    with pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"):
+    with both():
         assert from_dict(Recipe, data).model.gmm.fixes == ReleaseFixes()
+    del gmm["persist_memory"]
     gmm["faithful"] = False
     gmm["fixes"] = dataclasses.asdict(ReleaseFixes(count_only_filled=True))  # a full section
     with pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"):

@@ -147,6 +147,11 @@ def apply_overrides(recipe: T, overrides: Sequence[str]) -> T:
         recipe: a :class:`~gmmseg.recipes.Recipe` (or any frozen dataclass).
         overrides: e.g. ``["optim.lr=1e-4", "data.root=/data/cityscapes"]``.
 
+    Keys of earlier recipe versions (a section's ``legacy_keys``, e.g. ``model.gmm.faithful``)
+    are applied before the others, so a setting named beside one wins whatever the order:
+    ``model.gmm.faithful=true`` with ``model.gmm.fixes.persist_memory=false`` keeps the bank
+    out of checkpoints.
+
     Returns:
         The updated copy.
 
@@ -233,8 +238,8 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         section = section.with_legacy_key(key, value)
     for key, (sub, value) in later.items():
         given = from_dict(sub, value)
-        current = getattr(section, key)
-        if dataclasses.is_dataclass(current) and isinstance(current, sub):
+        current: Any = getattr(section, key)
+        if isinstance(current, sub):  # keep what the legacy keys set, unless named here
             named = {f.name: getattr(given, f.name) for f in dataclasses.fields(sub)}
             given = dataclasses.replace(current, **{k: v for k, v in named.items() if k in value})
         section = dataclasses.replace(section, **{key: given})

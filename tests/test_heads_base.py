@@ -23,6 +23,7 @@ from gmmseg.heads import (
     ReleaseFixes,
 )
 from gmmseg.segmentor import Segmentor
+from test_heads_gmm import NaiveGMMHead
 
 
 class PointwiseBackbone(nn.Module):
@@ -76,12 +77,26 @@ def test_capabilities_are_attributes_of_the_contract() -> None:
     with pytest.raises(ValueError, match="LinearClassifier has no pixel embeddings"):
         lin.embed(torch.randn(1, 8, 2, 2))
     feats = torch.randn(2, 8, 3, 3)
-    torch.testing.assert_close(g.eval().embed(feats), g(feats).embeddings)
+    # in_channels == embed_dim: no projection, so an embedding is LayerNorm over D, then
+    # L2-normalised (written here)
+    x = feats.permute(0, 2, 3, 1)
+    mean = x.mean(-1, keepdim=True)
+    var = x.var(-1, unbiased=False, keepdim=True)
+    ln = (x - mean) / (var + g.feature_norm.eps).sqrt() * g.feature_norm.weight
+    ln = ln + g.feature_norm.bias
+    expected = (ln / ln.norm(dim=-1, keepdim=True)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(g.eval().embed(feats), expected)
+    # wiring: forward's embeddings are embed's (forward calls it)
+    torch.testing.assert_close(g(feats).embeddings, g.embed(feats))
 
 
 @pytest.mark.parametrize("kind", ["gmm", "linear"])
 def test_segmentor_training_step_is_the_classifiers_loss_then_update(kind: str) -> None:
-    """Through Segmentor: the same losses and the same state as the classifier's own steps."""
+    """Through Segmentor: the losses and the state written out independently of the head.
+
+    The GMM reference is ``NaiveGMMHead`` (the algorithm with plain loops, float64); the
+    features have the labels' size (stride 1), so no resize enters the loss.
+    """
     seg = segmentor(make(kind)).train()
     twin = copy.deepcopy(seg)
     images = torch.randn(2, 3, 6, 5)
@@ -91,21 +106,44 @@ def test_segmentor_training_step_is_the_classifiers_loss_then_update(kind: str) 
 
     clf = twin.classifier
     feats = twin.decoder(twin.backbone(images))
-    out = clf(feats)
+    after, reference = seg.state_dict(), twin.state_dict()
     if kind == "gmm":
-        assert isinstance(clf, GMMClassifier)
-        assignments = clf.e_step(out, labels)
-        expected = clf.loss(out, labels, assignments)
-        clf.update(out, labels, assignments)
-        assert int(clf.step) == 1
+        assert isinstance(clf, GMMClassifier) and clf.projection is None
+        naive = NaiveGMMHead(clf)
+        r = naive.forward(feats)
+        gt = labels.reshape(-1)  # (b h w), the order of the reference's pixels
+        assign = naive.e_step(r["ell"], gt)
+        valid = gt != 255
+        # release defaults: CE summed over valid pixels / all label pixels (void too), and the
+        # component CE over the C·M components, its mean over valid pixels, times 0.01
+        logp = torch.log_softmax(r["z"].double(), dim=1)
+        seg_loss = -logp[valid, gt[valid]].sum() / gt.numel()
+        comp_logp = torch.log_softmax(r["ell"].reshape(gt.numel(), -1), dim=1)
+        target = gt[valid] * clf.num_components + assign[valid]
+        comp_loss = -comp_logp[valid].gather(1, target[:, None]).mean() * 0.01
+        expected = {"loss_seg": seg_loss, "loss_component": comp_loss}
+        naive.update(r["x"], r["z"], gt, assign)
+        assert int(after["classifier.step"]) == naive.step == 1
+        tol = {"atol": 1e-6, "rtol": 1e-5}
+        torch.testing.assert_close(after["classifier.means"].double(), naive.means, **tol)
+        torch.testing.assert_close(after["classifier.scales"].double(), naive.scales, **tol)
+        bank = after["classifier.memory.bank"].double()
+        torch.testing.assert_close(bank, naive.bank, **tol)
+        torch.testing.assert_close(after["classifier.memory.ptr"], torch.tensor(naive.ptr))
+        written = {"step", "means", "scales", "memory.bank", "memory.ptr", "memory.filled"}
+        reference = {k: v for k, v in reference.items() if k[len("classifier.") :] not in written}
+        after = {k: v for k, v in after.items() if k in reference}
     else:
         # the softmax loss written here: CE summed over pixels / all label pixels (void too)
+        out = clf(feats)
         per_pixel = F.cross_entropy(out.logits, labels, ignore_index=255, reduction="none")
         expected = {"loss_seg": per_pixel.sum() / labels.numel()}
     assert losses.keys() == expected.keys()
     for key in losses:
-        torch.testing.assert_close(losses[key], expected[key], msg=key)
-    after, reference = seg.state_dict(), twin.state_dict()
+        torch.testing.assert_close(
+            losses[key].double(), expected[key].double(), atol=1e-6, rtol=1e-5, msg=key
+        )
+    # the rest of the model (backbone, decoder, the head's layers) is as before the step
     assert after.keys() == reference.keys()
     for key in after:
         torch.testing.assert_close(after[key], reference[key], msg=key)
@@ -152,6 +190,8 @@ def test_evaluation_and_features_follow_the_capabilities() -> None:
         "energy",
         "entropy",
     ]
+    # wiring: the embedding features are the segmentor's forward embeddings (the classifier's
+    # embed, checked against a written-out LayerNorm + L2 normalisation above)
     torch.testing.assert_close(segmentor_features(g, images, "embedding"), g(images).embeddings)
     with pytest.raises(ValueError, match="space='embedding' needs a GMM classifier"):
         segmentor_features(lin, images, "embedding")
@@ -245,6 +285,35 @@ def test_unknown_option_and_out_of_range_values_are_named() -> None:
         GMMClassifier(3, 8, loss_average="some")
     with pytest.raises(ValueError, match=r"dropout must be a float in \[0, 1\), got 1.0"):
         GMMClassifier(3, 8, dropout=1.0)
+
+
+@pytest.mark.parametrize(
+    "name", ["separate_component_ignore", "count_only_filled", "persist_memory"]
+)
+def test_a_fix_flag_must_be_a_bool_and_none_is_refused_by_name(name: str) -> None:
+    """None meant "follow faithful" in the old keyword API; a stored None would, e.g., build a
+    ComponentMemory(persistent=None) whose bank silently leaves the state_dict."""
+    none = rf"{name}: expected True or False, received None \(None meant 'follow faithful'"
+    with pytest.raises(ValueError, match=none):
+        GMMClassifier(3, 8, **{name: None})
+    with pytest.raises(ValueError, match=none):
+        ReleaseFixes(**{name: None})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=rf"{name}: expected True or False, received 1$"):
+        GMMHeadConfig().replace(**{name: 1})
+    with pytest.raises(ValueError, match=rf"{name}: expected True or False, received 'no'$"):
+        dataclasses.replace(ReleaseFixes(), **{name: "no"})
+    assert getattr(GMMClassifier(3, 8, **{name: True}).config.fixes, name) is True
+
+
+def test_faithful_must_be_a_bool_and_cannot_be_combined_with_a_fixes_object() -> None:
+    with pytest.raises(ValueError, match=r"faithful: expected True or False, received None$"):
+        GMMClassifier(3, 8, faithful=None)
+    with pytest.raises(TypeError, match="pass fixes= or faithful=, not both"):
+        GMMHeadConfig().replace(faithful=True, fixes=ReleaseFixes(persist_memory=False))
+    with pytest.raises(ValueError, match="fixes must be a ReleaseFixes, got dict"):
+        GMMClassifier(3, 8, fixes={"persist_memory": False})
+    with pytest.raises(ValueError, match="upsample_before_norm: expected True or False"):
+        GMMClassifier(3, 8, upsample_before_norm=None)
 
 
 def test_an_output_of_another_head_is_refused_by_name() -> None:

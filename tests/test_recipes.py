@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -362,6 +363,65 @@ def test_keys_of_earlier_versions_still_work_with_a_deprecation_warning() -> Non
     old["model"]["gmm"].update(persist_memory=None, faithful=True)
     with pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"):
         assert from_dict(Recipe, old) == base
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_an_explicit_fix_wins_over_faithful_whatever_the_order(reverse: bool) -> None:
+    """``faithful`` is a preset applied first; fixes given alongside it (new or old keys) win."""
+    from gmmseg.heads import ReleaseFixes
+
+    base = get_recipe("segformer_b5_cityscapes_gmm")
+    sets = ["model.gmm.fixes.persist_memory=false", "model.gmm.faithful=true"]
+    with pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"):
+        r = apply_overrides(base, sets[::-1] if reverse else sets)
+    assert r.model.gmm.fixes == ReleaseFixes(persist_memory=False)
+    sets = ["model.gmm.persist_memory=true", "model.gmm.faithful=false"]
+    with (
+        pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"),
+        pytest.warns(DeprecationWarning, match="use model.gmm.fixes.persist_memory"),
+    ):
+        r = apply_overrides(base, sets[::-1] if reverse else sets)
+    assert r.model.gmm.fixes == dataclasses.replace(ReleaseFixes.all(), persist_memory=True)
+    # a recipe dict holding both: the preset, then the old persist_memory, then ``fixes``
+    data = json.loads(json.dumps(base.to_dict()))
+    gmm = data["model"]["gmm"]
+    gmm["fixes"] = {"persist_memory": False}
+    items = [("faithful", True), ("persist_memory", True)]
+    gmm.update(items[::-1] if reverse else items)
+
+    def both() -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(pytest.warns(DeprecationWarning, match="faithful is deprecated"))
+        stack.enter_context(pytest.warns(DeprecationWarning, match="use model.gmm.fixes.persist"))
+        return stack
+
+    with both():
+        assert from_dict(Recipe, data).model.gmm.fixes == ReleaseFixes(persist_memory=False)
+    del gmm["fixes"]
+    with both():
+        assert from_dict(Recipe, data).model.gmm.fixes == ReleaseFixes()
+    del gmm["persist_memory"]
+    gmm["faithful"] = False
+    gmm["fixes"] = dataclasses.asdict(ReleaseFixes(count_only_filled=True))  # a full section
+    with pytest.warns(DeprecationWarning, match="model.gmm.faithful is deprecated"):
+        loaded = from_dict(Recipe, data)
+    assert loaded.model.gmm.fixes == ReleaseFixes(count_only_filled=True)
+    assert loaded.model.gmm.num_components == base.model.gmm.num_components
+
+
+def test_a_fix_is_a_bool_on_the_command_line_and_in_a_recipe_file() -> None:
+    from gmmseg.heads import ReleaseFixes
+
+    base = get_recipe("segformer_b5_cityscapes_gmm")
+    r = apply_overrides(base, ["model.gmm.fixes.persist_memory=false"])
+    assert r.model.gmm.fixes == ReleaseFixes(persist_memory=False)
+    data = json.loads(json.dumps(r.to_dict()))
+    assert from_dict(Recipe, data) == r
+    with pytest.raises(OverrideError, match="persist_memory=none: expected a boolean"):
+        apply_overrides(base, ["model.gmm.fixes.persist_memory=none"])
+    data["model"]["gmm"]["fixes"]["persist_memory"] = None
+    with pytest.raises(ValueError, match="persist_memory: expected True or False, received None"):
+        from_dict(Recipe, data)
 
 
 def test_resuming_a_run_whose_recipe_has_the_old_gmm_keys_changes_nothing() -> None:

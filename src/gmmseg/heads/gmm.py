@@ -127,7 +127,9 @@ class GMMClassifier(nn.Module):
         generator: random generator for the initial means and memory (reproducibility).
         **options: fields of ``config`` to change, by name, as
             :meth:`GMMHeadConfig.replace <gmmseg.heads.GMMHeadConfig.replace>` takes them
-            (``embed_dim=8``, ``count_only_filled=True``, ``faithful=False``, ...).
+            (``embed_dim=8``, ``count_only_filled=True``, ``faithful=False``, ...). A fix is
+            True or False (``None``, "follow faithful" in earlier versions, is refused);
+            fixes named beside ``faithful`` win over its preset.
 
     Attributes:
         config: the hyperparameters in use; its values are also plain attributes

@@ -19,6 +19,16 @@ __all__ = ["GMMHeadConfig", "ReleaseFixes"]
 _Config = TypeVar("_Config", bound="GMMHeadConfig")
 
 
+def _require_bool(name: str, value: object, fix: bool = False) -> None:
+    """Refuse anything but True/False: a truthy stand-in (None, 0, "no") would be taken as one."""
+    if isinstance(value, bool):
+        return
+    why = ""
+    if fix and value is None:  # the old keyword API took None for "follow faithful"
+        why = " (None meant 'follow faithful' in earlier versions: pass faithful= or a bool)"
+    raise ValueError(f"{name}: expected True or False, received {value!r}{why}")
+
+
 @dataclass(frozen=True)
 class ReleaseFixes:
     """Fixes of the original release's defects; the defaults reproduce the release.
@@ -42,6 +52,17 @@ class ReleaseFixes:
     count_only_filled: bool = False
     persist_memory: bool = True
     loss_average: LossAverage = "all"
+
+    def __post_init__(self) -> None:
+        """Refuse a flag that is not a bool, naming it (``None`` meant "follow faithful").
+
+        Raises:
+            ValueError: a flag other than True or False, or an unknown ``loss_average``.
+        """
+        for name in ("separate_component_ignore", "count_only_filled", "persist_memory"):
+            _require_bool(name, getattr(self, name), fix=True)
+        if self.loss_average not in ("all", "valid"):
+            raise ValueError(f"loss_average must be 'all' or 'valid', got {self.loss_average!r}")
 
     @classmethod
     def all(cls) -> ReleaseFixes:
@@ -122,10 +143,13 @@ class GMMHeadConfig:
 
         Besides the fields of this class, ``options`` may name the fields of
         :class:`ReleaseFixes` (they change ``fixes``) and ``faithful`` (``fixes`` becomes
-        :meth:`ReleaseFixes.preset`, before the individual fixes named with it apply).
+        :meth:`ReleaseFixes.preset`, before the individual fixes named with it apply, so a fix
+        named alongside ``faithful`` wins whatever the order).
 
         Raises:
-            TypeError: an unknown option, naming the valid ones.
+            TypeError: an unknown option, naming the valid ones, or both ``fixes`` and
+                ``faithful`` (a whole ``fixes`` object leaves the preset nothing to do).
+            ValueError: ``faithful`` or a fix flag that is not True or False.
         """
         own = {f.name for f in dataclasses.fields(self)}
         fix_names = {f.name for f in dataclasses.fields(ReleaseFixes)}
@@ -135,15 +159,27 @@ class GMMHeadConfig:
                 f"unknown GMM head option(s) {unknown}; expected one of "
                 f"{sorted(own | fix_names | {'faithful'})}"
             )
+        if "fixes" in options and "faithful" in options:
+            raise TypeError(
+                "pass fixes= or faithful=, not both: faithful is a preset of fixes "
+                "(name single fixes, e.g. persist_memory=False, to change it)"
+            )
         fixes = options.pop("fixes", self.fixes)
+        if not isinstance(fixes, ReleaseFixes):
+            raise ValueError(f"fixes must be a ReleaseFixes, got {type(fixes).__name__}")
         if "faithful" in options:
-            fixes = ReleaseFixes.preset(bool(options.pop("faithful")))
+            faithful = options.pop("faithful")
+            _require_bool("faithful", faithful)
+            fixes = ReleaseFixes.preset(faithful)
         named = {k: options.pop(k) for k in list(options) if k in fix_names}
         fixes = dataclasses.replace(fixes, **named)
         return dataclasses.replace(self, fixes=fixes, **options)
 
     def check(self) -> None:
-        """Raise ``ValueError`` naming the first field out of its range."""
+        """Raise ``ValueError`` naming the first field out of its range or of the wrong type.
+
+        (:class:`ReleaseFixes` checks its own flags when it is made.)
+        """
         for name in (
             "embed_dim",
             "num_components",
@@ -168,7 +204,6 @@ class GMMHeadConfig:
             raise ValueError(f"dropout must be a float in [0, 1), got {d!r}")
         if self.memory not in ("ring", "stats"):
             raise ValueError(f"memory must be 'ring' or 'stats', got {self.memory!r}")
-        if self.fixes.loss_average not in ("all", "valid"):
-            raise ValueError(
-                f"loss_average must be 'all' or 'valid', got {self.fixes.loss_average!r}"
-            )
+        _require_bool("upsample_before_norm", self.upsample_before_norm)
+        if not isinstance(self.fixes, ReleaseFixes):
+            raise ValueError(f"fixes must be a ReleaseFixes, got {type(self.fixes).__name__}")

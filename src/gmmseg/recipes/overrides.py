@@ -26,6 +26,7 @@ class _LegacySection(Protocol):
     def with_legacy_key(self, key: str, value: Any) -> Any: ...
 
 
+_NOT_LEGACY = 1 << 30  # sort rank of an ordinary key (after every legacy key)
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -146,6 +147,11 @@ def apply_overrides(recipe: T, overrides: Sequence[str]) -> T:
         recipe: a :class:`~gmmseg.recipes.Recipe` (or any frozen dataclass).
         overrides: e.g. ``["optim.lr=1e-4", "data.root=/data/cityscapes"]``.
 
+    Keys of earlier recipe versions (a section's ``legacy_keys``, e.g. ``model.gmm.faithful``)
+    are applied before the others, so a setting named beside one wins whatever the order:
+    ``model.gmm.faithful=true`` with ``model.gmm.fixes.persist_memory=false`` keeps the bank
+    out of checkpoints.
+
     Returns:
         The updated copy.
 
@@ -159,6 +165,7 @@ def apply_overrides(recipe: T, overrides: Sequence[str]) -> T:
         >>> r.optim.lr, r.data.crop_size
         (0.001, (32, 32))
     """
+    parsed = []
     for item in overrides:
         if "=" not in item:
             raise OverrideError(f"--set {item!r}: expected key=value, e.g. optim.lr=1e-4")
@@ -166,12 +173,36 @@ def apply_overrides(recipe: T, overrides: Sequence[str]) -> T:
         path = key.strip().split(".")
         if not all(path):
             raise OverrideError(f"--set {item!r}: empty key")
+        parsed.append((path, text, item))
+    # Keys of earlier versions first, in their section's order: a legacy preset (faithful)
+    # must not overwrite a setting named beside it, whatever the order on the command line.
+    parsed.sort(key=lambda p: _legacy_rank(recipe, p[0]))
+    for path, text, item in parsed:
         recipe = _set_path(recipe, path, text, item)
     return recipe
 
 
+def _legacy_rank(obj: Any, path: list[str]) -> int:
+    """Position of ``path``'s last key among its section's legacy keys; after them if none."""
+    for key in path:
+        if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+            return _NOT_LEGACY
+        if key not in {f.name for f in dataclasses.fields(obj)}:
+            break
+        obj = getattr(obj, key)
+    else:
+        return _NOT_LEGACY  # every key is a field
+    if key != path[-1] or not isinstance(obj, _LegacySection) or key not in obj.legacy_keys:
+        return _NOT_LEGACY  # an unknown key: _set_path names it
+    return list(obj.legacy_keys).index(key)
+
+
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Rebuild a dataclass tree from :meth:`Recipe.to_dict` output (lists back to tuples).
+
+    Keys of an earlier version (a section's ``legacy_keys``, e.g. ``model.gmm.faithful``) are
+    applied before the sub-sections given beside them, so the keys a sub-section names win
+    over a legacy preset (``fixes`` given with ``faithful``); its other keys keep the preset's.
 
     Raises:
         OverrideError: unknown keys.
@@ -181,19 +212,23 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     legacy_keys: dict[str, Any] = getattr(cls, "legacy_keys", {})
-    # keys of an earlier recipe version, applied (in the section's order) after construction
+    # keys of an earlier recipe version, in the section's order
     legacy = {k: data[k] for k in legacy_keys if k in data and k not in names}
     data = {k: v for k, v in data.items() if k not in legacy}
     unknown = set(data) - names
     if unknown:
         raise OverrideError(f"unknown {cls.__name__} keys {sorted(unknown)}")
     kwargs: dict[str, Any] = {}
+    later: dict[str, tuple[type[Any], dict[str, Any]]] = {}  # sub-sections after legacy keys
     for key, value in data.items():
         tp = hints[key]
         inner = [tp, *typing.get_args(tp)]
         sub = next((a for a in inner if dataclasses.is_dataclass(a)), None)
         if sub is not None and isinstance(value, dict):
-            kwargs[key] = from_dict(sub, value)  # type: ignore[arg-type]
+            if legacy:
+                later[key] = (sub, value)  # type: ignore[assignment]
+            else:
+                kwargs[key] = from_dict(sub, value)  # type: ignore[arg-type]
         elif isinstance(value, list):
             kwargs[key] = tuple(value)
         else:
@@ -201,5 +236,12 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     section: Any = cls(**kwargs)
     for key, value in legacy.items():  # only a _LegacySection has legacy keys
         section = section.with_legacy_key(key, value)
+    for key, (sub, value) in later.items():
+        given = from_dict(sub, value)
+        current: Any = getattr(section, key)
+        if isinstance(current, sub):  # keep what the legacy keys set, unless named here
+            named = {f.name: getattr(given, f.name) for f in dataclasses.fields(sub)}
+            given = dataclasses.replace(current, **{k: v for k, v in named.items() if k in value})
+        section = dataclasses.replace(section, **{key: given})
     obj: T = section
     return obj

@@ -46,6 +46,8 @@ class GMMConfig(GMMHeadConfig):
     ``model.gmm.faithful`` (``false`` turns on every fix: ``fixes`` becomes
     :meth:`ReleaseFixes.all() <gmmseg.heads.ReleaseFixes.all>`; ``true`` the release's
     behaviour) and ``model.gmm.persist_memory`` (now ``model.gmm.fixes.persist_memory``).
+    ``faithful`` is a preset: it is applied first, then ``persist_memory``, then the fixes
+    named under ``model.gmm.fixes``, whatever their order on the command line or in a file.
 
     Attributes:
         init_means: ``"random"`` (the paper: random unit directions) or ``"kmeans"``: at

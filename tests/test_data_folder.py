@@ -173,8 +173,26 @@ def test_reduce_zero_label_against_a_plain_loop(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got.numpy(), want)
     values[1, 1] = 4
     _label(tmp_path / "labels" / "f.png", values)
-    with pytest.raises(ValueError, match=r"reduce_zero_label\): 4 \(1 px\)"):
+    with pytest.raises(ValueError, match=r"reduce_zero_label\): 4 \(1 px\)") as err:
         FolderDataset(tmp_path, "", ["a", "b", "c"], reduce_zero_label=True)[0]
+    hint = str(err.value).split("Hint: ")[1]
+    assert hint == (
+        "the class list has 3 classes, stored as 1…3 (class v − 1) with 0 and 255 ignore "
+        "(reduce_zero_label)"
+    )
+    # without reduce_zero_label the stored values are the train ids
+    values[1, 1] = 3
+    _label(tmp_path / "labels" / "f.png", values)
+    with pytest.raises(
+        ValueError, match=r"Hint: the class list has 3 classes \(train ids 0…2, ignore 255\)$"
+    ):
+        FolderDataset(tmp_path, "", ["a", "b", "c"])[0]
+
+
+def test_classes_is_a_required_argument(tmp_path: Path) -> None:
+    write_folder_fixture(tmp_path, ("a", "b"), splits=(("train", 1),))
+    with pytest.raises(TypeError, match="classes"):
+        FolderDataset(tmp_path, "train")  # type: ignore[call-arg]
 
 
 # --- colour labels -------------------------------------------------------------------------

@@ -350,6 +350,24 @@ def test_label_map_forms_agree() -> None:
 # --- the miniature writers -----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("num_classes", [1, 2, 19, 150, 255])
+def test_fixture_class_files_are_valid_for_any_class_count(
+    tmp_path: Path, num_classes: int
+) -> None:
+    names = tuple(f"c{k}" for k in range(num_classes))
+    root = write_folder_fixture(
+        tmp_path, names, splits=(("train", 1),), size=(8, 8), colour_labels=True
+    )
+    info = read_class_file(root / "classes.json")  # refuses repeated colours
+    assert info.names == names and len(info.palette) == num_classes
+    colours = np.array(info.palette)
+    # well separated: any two colours differ by more than the images' noise (±10) in a channel
+    gaps = np.abs(colours[:, None] - colours[None]).max(-1)
+    off_diagonal = gaps[~np.eye(num_classes, dtype=bool)]
+    assert off_diagonal.size == 0 or off_diagonal.min() >= 36
+    assert len(FolderDataset(root, "train", info)) == 1
+
+
 def test_fixture_writers_read_back_and_never_overwrite(tmp_path: Path) -> None:
     index = write_folder_fixture(tmp_path / "idx", ("a", "b"), splits=(("train", 2),))
     colour = write_folder_fixture(

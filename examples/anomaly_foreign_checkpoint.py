@@ -60,7 +60,8 @@ def main() -> None:
     frames = build_anomaly_datasets(recipe, ["folder"])["folder"]
     assert isinstance(frames, FolderAnomaly)
     settings = inference_settings(recipe)
-    score_name = "likelihood" if recipe.model.head == "gmm" else "max_logit"
+    # the classifier's own score ("likelihood" of a GMM classifier), else the max logit
+    score_name = model.classifier.anomaly_name or "max_logit"
     writer = SubmissionWriter(args.out, "smiyc", method=args.method, dataset=args.smiyc_dataset)
     writer.prepare(frames.names)  # refuses to write over files gmmseg did not write
     with torch.inference_mode():

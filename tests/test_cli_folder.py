@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from PIL import Image
 from gmmseg.cli import main
 from gmmseg.data import FolderAnomaly
 from gmmseg.metrics import AnomalyMetrics
-from gmmseg.recipes import apply_overrides, check_recipe, get_recipe
+from gmmseg.recipes import apply_overrides, check_recipe, get_recipe, load_trained
 from gmmseg.recipes.build import (
     build_anomaly_datasets,
     build_val_dataset,
@@ -60,6 +62,9 @@ def test_classes_by_override_and_by_class_file(folders: dict[str, Path]) -> None
     by_names = apply_overrides(get_recipe("demo"), ["data.dataset=folder", "data.classes=a,b"])
     assert by_names.data.classes == ("a", "b")
     assert num_classes_of(by_names.data) == 2
+    coloured = apply_overrides(by_names, ["data.palette=1,2,3,4,5,6", "data.void_colors=0,0,0"])
+    info = folder_classes(coloured.data)
+    assert info.palette == ((1, 2, 3), (4, 5, 6)) and info.void_colors == ((0, 0, 0),)
     # a relative class file is found inside data.root
     by_file = apply_overrides(
         get_recipe("demo"),
@@ -77,6 +82,9 @@ def test_classes_by_override_and_by_class_file(folders: dict[str, Path]) -> None
         (["data.classes=a", "data.class_file=x.json"], ValueError, "both set"),
         (["data.class_file=nope.json"], FileNotFoundError, "data.class_file: 'nope.json'"),
         (["data.classes=a,a"], ValueError, "repeated"),
+        (["data.classes=a", "data.palette=1,2"], ValueError, "three per colour, got 2"),
+        (["data.classes=a,b", "data.palette=1,2,3"], ValueError, "one colour per class"),
+        (["data.class_file=x.json", "data.palette=1,2,3"], ValueError, "without data.classes"),
     ],
 )
 def test_recipe_class_errors(overrides: list[str], error: type, match: str) -> None:
@@ -215,12 +223,25 @@ def test_predict_smiyc_then_score_a_folder(
         assert path.stem == f"{i:04d}"
         ref.update(read_smiyc(path), mask)
     assert result["pixel"]["auroc"] == pytest.approx(float(ref.compute()["auroc"]), abs=2e-3)
+    # images named {stem}_left.jpg pair with {stem}.png masks through --image-suffix
+    renamed = tmp_path / "renamed"
+    shutil.copytree(ano, renamed)
+    for image in (renamed / "images").glob("*.jpg"):
+        image.rename(image.with_name(f"{image.stem}_left.jpg"))
+    argv = ["score", "smiyc", str(out), "--data", str(renamed), "--data-layout", "folder"]
+    argv += ["--smiyc-dataset", "AnomalyTrack-all"]
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and "0000_left.png" in err  # without it the stem keeps "_left"
+    code, text, err = _run([*argv, "--image-suffix", "_left.jpg"], capsys)
+    assert code == 0, err
+    assert json.loads(text) == result
 
 
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
         (["--label-map", "0:0"], "--label-map is only used with --data-layout folder"),
+        (["--image-suffix", ".jpg"], "--image-suffix is only used with --data-layout folder"),
         (["--data-layout", "folder"], "needs --smiyc-dataset"),
         (
             [
@@ -301,3 +322,70 @@ def test_predict_with_a_folder_checkpoint_uses_its_palette(
     part = 2 * seg - rgb
     distance = np.abs(part[:, :, None, :] - palette[None, None]).max(-1).min(-1)
     assert np.median(distance) <= 2
+
+
+# --- a checkpoint carries its class list ---------------------------------------------------
+
+
+def test_a_folder_checkpoint_needs_no_class_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = write_folder_fixture(tmp_path / "mine", ("road", "car", "sky"))
+    classes = json.loads((root / "classes.json").read_text())
+    work = tmp_path / "work"
+    monkeypatch.chdir(tmp_path)  # the relative class file is found inside data.root
+    argv = ["train", "demo", "--work-dir", str(work), "--no-progress", "--set"]
+    argv += ["data.dataset=folder", f"data.root={root}", "data.class_file=classes.json", *TINY]
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    saved = json.loads((work / "recipe.json").read_text())["data"]
+    assert saved["class_file"] == "" and saved["classes"] == classes["classes"]
+    assert saved["palette"] == [v for c in classes["palette"] for v in c]
+    assert saved["void_colors"] == [v for c in classes["void_colors"] for v in c]
+    checkpoint = next(work.glob("iter_*.pt"))
+    # the file gone: the checkpoint alone rebuilds the model and predicts in class colours
+    (root / "classes.json").rename(tmp_path / "elsewhere.json")
+    model, recipe = load_trained(checkpoint)
+    assert model.classifier.num_classes == 3
+    assert folder_classes(recipe.data).palette == tuple(map(tuple, classes["palette"]))
+    image = next((root / "images" / "val").glob("*.jpg"))
+    code, _, err = _run(
+        ["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / "p")],
+        capsys,
+    )
+    assert code == 0, err
+    # the same class file again: a resume is not "changed settings"
+    (tmp_path / "elsewhere.json").rename(root / "classes.json")
+    resume = [*argv[:2], "--resume", "auto", *argv[2:]]
+    code, _, err = _run(resume, capsys)
+    assert code == 0, err
+    # an edited class file is named as the changed setting, not a state-dict mismatch
+    classes["classes"][2] = "tree"
+    (root / "classes.json").write_text(json.dumps(classes))
+    code, _, err = _run(resume, capsys)
+    assert code == 2 and "data.classes" in err and "'tree'" in err, err
+
+
+def test_train_recipe_gives_the_model_back_with_its_own_checks(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gmmseg.recipes.run as run
+
+    built = run.build_model
+    during: list[bool] = []
+
+    def build_unchecked(*args: Any, **kwargs: Any) -> Any:
+        model = built(*args, **kwargs)
+        model.classifier.validate = False
+        # what the classifier checks while training (on this CPU: on)
+        model.register_forward_pre_hook(lambda m, a: during.append(m.classifier.validate))
+        return model
+
+    monkeypatch.setattr(run, "build_model", build_unchecked)
+    recipe = apply_overrides(
+        get_recipe("demo"),
+        ["data.dataset=folder", f"data.root={folders['closed']}", "data.classes=a,b,c", *TINY],
+    )
+    model, _ = run.train_recipe(recipe, None, progress=False, tiny=True)
+    assert during and all(during)
+    assert model.classifier.validate is False

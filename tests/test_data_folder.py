@@ -173,8 +173,26 @@ def test_reduce_zero_label_against_a_plain_loop(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got.numpy(), want)
     values[1, 1] = 4
     _label(tmp_path / "labels" / "f.png", values)
-    with pytest.raises(ValueError, match=r"reduce_zero_label\): 4 \(1 px\)"):
+    with pytest.raises(ValueError, match=r"reduce_zero_label\): 4 \(1 px\)") as err:
         FolderDataset(tmp_path, "", ["a", "b", "c"], reduce_zero_label=True)[0]
+    hint = str(err.value).split("Hint: ")[1]
+    assert hint == (
+        "the class list has 3 classes, stored as 1…3 (class v − 1) with 0 and 255 ignore "
+        "(reduce_zero_label)"
+    )
+    # without reduce_zero_label the stored values are the train ids
+    values[1, 1] = 3
+    _label(tmp_path / "labels" / "f.png", values)
+    with pytest.raises(
+        ValueError, match=r"Hint: the class list has 3 classes \(train ids 0…2, ignore 255\)$"
+    ):
+        FolderDataset(tmp_path, "", ["a", "b", "c"])[0]
+
+
+def test_classes_is_a_required_argument(tmp_path: Path) -> None:
+    write_folder_fixture(tmp_path, ("a", "b"), splits=(("train", 1),))
+    with pytest.raises(TypeError, match="classes"):
+        FolderDataset(tmp_path, "train")  # type: ignore[call-arg]
 
 
 # --- colour labels -------------------------------------------------------------------------
@@ -330,6 +348,24 @@ def test_label_map_forms_agree() -> None:
 
 
 # --- the miniature writers -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 19, 150, 255])
+def test_fixture_class_files_are_valid_for_any_class_count(
+    tmp_path: Path, num_classes: int
+) -> None:
+    names = tuple(f"c{k}" for k in range(num_classes))
+    root = write_folder_fixture(
+        tmp_path, names, splits=(("train", 1),), size=(8, 8), colour_labels=True
+    )
+    info = read_class_file(root / "classes.json")  # refuses repeated colours
+    assert info.names == names and len(info.palette) == num_classes
+    colours = np.array(info.palette)
+    # well separated: any two colours differ by more than the images' noise (±10) in a channel
+    gaps = np.abs(colours[:, None] - colours[None]).max(-1)
+    off_diagonal = gaps[~np.eye(num_classes, dtype=bool)]
+    assert off_diagonal.size == 0 or off_diagonal.min() >= 36
+    assert len(FolderDataset(root, "train", info)) == 1
 
 
 def test_fixture_writers_read_back_and_never_overwrite(tmp_path: Path) -> None:

@@ -134,6 +134,32 @@ def test_example_runs(script, tmp_path):
     assert not any(run.iterdir()), f"{script.name} wrote into the current folder"
 
 
+def test_foreign_checkpoint_example_writes_the_classifiers_own_score(tmp_path):
+    """The maps written are the classifier's own score, by its ``anomaly_name``."""
+    script = next(p for p in EXAMPLES if p.name == "anomaly_foreign_checkpoint.py")
+    args = _anomaly_foreign_checkpoint(tmp_path)
+    # a GMM classifier whose own score has another name: the example must follow the name
+    code = (
+        "import runpy, sys\n"
+        "from gmmseg.heads import GMMClassifier\n"
+        "GMMClassifier.anomaly_name = 'nll'\n"
+        f"sys.argv[0] = {str(script)!r}\n"
+        f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert re.search(r"^wrote 3 nll maps to ", proc.stdout, re.MULTILINE), proc.stdout
+
+
 def test_docs_snippets_name_existing_example_sections() -> None:
     """Every ``--8<--`` include in the docs names a file and a section that exist (a formatter
     that rewrites the marker, or a renamed section, would silently empty the page's code)."""

@@ -406,7 +406,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 )
     root = Path(args.data)
     dataset: Any
-    folder_flags = ("label_map", "image_dir", "label_dir", "label_suffix")
+    folder_flags = ("label_map", "image_dir", "label_dir", "image_suffix", "label_suffix")
     if args.data_layout != "folder":
         for flag in folder_flags:
             if getattr(args, flag) is not None:
@@ -433,6 +433,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             root,
             image_dir=args.image_dir or "images",
             label_dir=args.label_dir or "labels",
+            image_suffix=args.image_suffix or "",
             label_suffix=args.label_suffix or ".png",
             label_map=args.label_map,
         )
@@ -709,6 +710,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sc.add_argument("--image-dir", default=None, help="folder layout: images (default images)")
     sc.add_argument("--label-dir", default=None, help="folder layout: masks (default labels)")
+    sc.add_argument(
+        "--image-suffix",
+        default=None,
+        help="folder layout: image file ending, e.g. _leftImg8bit.png (default: any image ending)",
+    )
     sc.add_argument(
         "--label-suffix", default=None, help="folder layout: mask file ending (default .png)"
     )

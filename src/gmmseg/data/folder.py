@@ -268,8 +268,8 @@ class FolderDataset(SegmentationDataset):
     def __init__(
         self,
         root: Path | str,
-        split: str = "train",
-        classes: ClassList | Sequence[str] | Path | str = (),
+        split: str,
+        classes: ClassList | Sequence[str] | Path | str,
         *,
         palette: Sequence[Sequence[int]] | None = None,
         image_dir: str = "images",
@@ -305,16 +305,21 @@ class FolderDataset(SegmentationDataset):
             lut = np.concatenate([[IGNORE_INDEX], np.arange(255)]).astype(np.uint8)
             lut[IGNORE_INDEX] = IGNORE_INDEX  # a stored ignore stays ignore
             expected = f"{{0, …, {c}}} ∪ {{255}} (0 = ignore, reduce_zero_label)"
+            hint = (
+                f"the class list has {c} classes, stored as 1…{c} (class v − 1) with 0 and 255 "
+                "ignore (reduce_zero_label)"
+            )
         else:
             allowed = allowed_mask([*range(c), IGNORE_INDEX])
             lut = np.arange(256, dtype=np.uint8)
             expected = f"{{0, …, {c - 1}}} ∪ {{255}}"
+            hint = f"the class list has {c} classes (train ids 0…{c - 1}, ignore 255)"
         super().__init__(
             frames,
             allowed=allowed,
             lut=lut,
             expected=expected,
-            hint=f"the class list has {c} classes (train ids 0…{c - 1}, ignore 255)",
+            hint=hint,
             transform=transform,
         )
         self.reduce_zero_label = reduce_zero_label

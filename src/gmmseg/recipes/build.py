@@ -62,6 +62,7 @@ __all__ = [
     "dry_run_recipe",
     "folder_classes",
     "num_classes_of",
+    "resolve_folder_classes",
 ]
 
 _NUM_CLASSES = {
@@ -80,12 +81,20 @@ def num_classes_of(data: DataConfig) -> int:
     return _NUM_CLASSES[data.dataset]
 
 
+def _triples(values: tuple[int, ...], key: str) -> tuple[tuple[int, int, int], ...]:
+    if len(values) % 3:
+        raise ValueError(
+            f"data.{key}: expected R, G, B values, three per colour, got {len(values)} values"
+        )
+    return tuple((values[i], values[i + 1], values[i + 2]) for i in range(0, len(values), 3))
+
+
 def folder_classes(data: DataConfig) -> ClassList:
     """The class list of a ``data.dataset=folder`` recipe.
 
-    ``data.classes`` names the classes; or ``data.class_file`` is a JSON class file
-    (:func:`~gmmseg.data.read_class_file`): a relative path is looked up from the current
-    folder first, then inside ``data.root``.
+    ``data.classes`` names the classes (with ``data.palette`` and ``data.void_colors``); or
+    ``data.class_file`` is a JSON class file (:func:`~gmmseg.data.read_class_file`): a relative
+    path is looked up from the current folder first, then inside ``data.root``.
 
     Raises:
         ValueError: neither or both are set, or a bad class list.
@@ -94,7 +103,16 @@ def folder_classes(data: DataConfig) -> ClassList:
     if data.classes and data.class_file:
         raise ValueError("data.classes and data.class_file are both set: give the classes one way")
     if data.classes:
-        return ClassList(tuple(data.classes))
+        return ClassList(
+            tuple(data.classes),
+            _triples(data.palette, "palette"),
+            _triples(data.void_colors, "void_colors"),
+        )
+    if data.palette or data.void_colors:
+        raise ValueError(
+            "data.palette / data.void_colors are set without data.classes: give the colours "
+            "in the class file (or name the classes with data.classes)"
+        )
     if not data.class_file:
         raise ValueError(
             "data.dataset=folder needs its classes: pass --set data.classes=road,car,sky or "
@@ -109,6 +127,31 @@ def folder_classes(data: DataConfig) -> ClassList:
         where = f" (nor inside data.root {data.root!r})" if data.root else ""
         raise FileNotFoundError(f"data.class_file: {str(path)!r} does not exist{where}")
     return read_class_file(path)
+
+
+def resolve_folder_classes(recipe: Recipe) -> Recipe:
+    """The recipe with a folder dataset's class file read into it.
+
+    ``data.class_file`` is replaced by its content (``data.classes``, ``data.palette``,
+    ``data.void_colors``), so that the recipe saved with a checkpoint needs no file to rebuild
+    the model. Other recipes are returned unchanged.
+
+    Raises:
+        ValueError: a bad class list (:func:`folder_classes`).
+        FileNotFoundError: the class file does not exist.
+    """
+    data = recipe.data
+    if data.dataset != "folder" or not data.class_file:
+        return recipe
+    classes = folder_classes(data)
+    resolved = dataclasses.replace(
+        data,
+        classes=classes.names,
+        palette=tuple(v for c in classes.palette for v in c),
+        void_colors=tuple(v for c in classes.void_colors for v in c),
+        class_file="",
+    )
+    return dataclasses.replace(recipe, data=resolved)
 
 
 def _mit_norm_eps(cfg: ModelConfig) -> tuple[float, float]:
@@ -430,6 +473,8 @@ def dry_run_recipe(recipe: Recipe, root: Path | str, iters: int = 2) -> Recipe:
                 data,
                 classes=names,
                 class_file="",
+                palette=(),
+                void_colors=(),
                 image_dir="images",
                 label_dir="labels",
                 image_suffix="",

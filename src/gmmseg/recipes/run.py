@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -40,6 +41,7 @@ from gmmseg.recipes.build import (
     build_train_data,
     build_val_dataset,
     num_classes_of,
+    resolve_folder_classes,
 )
 from gmmseg.recipes.overrides import from_dict
 from gmmseg.recipes.schema import Recipe
@@ -203,6 +205,14 @@ def train_recipe(
     holds the new values. Settings that do not change what is trained (intervals, workers,
     device, data and anomaly folders, evaluation and anomaly settings) may always change.
 
+    A folder dataset's ``data.class_file`` is read first and saved as ``data.classes``,
+    ``data.palette`` and ``data.void_colors`` in ``recipe.json`` and the checkpoints: loading,
+    evaluating or predicting with them needs no class file.
+
+    On an accelerator the classifier's value checks are off while training (they would
+    synchronise every step); the returned model has its classifier's ``validate`` back as it
+    was built.
+
     Args:
         recipe: the (overridden) recipe.
         work_dir: output folder (None: write nothing).
@@ -222,6 +232,9 @@ def train_recipe(
             processes, or a resume whose settings changed.
     """
     check_recipe(recipe, training=True)
+    # The saved recipe (recipe.json, each checkpoint's) carries the class list itself, so that
+    # the checkpoint rebuilds without the class file.
+    recipe = resolve_folder_classes(recipe)
     dist = init_distributed(recipe.train.device)
     _seed_everything(recipe)
     data = recipe.data
@@ -235,6 +248,7 @@ def train_recipe(
     model = build_model(recipe.model, num_classes, tiny=tiny, generator=g).to(dist.device)
     # On an accelerator the classifier's value checks would synchronise every step; the trainer
     # then checks labels on the host and catches divergence from the losses it reads.
+    validate_before = model.classifier.validate
     model.classifier.validate = dist.device.type == "cpu"
     if dist.world_size > 1 and dist.device.type == "cuda" and recipe.model.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
@@ -320,7 +334,12 @@ def train_recipe(
     if out is not None and dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
-    return model, trainer.fit()
+    try:
+        metrics = trainer.fit()
+    finally:
+        # the caller gets the model with the checks it was built with
+        model.classifier.validate = validate_before
+    return model, metrics
 
 
 # Recipe fields that may differ on resume: they do not change what is trained.
@@ -361,7 +380,12 @@ def _changed_settings(
         return {}
     # Through the schema, so that fields added since the checkpoint was written compare by
     # their defaults instead of as missing.
-    stored = from_dict(Recipe, extra["recipe"]).to_dict()
+    stored_recipe = from_dict(Recipe, extra["recipe"])
+    # A checkpoint written before class files were saved resolved: compare the contents (if
+    # its class file is gone or bad, its data.class_file compares as written).
+    with contextlib.suppress(ValueError, FileNotFoundError):
+        stored_recipe = resolve_folder_classes(stored_recipe)
+    stored = stored_recipe.to_dict()
     before, now = _flatten(stored), _flatten(recipe.to_dict())
     if bool(extra.get("tiny", False)) != tiny:
         before["(dry-run model)"], now["(dry-run model)"] = bool(extra.get("tiny")), tiny

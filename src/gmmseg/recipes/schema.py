@@ -167,6 +167,12 @@ class DataConfig:
         classes: ``dataset="folder"``: the class names (``--set data.classes=road,car,sky``).
         class_file: ``dataset="folder"``: a JSON class file instead of ``classes`` (names,
             optional palette and void colours; see :func:`~gmmseg.data.read_class_file`).
+            Training reads it and saves its content as ``classes``, ``palette`` and
+            ``void_colors`` in the run's recipe, so a checkpoint does not need the file.
+        palette: ``dataset="folder"`` with ``classes``: the class colours as R, G, B values,
+            three per class in class order (``--set data.palette=128,64,128,0,0,142``), or ``()``.
+        void_colors: ``dataset="folder"`` with ``classes``: colours read as ignore, three values
+            per colour.
         image_dir: ``dataset="folder"``: image folder under ``root`` (split folders inside).
         label_dir: ``dataset="folder"``: label folder under ``root`` (split folders inside).
         image_suffix: ``dataset="folder"``: ending of the image files ("": .jpg, .png, ...).
@@ -191,6 +197,8 @@ class DataConfig:
     demo_val_images: int = 200
     classes: tuple[str, ...] = ()
     class_file: str = ""
+    palette: tuple[int, ...] = ()
+    void_colors: tuple[int, ...] = ()
     image_dir: str = "images"
     label_dir: str = "labels"
     image_suffix: str = ""

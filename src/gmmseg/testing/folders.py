@@ -18,10 +18,23 @@ __all__ = ["write_anomaly_folder_fixture", "write_folder_fixture"]
 U8 = NDArray[np.uint8]
 
 
+# Colour levels 36 apart: two palette colours differ by at least 36 in some channel, more than
+# the image noise (±10) can bridge, and 7³ = 343 colours cover the 255 classes a label allows.
+_LEVELS = np.arange(20, 237, 36)
+
+
 def _palette(num_classes: int) -> NDArray[np.int64]:
-    """Distinct, well-separated colours (a fixed sequence; class k's colour)."""
-    rng = np.random.default_rng(1234)
-    return rng.integers(20, 236, size=(num_classes, 3))
+    """Distinct, well-separated colours (a fixed sequence; class k's colour).
+
+    Drawn without replacement from the 7 × 7 × 7 grid of :data:`_LEVELS` (never black, the
+    fixture's void colour).
+    """
+    grid = np.stack(np.meshgrid(_LEVELS, _LEVELS, _LEVELS, indexing="ij"), -1).reshape(-1, 3)
+    if not 1 <= num_classes <= len(grid):
+        raise ValueError(f"num_classes: expected 1..{len(grid)}, got {num_classes}")
+    pick = np.random.default_rng(1234).choice(len(grid), size=num_classes, replace=False)
+    out: NDArray[np.int64] = grid[pick].astype(np.int64)
+    return out
 
 
 def _scene(rng: np.random.Generator, size: tuple[int, int], num_classes: int) -> U8:

@@ -50,7 +50,6 @@ from gmmseg.heads import (
 )
 from gmmseg.recipes.schema import DataConfig, ModelConfig, Recipe
 from gmmseg.segmentor import Segmentor
-from gmmseg.testing import write_anomaly_folder_fixture, write_fixture, write_folder_fixture
 
 __all__ = [
     "InMemory",
@@ -451,6 +450,9 @@ def dry_run_recipe(recipe: Recipe, root: Path | str, iters: int = 2) -> Recipe:
     Returns:
         The modified recipe.
     """
+    # the fixture writers are test tooling: only a dry run loads them
+    from gmmseg.testing import write_anomaly_folder_fixture, write_fixture, write_folder_fixture
+
     root = Path(root)
     data = recipe.data
     if data.dataset == "demo":

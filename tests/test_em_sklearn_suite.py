@@ -161,3 +161,29 @@ with warnings.catch_warnings():
 @_ESTIMATOR_CHECKS
 def test_sklearn_estimator_check(estimator: Any, check: Any) -> None:
     check(estimator)
+
+
+def test_sklearn_array_api_check_with_scipy_array_api_set() -> None:
+    """``check_array_api_input`` skips unless ``SCIPY_ARRAY_API`` is set before scipy loads.
+
+    The in-process run above sees it skip; a fresh interpreter with the variable set runs it.
+    """
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings\n"
+        "from sklearn.utils.estimator_checks import check_array_api_input\n"
+        "from gmmseg.em import GaussianMixture\n"
+        "warnings.simplefilter('ignore', UserWarning)\n"
+        "check_array_api_input('GaussianMixture', GaussianMixture(), array_namespace='numpy',"
+        " expect_only_array_outputs=False)\n"
+        "print('checked')\n"
+    )
+    env = {**os.environ, "SCIPY_ARRAY_API": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("checked")

@@ -288,6 +288,9 @@ def test_predict_reads_16_bit_images_without_clipping(
     ("argv", "message"),
     [
         (["train", "demo", "--dry-run", "--device", "gpu0"], "device"),
+        (["train", "demo", "--dry-run", "--device", "mps"], "device 'mps' is not supported"),
+        (["eval", "demo", "--checkpoint", "{ckpt}", "--device", "meta"], "'meta' is not supported"),
+        (["anomaly", "demo", "--checkpoint", "{ckpt}", "--device", "xpu"], "'xpu' is not"),
         (["eval", "demo", "--checkpoint", "{bad}"], "truncated"),
         (["eval", "demo", "--checkpoint", "{empty}"], "0 bytes"),
         (

@@ -253,3 +253,59 @@ def test_predict_overlays_take_a_device(
     )  # fmt: skip
     assert code == 0, err
     assert (tmp_path / "o" / "x_seg.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("fixture", "recipe", "loader", "split"),
+    [
+        ("cityscapes", "segformer_b5_cityscapes_gmm", "Cityscapes", "val"),
+        ("ade20k", "segformer_b5_ade20k_gmm", "ADE20K", "validation"),
+    ],
+)
+def test_predict_write_then_score_equals_scoring_in_memory(
+    fixture: str,
+    recipe: str,
+    loader: str,
+    split: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`predict --write cityscapes|ade20k` over a split's images, then `gmmseg score` on the
+    folder: full-resolution files named for the split, and the command's numbers equal a plain
+    per-class count over the files read back beside the split's labels."""
+    from gmmseg import data
+    from gmmseg.submit import read_ade20k, read_cityscapes
+
+    root = write_fixture(fixture, tmp_path, num_images=2, size=(48, 64))
+    dataset = getattr(data, loader)(root, split)
+    work = tmp_path / "w"
+    argv = ["train", recipe, "--dry-run", "--no-progress", "--work-dir", str(work)]
+    assert main(argv) == 0
+    images = [f.image_path for f in dataset.frames]
+    out = tmp_path / "sub"
+    code, _, err = run(
+        capsys, "predict", "--checkpoint", str(work / "iter_00000002.pt"), *map(str, images),
+        "--out", str(out), "--write", fixture, "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, err
+    code, printed, err = run(capsys, "score", fixture, str(out), "--data", str(root))
+    assert code == 0, err
+    got = json.loads(printed)["cityscapes" if fixture == "cityscapes" else "segmentation"]
+    files = sorted(p for p in out.rglob("*.png"))
+    assert len(files) == len(dataset)
+    num_classes = 19 if fixture == "cityscapes" else 150
+    inter, pred_area, label_area = (np.zeros(num_classes) for _ in range(3))
+    for i, frame in enumerate(dataset.frames):
+        (path,) = [p for p in files if p.name.startswith(frame.name)]
+        pred = (read_cityscapes if fixture == "cityscapes" else read_ade20k)(path)
+        label = dataset.load_label(i).astype(np.int64)
+        assert pred.shape == label.shape  # full resolution
+        valid = label != 255
+        for c in range(num_classes):
+            p, y = pred[valid] == c, label[valid] == c
+            inter[c] += (p & y).sum()
+            pred_area[c] += p.sum()
+            label_area[c] += y.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = inter / (pred_area + label_area - inter)
+    np.testing.assert_allclose(np.array(got["IoU"], dtype=float), iou, rtol=1e-12)

@@ -66,3 +66,33 @@ def test_two_ranks_end_identical(tmp_path: Path) -> None:
     assert a["result"]["eval"]["mIoU"] == b["result"]["eval"]["mIoU"]
     # only rank 0 writes
     assert (tmp_path / "work" / "iter_00000003.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("gpu0", "device 'gpu0' is not a device name"),
+        ("mps", "device 'mps' is not supported: expected auto, cpu, cuda or cuda:N"),
+        ("meta", "device 'meta' is not supported"),
+        ("xpu", "device 'xpu' is not supported"),
+    ],
+)
+def test_select_device_refuses_unsupported_names(name: str, message: str) -> None:
+    from gmmseg.engine.distributed import select_device
+
+    with pytest.raises(ValueError, match=message):
+        select_device(name)
+
+
+def test_select_device_refuses_a_cuda_index_past_the_last_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gmmseg.engine.distributed import select_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert select_device("cuda:1") == torch.device("cuda", 1)
+    assert select_device("cuda") == torch.device("cuda")
+    with pytest.raises(ValueError, match=r"'cuda:2': this machine has 2 CUDA device\(s\), cuda:0"):
+        select_device("cuda:2")
+    assert select_device("cpu") == torch.device("cpu")

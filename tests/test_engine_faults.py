@@ -127,9 +127,12 @@ def test_killed_run_resumes_to_the_same_tensors(kill: str, straight: Path, tmp_p
     assert not list(work.glob(".*.tmp"))  # the killed write's leftover is cleaned up
     resumed = load_checkpoint(work / "iter_00000006.pt")
     uninterrupted = load_checkpoint(straight / "iter_00000006.pt")
-    want = {k: v for k, v in _tensors(uninterrupted).items() if not k.startswith("/rng")}
-    got = {k: v for k, v in _tensors(resumed).items() if not k.startswith("/rng")}
+    # every tensor, the RNG states included (all of torch's, numpy's and Python's)
+    want, got = _tensors(uninterrupted), _tensors(resumed)
     assert want.keys() == got.keys()
+    assert {"/rng/torch", "/rng/numpy/1"} <= got.keys()
+    assert resumed["rng"]["python"] == uninterrupted["rng"]["python"]
+    assert resumed["rng"]["numpy"][2:] == uninterrupted["rng"]["numpy"][2:]
     assert any("memory.bank" in k for k in got)
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)

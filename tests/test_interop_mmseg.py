@@ -312,6 +312,18 @@ def test_refuses_unknown_and_missing_tensors(tmp_path: Path) -> None:
         load_trained(path, recipe, tiny=True)
 
 
+def test_a_segformer_head_without_its_fusion_conv_is_called_damaged(tmp_path: Path) -> None:
+    # Before: classified as an FCN head (it has convs.0), with advice to switch decoders.
+    recipe, sd = tiny_state("segformer_b5_cityscapes_softmax")
+    path = tmp_path / "segformer.pth"
+    file_sd = mmseg_file(path, hf_mit_to_mmseg(hf_mit(4, 1e-6, 1e-6).state_dict()), "segformer", sd)
+    cut = {k: v for k, v in file_sd.items() if ".fusion_conv." not in k}
+    assert len(cut) < len(file_sd)
+    torch.save({"state_dict": cut}, path)
+    with pytest.raises(ValueError, match=r"SegFormer's per-stage projections .* no fusion_conv"):
+        load_trained(path, recipe, tiny=True)
+
+
 def test_refuses_an_unknown_layout(tmp_path: Path) -> None:
     path = tmp_path / "other.pth"
     torch.save({"state_dict": {"encoder.conv.weight": torch.zeros(2, 3, 3, 3)}}, path)

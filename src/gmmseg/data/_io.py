@@ -70,8 +70,9 @@ def _to_rgb(img: Image.Image, path: Path | None = None) -> NDArray[np.uint8]:
 
 def _bomb(path: Path, err: Exception) -> ValueError:
     return ValueError(
-        f"image {path} is larger than Pillow's decompression-bomb limit ({err}); if you trust "
-        "the file, raise PIL.Image.MAX_IMAGE_PIXELS"
+        f"image {path} is larger than Pillow's decompression-bomb limit ({err}); downscale "
+        "it, or, if you trust the file and call gmmseg from Python, raise "
+        "PIL.Image.MAX_IMAGE_PIXELS first"
     )
 
 

@@ -2,8 +2,12 @@
 
 `ClassBalancedSampler` draws a class uniformly among the classes present in the dataset,
 then an image containing it uniformly. The class → images index it needs is computed from the
-labels in one pass and cached to a file keyed by the dataset's file list
-(`class_image_index`), so it is computed once per dataset.
+labels in one pass and cached to a file keyed by the dataset's file list and each file's size
+and modification time (`class_image_index`), so it is computed once per dataset. As with
+``make``, a label rewritten with the same size and its old modification time (``cp -p``,
+``rsync -a``, ``tar`` of an edited copy) is not noticed: delete ``class_index_*.npz`` from the
+cache folder after such a change. Hashing every label's content instead would read the whole
+label set at every start.
 
 `build_dataloader` wraps `DataLoader` with seeded workers and a
 collate function that understands `Sample` (including ``label=None``).
@@ -134,7 +138,9 @@ def class_image_index(
         num_classes: C; label values must lie in [0, C) ∪ {ignore_index}.
         ignore_index: Value that marks no class.
         cache_dir: Folder of the cache file ``class_index_{key}.npz``, the key hashing the
-            dataset's file list, C and ``ignore_index``. No caching when None.
+            dataset's file list, each file's size and modification time, C and
+            ``ignore_index`` (not the files' content: see the module's note). No caching when
+            None.
 
     Returns:
         The index.

@@ -42,11 +42,14 @@ __all__ = [
     "remove_stale_temporaries",
     "save_checkpoint",
     "set_rng_state",
+    "write_text_atomic",
 ]
 
 _PATTERN = re.compile(r"^iter_(\d+)\.pt$")
 # The temporary names save_checkpoint and the manifest use: ".NAME.PID.tmp".
-_TEMPORARY = re.compile(r"^\.(iter_\d+\.pt|checkpoints\.json)\.(\d+)\.tmp$")
+_TEMPORARY = re.compile(
+    r"^\.(iter_\d+\.pt|checkpoints\.json|metrics\.json|recipe\.json)\.(\d+)\.tmp$"
+)
 _HASH_KEY = "sha256"
 MANIFEST_NAME = "checkpoints.json"
 
@@ -134,6 +137,23 @@ def _write_atomic(path: Path, write: Any, what: str) -> None:
             tmp.unlink()
 
 
+def write_text_atomic(path: Path | str, text: str) -> Path:
+    """Write ``text`` to a temporary file, then rename it over ``path``.
+
+    For a work folder's ``metrics.json`` and ``recipe.json``: a killed write leaves the
+    previous file whole.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        OSError: the file cannot be written, naming it.
+    """
+    path = Path(path)
+    _write_atomic(path, lambda tmp: tmp.write_text(text), "file")
+    return path
+
+
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
     """Write ``state`` and its content hash to a temporary file, then rename it over ``path``.
 
@@ -160,8 +180,9 @@ def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
 def remove_stale_temporaries(folder: Path | str) -> list[Path]:
     """Delete the temporary files of checkpoint writes that were killed before they finished.
 
-    Only names of the form ``.iter_<digits>.pt.<pid>.tmp`` and ``.checkpoints.json.<pid>.tmp``
-    whose process is not running are removed.
+    Only names of the form ``.iter_<digits>.pt.<pid>.tmp``, ``.checkpoints.json.<pid>.tmp``,
+    ``.metrics.json.<pid>.tmp`` and ``.recipe.json.<pid>.tmp`` whose process is not running are
+    removed.
 
     Returns:
         The removed paths.

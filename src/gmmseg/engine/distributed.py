@@ -51,8 +51,19 @@ def select_device(device: str | None, local_rank: int = 0) -> torch.device:
         raise ValueError(
             f"device {device!r} is not a device name: expected auto, cpu, cuda or cuda:N"
         ) from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(
+                f"device {device!r}: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+    elif dev.type != "cpu":
+        # Training, evaluation and prediction are tested on CPU and CUDA only; other backends
+        # (mps, xpu, meta, ...) fail deep inside a step with unrelated messages.
+        raise ValueError(f"device {device!r} is not supported: expected auto, cpu, cuda or cuda:N")
     return dev
 
 

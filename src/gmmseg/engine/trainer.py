@@ -26,6 +26,7 @@ from gmmseg.engine.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
     set_rng_state,
+    write_text_atomic,
 )
 from gmmseg.engine.distributed import DistInfo
 from gmmseg.engine.logger import MetricLogger, json_safe
@@ -79,6 +80,13 @@ class TrainSettings:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
 
 
+def _one_line(error: BaseException, limit: int = 400) -> str:
+    """``error``'s message on one line (load_state_dict's lists its problems one per line)."""
+    parts = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = "; ".join(parts) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class Trainer:
     """Trains a :class:`~gmmseg.segmentor.Segmentor` for a fixed number of iterations.
 
@@ -89,7 +97,9 @@ class Trainer:
     hashed checkpoints (the model's ``state_dict``, optimiser, scaler, iteration, RNG states,
     history and ``extra``). At an iteration that has both, the checkpoint is written before the
     evaluation runs, so a failing evaluation loses no training; a resumed run evaluates an
-    iteration whose evaluation did not finish before it trains on.
+    iteration whose evaluation did not finish before it trains on. Evaluation leaves the random
+    generators (Python's, numpy's, torch's) as it found them, so a resumed run draws the same
+    dropout masks as an uninterrupted one whether or not it repeats an evaluation.
 
     The loop reads the losses on the host only at log, checkpoint and evaluation steps (and at
     least every 100 steps), in one synchronisation, and stops with a ``FloatingPointError``
@@ -155,6 +165,10 @@ class Trainer:
         self.tensorboard = tensorboard
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
+        # Training time of the earlier sessions (from the checkpoint) and the start of this
+        # one's fit, so that metrics.json reports the whole run's time, not the last session's.
+        self.seconds = 0.0
+        self._fit_started: float | None = None
         device_type = dist.device.type
         self.scaler = torch.amp.GradScaler(device_type, enabled=settings.amp == "fp16")
         if settings.channels_last:
@@ -178,6 +192,7 @@ class Trainer:
             "iteration": self.iteration,
             "rng": get_rng_state(),
             "history": self.history,
+            "seconds": self.elapsed(),
             "extra": self.extra,
         }
 
@@ -188,7 +203,18 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.history = list(state.get("history", []))
+        self.seconds = float(state.get("seconds", 0.0))  # absent from older checkpoints
         set_rng_state(state["rng"])
+
+    def elapsed(self) -> float:
+        """Seconds of training in this run, over all its sessions.
+
+        The earlier sessions' as of the checkpoint resumed, plus the current :meth:`fit`'s so
+        far.
+        """
+        if self._fit_started is None:
+            return self.seconds
+        return self.seconds + time.perf_counter() - self._fit_started
 
     def resume(
         self,
@@ -223,10 +249,10 @@ class Trainer:
         try:
             self.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ValueError(
                 f"checkpoint {str(checkpoint)!r} does not fit this run's model or optimiser "
-                f"(was it written by another recipe?): {first}"
+                f"(was it written by another recipe? resume with the recipe and --set "
+                f"overrides it was trained with): {_one_line(e)}"
             ) from e
         record = None
         if self.work_dir is not None and self.dist.is_main:
@@ -337,8 +363,14 @@ class Trainer:
                 out = self.forward(images)
                 losses = self.model.losses_and_update(out, labels)
         except ValueError as e:
-            # e.g. "features must be finite": the run diverged; say where.
-            raise ValueError(f"training step {self.iteration + 1}: {e}") from e
+            # e.g. "features must be finite": the run diverged; say where, and what to try.
+            hint = (
+                " (if the inputs are finite, the run diverged: lower the learning rate, enable "
+                "gradient clipping, or resume from an earlier checkpoint)"
+                if "finite" in str(e)
+                else ""
+            )
+            raise ValueError(f"training step {self.iteration + 1}: {e}{hint}") from e
         loss = sum(losses.values(), torch.zeros((), device=device))
         if check_now:
             detached = {k: v.detach() for k, v in losses.items()}
@@ -402,13 +434,33 @@ class Trainer:
     def _run_eval(self, logger: MetricLogger) -> dict[str, Any]:
         if self.evaluate is None:
             return {}
-        result = self.evaluate(self.model)
+        # Evaluation must not move the random generators training draws from (a DataLoader
+        # draws its base seed from torch's global generator, which dropout also uses): a run
+        # resumed from a checkpoint, whose evaluation is not repeated, then draws exactly what
+        # an uninterrupted run draws.
+        rng = get_rng_state()
+        try:
+            result = self.evaluate(self.model)
+        finally:
+            set_rng_state(rng)
         record = {"iter": self.iteration, "mode": "eval", **result}
         logger.log(record, step=self.iteration)
         self.history.append(record)
         if self.work_dir is not None and self.dist.is_main:
             CheckpointManifest(self.work_dir).record_eval(self.iteration, result)
         return result
+
+    def _recorded_result(self) -> dict[str, Any] | None:
+        """``metrics.json`` as written when this run reached its iteration, if it is readable."""
+        if self.work_dir is None:
+            return None
+        try:
+            recorded = json.loads((self.work_dir / "metrics.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(recorded, dict) or recorded.get("iteration") != self.iteration:
+            return None
+        return recorded
 
     def _last(self, mode: str) -> dict[str, Any]:
         for r in reversed(self.history):
@@ -421,12 +473,14 @@ class Trainer:
 
         At an iteration due for both, the checkpoint is written first, then the evaluation
         runs. A resumed run first completes an evaluation that was due at its iteration and is
-        not recorded (e.g. one that failed). Resuming a finished run trains nothing and reports
-        the recorded results.
+        not recorded (e.g. one that failed). Resuming a finished run trains nothing, leaves
+        ``metrics.json`` as it is and returns what it records.
 
         Returns:
             ``{"iteration", "seconds", "train": last logged losses, "eval": last evaluation}``,
-            also written to ``work_dir/metrics.json`` on rank 0.
+            also written (atomically) to ``work_dir/metrics.json`` on rank 0. ``seconds`` is the
+            run's time over all its sessions: the earlier ones as recorded in the checkpoint
+            resumed (written before that iteration's evaluation), plus this call's.
         """
         s = self.settings
         self.refuse_later_checkpoints(self.iteration)
@@ -442,12 +496,13 @@ class Trainer:
             label=self.progress_label,
             position=self.progress_position,
         )
-        start = time.perf_counter()
+        self._fit_started = time.perf_counter()
         sums: dict[str, float] = {}
         count = 0
         # Losses stay on the device until a log, checkpoint or evaluation step (or every
         # _READ_EVERY steps) reads them in one synchronisation.
         pending: list[tuple[int, dict[str, Tensor], float]] = []
+        start_iteration, evaluations = self.iteration, len(self.history)
         try:
             if self._eval_due(self.iteration) and not self._evaluated(self.iteration):
                 self._run_eval(logger)
@@ -484,14 +539,22 @@ class Trainer:
                     self._run_eval(logger)
         finally:
             logger.close()
+            self.seconds = self.elapsed()
+            self._fit_started = None
         result = {
             "iteration": self.iteration,
-            "seconds": time.perf_counter() - start,
+            "seconds": self.seconds,
             "train": self._last("train"),
             "eval": self._last("eval"),
         }
+        idle = self.iteration == start_iteration and len(self.history) == evaluations
+        recorded = self._recorded_result() if idle else None
+        if recorded is not None:
+            # A finished run resumed: nothing trained or evaluated, so the file written when
+            # it finished (which also counts its last evaluation's time) stays as it is.
+            return recorded
         if self.work_dir is not None and self.dist.is_main:
-            (self.work_dir / "metrics.json").write_text(
-                json.dumps(json_safe(result), indent=2) + "\n"
+            write_text_atomic(
+                self.work_dir / "metrics.json", json.dumps(json_safe(result), indent=2) + "\n"
             )
         return result

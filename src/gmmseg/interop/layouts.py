@@ -336,6 +336,12 @@ def _mmseg_decoder_kind(head: Mapping[str, Tensor]) -> str:
         return "deeplabv3plus"
     if "fpn_bottleneck.conv.weight" in ks and any(k.startswith("psp_modules.") for k in ks):
         return "upernet"
+    if _segformer_without_fusion(head):
+        raise ValueError(
+            "the checkpoint's decode head has SegFormer's per-stage projections (convs.0-3, "
+            "each from another input width) but no fusion_conv.*: the file is incomplete or "
+            "damaged"
+        )
     if "convs.0.conv.weight" in ks or "conv_cat.conv.weight" in ks:
         return "fcn"
     found = sorted({k.split(".")[0] for k in ks})
@@ -343,6 +349,18 @@ def _mmseg_decoder_kind(head: Mapping[str, Tensor]) -> str:
         f"the checkpoint's decode head (modules {found}) is none of the decoders gmmseg has "
         f"(SegFormer, DeepLabV3+, UPerNet, FCN)"
     )
+
+
+def _segformer_without_fusion(head: Mapping[str, Tensor]) -> bool:
+    """Whether ``head`` is SegFormer's minus ``fusion_conv``.
+
+    That is four ``convs`` whose input widths differ (an FCN's ``convs`` after the first all
+    read its own width) and no FCN ``conv_cat``.
+    """
+    weights = [head.get(f"convs.{i}.conv.weight") for i in range(4)]
+    if "conv_cat.conv.weight" in head or any(w is None or w.ndim != 4 for w in weights):
+        return False
+    return len({int(w.shape[1]) for w in weights[1:] if w is not None}) > 1
 
 
 def _rename_mmseg_decoder(kind: str, key: str) -> str | None:

@@ -7,10 +7,12 @@ import dataclasses
 import json
 import logging
 import os
+import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -28,7 +30,7 @@ from gmmseg.engine import (
     init_distributed,
     load_checkpoint,
 )
-from gmmseg.engine.checkpoint import is_gmmseg_checkpoint
+from gmmseg.engine.checkpoint import is_gmmseg_checkpoint, write_text_atomic
 from gmmseg.engine.distributed import DistInfo
 from gmmseg.engine.stream import AugmentedView, TrainStream
 from gmmseg.heads import GMMClassifier, PosthocMixtures
@@ -89,7 +91,12 @@ def anomaly_summary(result: AnomalyResult) -> dict[str, float]:
 
 
 def _seed_everything(recipe: Recipe) -> None:
+    # gmmseg draws only from torch generators; numpy's and Python's global generators are
+    # seeded too so that user code in transforms or hooks is reproducible, and checkpoints
+    # (which store all three states) of equal runs are equal.
     torch.manual_seed(recipe.train.seed)
+    np.random.seed(recipe.train.seed % 2**32)  # noqa: NPY002 - the legacy global generator
+    random.seed(recipe.train.seed)
     if recipe.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -327,13 +334,17 @@ def train_recipe(
     def check(extra: dict[str, Any]) -> None:
         changed.update(_changed_settings(extra, recipe, tiny, allow_changed_settings))
 
-    if resume is not None and trainer.resume(resume, check=check) and changed:
+    resumed = resume is not None and trainer.resume(resume, check=check)
+    finished = resumed and trainer.iteration >= t.iters
+    if resumed and changed and not finished:
         trainer.history.append({"iter": trainer.iteration, "mode": "resume", "changed": changed})
     # Before anything is written: a new run must not land on another run's checkpoints.
     trainer.refuse_later_checkpoints(trainer.iteration)
-    if out is not None and dist.is_main:
+    # A finished run trains nothing more: its recipe.json keeps the settings it was trained
+    # with, whatever this call's (allowed) changes say.
+    if out is not None and dist.is_main and not finished:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
+        write_text_atomic(out / "recipe.json", json.dumps(recipe.to_dict(), indent=2) + "\n")
     try:
         metrics = trainer.fit()
     finally:

@@ -241,7 +241,8 @@ class TrainConfig:
 
     Attributes:
         iters: optimisation steps.
-        seed: seed of weights, data order and augmentation.
+        seed: seed of weights, data order and augmentation (torch's generators; numpy's and
+            Python's global generators are seeded with it too, for user code).
         deterministic: ``torch.use_deterministic_algorithms(True)`` (and one CPU thread's worth
             of reproducible kernels).
         log_interval: steps between log records.

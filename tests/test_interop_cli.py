@@ -110,6 +110,27 @@ def test_eval_with_the_official_release(tmp_path: Path, capsys: pytest.CaptureFi
     assert "layout 'official'" in captured.err and '"mIoU"' in captured.out
 
 
+def test_anomaly_with_the_official_release(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The release's COCO-Stuff model (171 classes) on a Road Anomaly fixture."""
+    import json
+
+    from gmmseg.testing import write_fixture
+
+    checkpoint, _ = write("official", tmp_path)
+    root = write_fixture("road_anomaly", tmp_path / "data")
+    argv = ["anomaly", "anomaly_segformer_b5_cityscapes", "--checkpoint", str(checkpoint)]
+    argv += ["--datasets", "road_anomaly", "--device", "cpu", "--set", *SMALL]
+    argv += ["data.dataset=coco_stuff10k", f"anomaly.road_anomaly_root={root}"]
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "layout 'official'" in captured.err
+    likelihood = json.loads(captured.out)["road_anomaly"]["likelihood"]
+    assert 0.0 <= likelihood["ap"] <= 1.0 and 0.0 <= likelihood["auroc"] <= 1.0
+
+
 class Untrusted:
     """An arbitrary class pickled in a file's metadata (as mmengine's HistoryBuffer is)."""
 

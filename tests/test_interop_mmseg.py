@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gmmseg.backbones.swin import relative_position_index
+from gmmseg.interop import read_checkpoint
 from gmmseg.recipes import apply_overrides, build_model, get_recipe, load_trained
 from interop_helpers import (
     add_prefix,
@@ -332,6 +333,56 @@ def test_refuses_an_unknown_layout(tmp_path: Path) -> None:
         load_trained(path, recipe, tiny=True)
     with pytest.raises(ValueError, match=r"layout must be 'auto' or one of"):
         load_trained(path, recipe, layout="caffe", tiny=True)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("layout", ["auto", "official", "mmseg", "hf", "nvlabs"])
+def test_a_gmmseg_state_dict_is_named_as_such(tmp_path: Path, layout: str) -> None:
+    """Model.state_dict() saved alone (no gmmseg checkpoint around it), detected or with a layout
+    named: before, a named layout got that layout's message ("decode head (modules [])...")."""
+    recipe, sd = tiny_state("deeplabv3plus_r101_cityscapes_softmax")
+    path = tmp_path / "state_dict.pth"
+    torch.save(sd, path)
+    with pytest.raises(
+        ValueError,
+        match=r"^these tensors are a gmmseg state dict, not a whole checkpoint written by gmmseg: "
+        r"load them with Segmentor\.load_state_dict$",
+    ):
+        load_trained(path, recipe, tiny=True, layout=layout)  # type: ignore[arg-type]
+
+
+def test_refuses_a_backbone_gmmseg_does_not_have(deeplab_file: Path, tmp_path: Path) -> None:
+    """mmsegmentation's MobileNetV2 under a DeepLabV3+ head."""
+    sd = dict(read_checkpoint(deeplab_file).tensors)
+    sd = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
+    sd["backbone.conv1.conv.weight"] = torch.zeros(32, 3, 3, 3)
+    sd["backbone.layer1.0.conv.0.conv.weight"] = torch.zeros(32, 1, 3, 3)
+    path = tmp_path / "mobilenet_v2.pth"
+    torch.save({"state_dict": sd}, path)
+    recipe = get_recipe("deeplabv3plus_r101_cityscapes_softmax")
+    with pytest.raises(
+        ValueError,
+        match=r"^the checkpoint's backbone \(backbone\.\*, first keys \['conv1\.conv\.weight', "
+        r"'layer1\.0\.conv\.0\.conv\.weight'\]\) is not a MiT, Swin or ResNet in a layout "
+        r"gmmseg reads$",
+    ):
+        load_trained(path, recipe, tiny=True)
+
+
+def test_refuses_a_decoder_gmmseg_does_not_have(deeplab_file: Path, tmp_path: Path) -> None:
+    """mmsegmentation's DeepLabV3 (ASPPHead: DeepLabV3+ without c1_bottleneck/sep_bottleneck)."""
+    sd = dict(read_checkpoint(deeplab_file).tensors)
+    plus = ("decode_head.c1_bottleneck.", "decode_head.sep_bottleneck.")
+    sd = {k: v for k, v in sd.items() if not k.startswith(plus)}
+    path = tmp_path / "deeplabv3.pth"
+    torch.save({"state_dict": sd}, path)
+    recipe = get_recipe("deeplabv3plus_r101_cityscapes_softmax")
+    with pytest.raises(
+        ValueError,
+        match=r"^the checkpoint's decode head \(modules \['aspp_modules', 'bottleneck', "
+        r"'conv_seg', 'image_pool'\]\) is none of the decoders gmmseg has \(SegFormer, "
+        r"DeepLabV3\+, UPerNet, FCN\)$",
+    ):
+        load_trained(path, recipe, tiny=True)
 
 
 def test_a_foreign_file_needs_a_recipe(deeplab_file: Path) -> None:

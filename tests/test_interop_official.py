@@ -247,3 +247,84 @@ def test_gmm_shape_mismatch_names_the_setting(
     conversion = convert_checkpoint(read_checkpoint(path).tensors)
     with pytest.raises(ValueError, match=message):
         load_converted(model, conversion)
+
+
+# ------------------------------------------------------------------------------------ refusals
+
+
+def rewritten(release, tmp_path: Path, change) -> Path:
+    """The release file with its state dict changed by ``change(sd)`` (a new dict)."""
+    _, sd, _ = release
+    path = tmp_path / "changed.pth"
+    torch.save({"meta": {"mmcv_version": "1.4.0"}, "state_dict": change(dict(sd))}, path)
+    return path
+
+
+def refused(path: Path, match: str, recipe=None, **kw) -> None:
+    """``load_trained`` refuses the file with a one-line ValueError matching ``match``."""
+    with pytest.raises(ValueError, match=match) as info:
+        load_trained(path, recipe or get_recipe(RECIPE), tiny=True, **kw)
+    assert "\n" not in str(info.value)
+
+
+def test_a_release_file_lacking_gmm_tensors_names_them(release, tmp_path: Path) -> None:
+    def cut(sd):
+        del sd["decode_head.feat_norm.weight"], sd["decode_head.mask_norm.weight"]
+        return sd
+
+    # the file's own names (before: "lacks feat_norm.weight, ...", without decode_head.)
+    refused(
+        rewritten(release, tmp_path, cut),
+        r"^the checkpoint lacks decode_head\.feat_norm\.weight, decode_head\.mask_norm\.weight, "
+        r"which every 'official' file holds",
+    )
+
+
+def test_a_release_file_with_another_decoder_is_not_a_known_release(
+    release, tmp_path: Path
+) -> None:
+    def deeplab(sd):
+        head = ("decode_head.convs.", "decode_head.fusion_conv.")
+        sd = {k: v for k, v in sd.items() if not k.startswith(head)}
+        sd["decode_head.c1_bottleneck.conv.weight"] = torch.zeros(48, 8, 1, 1)
+        sd["decode_head.aspp_modules.0.conv.weight"] = torch.zeros(16, 32, 1, 1)
+        return sd
+
+    refused(
+        rewritten(release, tmp_path, deeplab),
+        r"^an official GMMSeg file with a deeplabv3plus decoder is not a known release$",
+    )
+
+
+def test_an_eye_matrix_not_all_ones_is_refused(release, tmp_path: Path) -> None:
+    def floor(sd):
+        sd["decode_head.eye_matrix"] = torch.ones(8).index_fill(0, torch.tensor([3]), 2.0)
+        return sd
+
+    refused(
+        rewritten(release, tmp_path, floor),
+        r"^decode_head\.eye_matrix is not all ones: this file's variance floor is not a constant",
+    )
+
+
+def test_memory_needs_a_bank_in_the_file(release, tmp_path: Path) -> None:
+    def no_bank(sd):
+        return {k: v for k, v in sd.items() if not k.startswith("decode_head.queue")}
+
+    path = rewritten(release, tmp_path, no_bank)
+    load_trained(path, get_recipe(RECIPE), tiny=True)  # an inference load needs no bank
+    refused(path, r"^memory=True, but the checkpoint holds no GMM memory bank$", memory=True)
+
+
+def test_memory_needs_a_ring_memory_in_the_recipe(release) -> None:
+    from gmmseg.recipes import apply_overrides
+
+    path, _, _ = release
+    recipe = apply_overrides(get_recipe(RECIPE), ["model.gmm.memory=stats"])
+    load_trained(path, recipe, tiny=True)  # an inference load reads no bank
+    refused(
+        path,
+        r"^memory=True needs a GMM classifier with a ring memory \(gmm\.memory='ring'\)$",
+        recipe,
+        memory=True,
+    )

@@ -147,3 +147,92 @@ def test_full_size_b0_detects_backbone_and_decoder_width(tmp_path: Path) -> None
     assert fitted.model.decoder_channels == 256
     err32, _ = compare(model, hf)
     assert err32 <= 2e-5, err32
+
+
+@pytest.mark.parametrize(
+    ("layout", "backbone", "found"),
+    [
+        # transformers' Swin names under segformer.
+        ("hf", {"segformer.embeddings.patch_embeddings.projection.weight": (8, 3, 4, 4)}, "Swin"),
+        # mmsegmentation's ResNet-V1c under backbone. (before: the converter's internal
+        # "source must be 'torchvision', 'timm', 'mmseg' or 'gmmseg' ..., got 'official'")
+        ("nvlabs", {"backbone.stem.0.weight": (32, 3, 3, 3)}, "ResNet"),
+    ],
+)
+def test_a_segformer_file_without_a_mit_is_refused(
+    saved: tuple[Path, Path, torch.nn.Module],
+    tmp_path: Path,
+    layout: str,
+    backbone: dict[str, tuple[int, ...]],
+    found: str,
+) -> None:
+    _, _, hf = saved
+    head = nvlabs_state(hf) if layout == "nvlabs" else hf.state_dict()
+    sd = {k: v for k, v in head.items() if k.startswith("decode_head.")}
+    sd.update({k: torch.zeros(shape) for k, shape in backbone.items()})
+    path = tmp_path / "other_backbone.pth"
+    torch.save({"state_dict": sd}, path)
+    for named in ("auto", layout):
+        with pytest.raises(
+            ValueError,
+            match=rf"^a '{layout}' SegFormer file must hold a MiT backbone, found a {found}$",
+        ):
+            load_trained(path, get_recipe(RECIPE), tiny=True, layout=named)  # type: ignore[arg-type]
+
+
+def test_an_image_classification_model_is_not_called_a_gmmseg_state_dict(
+    saved: tuple[Path, Path, torch.nn.Module], tmp_path: Path
+) -> None:
+    """SegformerForImageClassification (Hugging Face's ImageNet MiT files: segformer.* and a
+    top-level classifier.*); before, detection called it a gmmseg state dict."""
+    _, _, hf = saved
+    transformers.SegformerForImageClassification(hf.config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"^unknown checkpoint layout \(first keys") as info:
+        load_trained(tmp_path, get_recipe(RECIPE), tiny=True)
+    assert "\n" not in str(info.value)
+    with pytest.raises(
+        ValueError,
+        match=r"^the checkpoint lacks decode_head\.classifier\.weight, which every 'hf' file holds",
+    ):
+        load_trained(tmp_path, get_recipe(RECIPE), tiny=True, layout="hf")
+
+
+@pytest.mark.parametrize("index", ["model.safetensors.index.json", "pytorch_model.bin.index.json"])
+def test_sharded_folders_read_as_one_file(
+    saved: tuple[Path, Path, torch.nn.Module], tmp_path: Path, index: str
+) -> None:
+    """save_pretrained(max_shard_size=...): an index naming each tensor's shard."""
+    import json
+
+    from gmmseg.interop import read_checkpoint
+
+    st, _, hf = saved
+    whole = read_checkpoint(st).tensors
+    folder = tmp_path / "sharded"
+    if index.startswith("model."):
+        hf.save_pretrained(folder, max_shard_size="20KB")  # transformers' own sharding
+    else:  # transformers 4.x's torch.save shards (5.x writes safetensors only)
+        folder.mkdir()
+        (folder / "config.json").write_text((st / "config.json").read_text())
+        names = sorted(whole)
+        parts = [names[: len(names) // 2], names[len(names) // 2 :]]
+        weight_map = {}
+        for i, part in enumerate(parts, 1):
+            shard = f"pytorch_model-{i:05d}-of-00002.bin"
+            torch.save({k: whole[k] for k in part}, folder / shard)
+            weight_map.update(dict.fromkeys(part, shard))
+        (folder / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    shards = set(json.loads((folder / index).read_text())["weight_map"].values())
+    assert len(shards) > 1
+    got = read_checkpoint(folder)
+    assert got.meta["model_type"] == "segformer"
+    assert got.mapped == index.startswith("pytorch_model")  # torch.save shards are mapped
+    assert sorted(got.tensors) == sorted(whole)
+    for k, v in whole.items():
+        assert torch.equal(got.tensors[k], v), k
+    model, _ = load_trained(folder, get_recipe(RECIPE), tiny=True)
+    err32, _ = compare(model, hf)
+    assert err32 <= 2e-5, err32
+    (folder / sorted(shards)[-1]).unlink()
+    with pytest.raises(FileNotFoundError, match=sorted(shards)[-1]):
+        read_checkpoint(folder)

@@ -252,9 +252,12 @@ def _read_folder(path: Path, trust: bool) -> CheckpointFile:
         if index.is_file():
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             tensors: dict[str, Tensor] = {}
+            mapped = bool(shards)
             for shard in shards:
-                tensors.update(_read_file(path / shard, trust).tensors)
-            return CheckpointFile(path, tensors, meta)
+                part = _read_file(path / shard, trust)
+                tensors.update(part.tensors)
+                mapped = mapped and part.mapped
+            return CheckpointFile(path, tensors, meta, mapped=mapped)
     for name in _HF_WEIGHTS:
         if (path / name).is_file():
             inner = _read_file(path / name, trust)

@@ -195,18 +195,28 @@ def detect_layout(keys: Iterable[str]) -> str:
         return "nvlabs"
     if "decode_head.conv_seg.weight" in s and any(k.startswith("backbone.") for k in ks):
         return "mmseg"
-    if any(k.startswith(("backbone.", "decoder.", "classifier.")) for k in ks) and any(
-        k.startswith("classifier.") for k in ks
-    ):
-        raise ValueError(
-            "these tensors are a gmmseg state dict, not a whole checkpoint written by gmmseg: "
-            "load them with Segmentor.load_state_dict"
-        )
+    _refuse_gmmseg_state(ks)
     raise ValueError(
         f"unknown checkpoint layout (first keys: {ks[:4]}): not an official GMMSeg, "
         f"mmsegmentation, Hugging Face SegFormer or NVlabs SegFormer segmentation model; "
         f"name the layout if it is one of {list(FOREIGN_LAYOUTS)}"
     )
+
+
+def _refuse_gmmseg_state(keys: list[str]) -> None:
+    """Refuse a gmmseg :class:`Segmentor` state dict.
+
+    That is ``backbone.``, ``decoder.`` and ``classifier.`` tensors only, some ``classifier.``;
+    checking every key keeps other files with a top-level ``classifier`` out (a Hugging Face
+    ``SegformerForImageClassification`` holds ``segformer.*`` and ``classifier.*``).
+    """
+    if any(k.startswith("classifier.") for k in keys) and all(
+        k.split(".", 1)[0] in ("backbone", "decoder", "classifier") for k in keys
+    ):
+        raise ValueError(
+            "these tensors are a gmmseg state dict, not a whole checkpoint written by gmmseg: "
+            "load them with Segmentor.load_state_dict"
+        )
 
 
 def _split(
@@ -264,9 +274,12 @@ def _describe_backbone(
 
 
 def _convert_backbone(
-    tensors: Mapping[str, Tensor], prefix: str, source: str, layout: str
+    tensors: Mapping[str, Tensor], prefix: str, source: str, layout: str, *, mit_only: bool = False
 ) -> tuple[str, Converted]:
-    """Family and conversion of the ``prefix``-ed backbone tensors in the ``source`` layout."""
+    """Family and conversion of the ``prefix``-ed backbone tensors in the ``source`` layout.
+
+    With ``mit_only`` (the SegFormer layouts), another family is refused before conversion.
+    """
     state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     keys = list(state)
     if not keys:
@@ -280,6 +293,13 @@ def _convert_backbone(
         )
     if detect_mit_source(keys) is not None:
         return "mit", convert_mit(state, source)
+    if mit_only:
+        found = f"another backbone ({prefix}*, first keys {keys[:3]})"
+        if detect_swin_source(keys) is not None:
+            found = "a Swin"
+        elif detect_resnet_source(keys) is not None:
+            found = "a ResNet"
+        raise ValueError(f"a {layout!r} SegFormer file must hold a MiT backbone, found {found}")
     if detect_swin_source(keys) is not None:
         return "swin", convert_swin(state, source)
     if detect_resnet_source(keys) is not None:
@@ -394,8 +414,9 @@ def _add(conv: Conversion, target: str, source: str | None, value: Tensor) -> No
         conv.sources[target] = source
 
 
-def _require(tensors: Mapping[str, Tensor], keys: Iterable[str], layout: str) -> None:
-    missing = [k for k in keys if k not in tensors]
+def _require(head: Mapping[str, Tensor], keys: Iterable[str], layout: str) -> None:
+    """Refuse a decode head (``decode_head.*`` without the prefix) that lacks ``keys``."""
+    missing = [f"decode_head.{k}" for k in keys if k not in head]
     if missing:
         raise ValueError(
             f"the checkpoint lacks {_listing(missing)}, which every {layout!r} file holds: "
@@ -509,7 +530,7 @@ def _convert_gmm_head(conv: Conversion, head: Mapping[str, Tensor]) -> None:
 def _convert_linear_segformer(tensors: Mapping[str, Tensor], layout: str) -> Conversion:
     """Hugging Face / NVlabs files: MiT + SegFormer decoder with per-stage Linear projections."""
     if layout == "hf":
-        family, bb = _convert_backbone(tensors, "segformer.", "hf", layout)
+        family, bb = _convert_backbone(tensors, "segformer.", "hf", layout, mit_only=True)
         head, rest = _split(tensors, "decode_head.")
         rules = [
             (
@@ -524,7 +545,7 @@ def _convert_linear_segformer(tensors: Mapping[str, Tensor], layout: str) -> Con
     else:
         # The backbone converters' source "official" is NVlabs' SegFormer release (the MiT's
         # original code), not the GMMSeg release that this module's layout "official" names.
-        family, bb = _convert_backbone(tensors, "backbone.", "official", layout)
+        family, bb = _convert_backbone(tensors, "backbone.", "official", layout, mit_only=True)
         head, rest = _split(tensors, "decode_head.")
         head = {
             re.sub(r"^linear_c(\d)\.", lambda m: f"linear_c.{int(m.group(1)) - 1}.", k): v
@@ -537,8 +558,6 @@ def _convert_linear_segformer(tensors: Mapping[str, Tensor], layout: str) -> Con
             (r"linear_pred\.(weight|bias)", r"classifier.classifier.\1"),
         ]
         prefix, classifier = "backbone.", "linear_pred.weight"
-    if family != "mit":
-        raise ValueError(f"a {layout!r} SegFormer file must hold a MiT backbone, found {family}")
     _require(head, [classifier], layout)
     name, shape, _ = _describe_backbone(family, bb.state_dict)
     fuse = "linear_fuse.weight" if layout == "hf" else "linear_fuse.conv.weight"
@@ -598,6 +617,7 @@ def convert_checkpoint(tensors: Mapping[str, Tensor], layout: Layout = "auto") -
     """
     if layout not in ("auto", *FOREIGN_LAYOUTS):
         raise ValueError(f"layout must be 'auto' or one of {list(FOREIGN_LAYOUTS)}, got {layout!r}")
+    _refuse_gmmseg_state(list(tensors))  # also when a layout is named
     found = detect_layout(tensors) if layout == "auto" else layout
     if found in ("official", "mmseg"):
         return _convert_mmcv(tensors, found)

@@ -324,7 +324,7 @@ def test_memory_needs_a_ring_memory_in_the_recipe(release) -> None:
     load_trained(path, recipe, tiny=True)  # an inference load reads no bank
     refused(
         path,
-        r"^memory=True needs a GMM classifier with a ring memory \(gmm\.memory='ring'\)$",
+        r"^memory=True needs a GMM classifier with a ring memory \(set model\.gmm\.memory=ring\)$",
         recipe,
         memory=True,
     )

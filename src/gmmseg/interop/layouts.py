@@ -214,8 +214,9 @@ def _refuse_gmmseg_state(keys: list[str]) -> None:
         k.split(".", 1)[0] in ("backbone", "decoder", "classifier") for k in keys
     ):
         raise ValueError(
-            "these tensors are a gmmseg state dict, not a whole checkpoint written by gmmseg: "
-            "load them with Segmentor.load_state_dict"
+            "these tensors are a gmmseg state dict, not a whole checkpoint written by gmmseg "
+            "(gmmseg train writes iter_*.pt files, which the commands take): load them in "
+            "Python with Segmentor.load_state_dict on a model built from the recipe"
         )
 
 
@@ -758,7 +759,8 @@ def load_converted(
             bank = classifier.memory_bank
             if bank is None:
                 raise ValueError(
-                    "memory=True needs a GMM classifier with a ring memory (gmm.memory='ring')"
+                    "memory=True needs a GMM classifier with a ring memory "
+                    "(set model.gmm.memory=ring)"
                 )
             bank.load_original(conversion.memory["queue"], conversion.memory["queue_ptr"])
             memory_loaded = True

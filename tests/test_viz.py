@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -329,3 +330,25 @@ def test_plot_curves_writes_png(tmp_path: Path) -> None:
         assert im.format == "PNG"
         assert im.size == (900, 400)  # figsize (9, 4) at 100 dpi
         im.load()
+
+
+def test_curve_points_keep_the_ends_and_a_point_per_length_step() -> None:
+    from gmmseg.viz import curve_points
+
+    rng = np.random.default_rng(0)
+    n, keep = 200_000, 1000
+    x = np.cumsum(rng.exponential(size=n))
+    x /= x[-1]
+    y = np.sqrt(x) + 0.01 * rng.normal(size=n)  # a noisy precision-like curve
+    kx, ky = curve_points(x, y, keep)
+    idx = np.searchsorted(x, kx)
+    assert np.array_equal(x[idx], kx) and np.array_equal(y[idx], ky)  # a subsequence
+    assert idx[0] == 0 and idx[-1] == n - 1 and np.all(np.diff(idx) > 0)
+    assert len(idx) <= keep + 2
+    step = np.abs(np.diff(x)) + np.abs(np.diff(y))
+    total = step.sum()
+    # between two kept points the curve moves at most one length step (plus one raw step)
+    for a, b in itertools.pairwise(idx):
+        assert step[a:b].sum() <= total / keep + step[a:b].max() + 1e-12
+    short = np.array([0.0, 0.5, 1.0])
+    assert curve_points(short, short, keep)[0] is short  # small curves are drawn whole

@@ -17,6 +17,7 @@ from torch import Tensor
 
 __all__ = [
     "colorize",
+    "curve_points",
     "heatmap",
     "image_grid",
     "overlay",
@@ -194,12 +195,46 @@ def image_grid(
     return grid
 
 
+def curve_points(
+    x: NDArray[Any], y: NDArray[Any], max_points: int = 4000
+) -> tuple[NDArray[Any], NDArray[Any]]:
+    """The points of a curve worth drawing: at most about ``max_points`` of them.
+
+    A pixel-level anomaly curve has one point per distinct score (hundreds of thousands), far
+    more than a figure can show, and drawing them all is slow. The points kept are the first,
+    the last and one wherever the curve's length (``Σ |dx| + |dy|``) passes another
+    ``1 / max_points`` of its total, so every stretch of the curve keeps points in proportion to
+    how far it moves. A drawing change only: metrics are computed from every point.
+
+    Args:
+        x: (N,) coordinates along the horizontal axis.
+        y: (N,) coordinates along the vertical axis.
+        max_points: about how many points to keep (at most ``max_points + 2``).
+
+    Returns:
+        ``(x[keep], y[keep])``: a subsequence of the curve's points, in order.
+    """
+    n = len(x)
+    if n <= max_points + 2:
+        return x, y
+    step = np.abs(np.diff(x.astype(np.float64))) + np.abs(np.diff(y.astype(np.float64)))
+    length = np.concatenate([[0.0], np.cumsum(step)])
+    if length[-1] == 0:
+        return x[[0, -1]], y[[0, -1]]
+    bins = np.floor(length * (max_points / length[-1])).astype(np.int64)
+    keep = np.flatnonzero(np.diff(bins, prepend=-1) != 0)  # first point of each length bin
+    keep = np.union1d(keep, [n - 1])
+    return x[keep], y[keep]
+
+
 def plot_curves(
     curves: Mapping[str, tuple[Tensor, Tensor, Tensor, Tensor]],
     path: Path | str,
     title: str = "",
 ) -> Path:
     """Save ROC and precision-recall curves side by side (needs matplotlib).
+
+    Each curve is drawn through at most about 4000 of its points (:func:`curve_points`).
 
     Args:
         curves: name → (fpr, tpr, recall, precision) 1-d tensors (e.g. from
@@ -222,8 +257,8 @@ def plot_curves(
         raise ImportError("plot_curves needs matplotlib: pip install 'gmmseg[viz]'") from e
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(9, 4))
     for name, (fpr, tpr, recall, precision) in curves.items():
-        roc_ax.plot(_np(fpr), _np(tpr), label=name)
-        pr_ax.plot(_np(recall), _np(precision), label=name)
+        roc_ax.plot(*curve_points(_np(fpr), _np(tpr)), label=name)
+        pr_ax.plot(*curve_points(_np(recall), _np(precision)), label=name)
     roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall")
     for ax in (roc_ax, pr_ax):

@@ -216,3 +216,27 @@ def test_a_failed_write_does_not_guess_a_full_disk(
     with pytest.raises(OSError, match="cannot pickle") as info:
         save_checkpoint(tmp_path / "iter_00000001.pt", _state())
     assert "disk" not in str(info.value)
+
+
+def test_rng_state_leaves_cuda_alone_unless_the_process_uses_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gmmseg.engine.checkpoint import get_rng_state, set_rng_state
+
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(3)] * 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: calls.append(("set", i)))
+    # a CPU run on a machine with a GPU: CUDA not started, so neither read nor written
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    state = get_rng_state()
+    assert "cuda" not in state
+    set_rng_state({**state, "cuda": [torch.zeros(3)] * 3})
+    assert calls == []
+    # a CUDA run: saved, and restored for the devices this machine has (3 saved, 2 here)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    state = get_rng_state()
+    assert len(state["cuda"]) == 2
+    set_rng_state({**state, "cuda": [torch.zeros(3)] * 3})
+    assert calls == [("set", 0), ("set", 1)]

@@ -369,7 +369,8 @@ def test_resuming_a_finished_run_keeps_its_metrics(tmp_path: Path) -> None:
     assert again["eval"] == first["eval"] and again["eval"]
     assert after["eval"] == before["eval"] and after["train"] == before["train"]
     assert after["train"]["loss"] == pytest.approx(first["train"]["loss"])
-    # Before: "seconds" became the resumed session's (8e-6 s). Now the file is left as it was.
+    # Before: "seconds" became the resumed session's (next to nothing). Now the file is left
+    # as it was.
     assert after == before and again["seconds"] == before["seconds"] > 0
     state = load_checkpoint(latest_checkpoint(tmp_path / "w"))  # type: ignore[arg-type]
     assert 0 < state["seconds"] <= before["seconds"]  # written before the last evaluation
@@ -378,6 +379,8 @@ def test_resuming_a_finished_run_keeps_its_metrics(tmp_path: Path) -> None:
 def test_seconds_count_every_session_of_a_resumed_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import time
+
     import gmmseg.recipes.run as run_module
 
     recipe = apply_overrides(tiny_demo(tmp_path), ["train.eval_interval=3"])
@@ -385,15 +388,28 @@ def test_seconds_count_every_session_of_a_resumed_run(
     def broken(*args: object, **kwargs: object) -> object:
         raise OSError("evaluation failed")
 
+    # The first session is made slow (1 s per step), so that the second, fast one alone
+    # could not report as much: its result must carry the first session's seconds.
+    step = Trainer._step
+
+    def slow_step(self: Trainer, batch: dict[str, Any]) -> Any:
+        time.sleep(1.0)
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_step", slow_step)
     monkeypatch.setattr(run_module, "evaluate_segmentation", broken)
+    start = time.perf_counter()
     with pytest.raises(OSError, match="evaluation failed"):
         train_recipe(recipe, tmp_path / "w", tiny=True, progress=False)
     first = load_checkpoint(tmp_path / "w" / "iter_00000003.pt")["seconds"]
-    assert first > 0
+    assert 3.0 <= first <= time.perf_counter() - start
     monkeypatch.undo()
+    start = time.perf_counter()
     _, result = train_recipe(recipe, tmp_path / "w", resume="auto", tiny=True, progress=False)
+    second = time.perf_counter() - start
+    assert second < first  # the fast session alone
     last = load_checkpoint(tmp_path / "w" / "iter_00000006.pt")["seconds"]
-    assert first < last <= result["seconds"]
+    assert first < last <= result["seconds"] <= first + second
     assert json.loads((tmp_path / "w" / "metrics.json").read_text())["seconds"] == result["seconds"]
 
 

@@ -325,6 +325,18 @@ def test_a_segformer_head_without_its_fusion_conv_is_called_damaged(tmp_path: Pa
         load_trained(path, recipe, tiny=True)
 
 
+def test_a_torchvision_segmentation_file_is_not_called_a_gmmseg_state_dict(
+    tmp_path: Path,
+) -> None:
+    # torchvision's deeplabv3_resnet50 (aux_loss off): backbone.* and classifier.* only.
+    path = tmp_path / "deeplabv3_resnet50.pth"
+    keys = ["backbone.conv1.weight", "backbone.bn1.weight", "classifier.0.convs.0.0.weight"]
+    torch.save({k: torch.zeros(2) for k in [*keys, "classifier.4.weight"]}, path)
+    recipe = get_recipe("deeplabv3plus_r101_cityscapes_softmax")
+    with pytest.raises(ValueError, match=r"^unknown checkpoint layout \(first keys"):
+        load_trained(path, recipe, tiny=True)
+
+
 def test_refuses_an_unknown_layout(tmp_path: Path) -> None:
     path = tmp_path / "other.pth"
     torch.save({"state_dict": {"encoder.conv.weight": torch.zeros(2, 3, 3, 3)}}, path)

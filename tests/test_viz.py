@@ -352,3 +352,7 @@ def test_curve_points_keep_the_ends_and_a_point_per_length_step() -> None:
         assert step[a:b].sum() <= total / keep + step[a:b].max() + 1e-12
     short = np.array([0.0, 0.5, 1.0])
     assert curve_points(short, short, keep)[0] is short  # small curves are drawn whole
+    with pytest.raises(ValueError, match=r"x and y must be 1-d arrays of one length"):
+        curve_points(short, short[:2])
+    with pytest.raises(ValueError, match=r"max_points must be >= 1, got 0"):
+        curve_points(short, short, 0)

@@ -213,7 +213,16 @@ def curve_points(
 
     Returns:
         ``(x[keep], y[keep])``: a subsequence of the curve's points, in order.
+
+    Raises:
+        ValueError: ``x`` and ``y`` are not 1-d arrays of one length, or ``max_points < 1``.
     """
+    if x.ndim != 1 or y.shape != x.shape:
+        raise ValueError(
+            f"x and y must be 1-d arrays of one length, got shapes {x.shape} and {y.shape}"
+        )
+    if max_points < 1:
+        raise ValueError(f"max_points must be >= 1, got {max_points}")
     n = len(x)
     if n <= max_points + 2:
         return x, y

@@ -143,6 +143,10 @@ def write_text_atomic(path: Path | str, text: str) -> Path:
     For a work folder's ``metrics.json`` and ``recipe.json``: a killed write leaves the
     previous file whole.
 
+    Args:
+        path: destination file.
+        text: its whole content.
+
     Returns:
         ``path``.
 
@@ -444,19 +448,32 @@ def get_rng_state() -> dict[str, Any]:
         "numpy": (kind, torch.from_numpy(np.asarray(keys).copy()), pos, has_gauss, cached),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
+    # Only a process that uses CUDA has CUDA generators worth saving; asking for them would
+    # start CUDA in a CPU run on a machine with a GPU.
+    if _cuda_in_use():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def _cuda_in_use() -> bool:
+    """Whether this process has started CUDA (torch types ``is_initialized`` loosely)."""
+    return torch.cuda.is_available() and bool(torch.cuda.is_initialized())  # type: ignore[no-untyped-call]
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the generators saved by :func:`get_rng_state`."""
+    """Restore the generators saved by :func:`get_rng_state`.
+
+    CUDA generators are restored only in a process that uses CUDA, one per visible device (a
+    checkpoint written on a machine with more GPUs restores the first ones).
+    """
     random.setstate(_to_tuple(state["python"]))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))  # noqa: NPY002
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and _cuda_in_use():
+        cuda_states = list(state["cuda"])
+        for index in range(min(len(cuda_states), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(cuda_states[index], index)
 
 
 def _to_tuple(x: Any) -> Any:

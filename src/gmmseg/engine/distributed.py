@@ -39,7 +39,8 @@ def select_device(device: str | None, local_rank: int = 0) -> torch.device:
     """``device`` if given, else ``cuda:local_rank`` when CUDA is available, else CPU.
 
     Raises:
-        ValueError: an invalid device name, or a CUDA device requested without CUDA.
+        ValueError: an invalid device name; a device type other than cpu and cuda; a CUDA
+            device requested without CUDA, or with an index past the last GPU.
     """
     if device is None or device == "auto":
         return (

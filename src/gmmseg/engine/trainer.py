@@ -209,8 +209,9 @@ class Trainer:
     def elapsed(self) -> float:
         """Seconds of training in this run, over all its sessions.
 
-        The earlier sessions' as of the checkpoint resumed, plus the current :meth:`fit`'s so
-        far.
+        Returns:
+            The earlier sessions' seconds as of the checkpoint resumed, plus the current
+            :meth:`fit`'s so far.
         """
         if self._fit_started is None:
             return self.seconds
@@ -416,6 +417,19 @@ class Trainer:
             out.append(record)
         return out
 
+    @property
+    def finished(self) -> bool:
+        """Whether :meth:`fit` has nothing left to do.
+
+        That is, every step trained and the evaluation due at the last one (if any) recorded.
+        """
+        evaluation_pending = (
+            self.evaluate is not None
+            and self._eval_due(self.iteration)
+            and not self._evaluated(self.iteration)
+        )
+        return self.iteration >= self.settings.max_iters and not evaluation_pending
+
     def _evaluated(self, iteration: int) -> bool:
         return any(r.get("mode") == "eval" and r.get("iter") == iteration for r in self.history)
 
@@ -484,6 +498,13 @@ class Trainer:
         """
         s = self.settings
         self.refuse_later_checkpoints(self.iteration)
+        if self.finished:
+            recorded = self._recorded_result()
+            if recorded is not None:
+                # A finished run resumed: nothing to train or evaluate, so no file is written
+                # (no log, no event file) and metrics.json, which also counts the last
+                # evaluation's time, stays as it is.
+                return recorded
         if self.work_dir is not None and self.dist.is_main:
             remove_stale_temporaries(self.work_dir)
         logger = MetricLogger(
@@ -502,7 +523,6 @@ class Trainer:
         # Losses stay on the device until a log, checkpoint or evaluation step (or every
         # _READ_EVERY steps) reads them in one synchronisation.
         pending: list[tuple[int, dict[str, Tensor], float]] = []
-        start_iteration, evaluations = self.iteration, len(self.history)
         try:
             if self._eval_due(self.iteration) and not self._evaluated(self.iteration):
                 self._run_eval(logger)
@@ -547,12 +567,6 @@ class Trainer:
             "train": self._last("train"),
             "eval": self._last("eval"),
         }
-        idle = self.iteration == start_iteration and len(self.history) == evaluations
-        recorded = self._recorded_result() if idle else None
-        if recorded is not None:
-            # A finished run resumed: nothing trained or evaluated, so the file written when
-            # it finished (which also counts its last evaluation's time) stays as it is.
-            return recorded
         if self.work_dir is not None and self.dist.is_main:
             write_text_atomic(
                 self.work_dir / "metrics.json", json.dumps(json_safe(result), indent=2) + "\n"

@@ -206,13 +206,14 @@ def detect_layout(keys: Iterable[str]) -> str:
 def _refuse_gmmseg_state(keys: list[str]) -> None:
     """Refuse a gmmseg :class:`Segmentor` state dict.
 
-    That is ``backbone.``, ``decoder.`` and ``classifier.`` tensors only, some ``classifier.``;
-    checking every key keeps other files with a top-level ``classifier`` out (a Hugging Face
-    ``SegformerForImageClassification`` holds ``segformer.*`` and ``classifier.*``).
+    That is ``backbone.``, ``decoder.`` and ``classifier.`` tensors only, some ``decoder.``
+    and some ``classifier.``; checking every key keeps other files with a top-level
+    ``classifier`` out (a Hugging Face ``SegformerForImageClassification`` holds
+    ``segformer.*`` and ``classifier.*``; torchvision's segmentation models hold
+    ``backbone.*`` and ``classifier.*`` but no ``decoder.*``).
     """
-    if any(k.startswith("classifier.") for k in keys) and all(
-        k.split(".", 1)[0] in ("backbone", "decoder", "classifier") for k in keys
-    ):
+    prefixes = {k.split(".", 1)[0] for k in keys}
+    if {"decoder", "classifier"} <= prefixes <= {"backbone", "decoder", "classifier"}:
         raise ValueError(
             "these tensors are a gmmseg state dict, not a whole checkpoint written by gmmseg "
             "(gmmseg train writes iter_*.pt files, which the commands take): load them in "

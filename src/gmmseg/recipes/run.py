@@ -335,14 +335,15 @@ def train_recipe(
         changed.update(_changed_settings(extra, recipe, tiny, allow_changed_settings))
 
     resumed = resume is not None and trainer.resume(resume, check=check)
-    finished = resumed and trainer.iteration >= t.iters
+    # A finished run (every step trained, its last evaluation recorded) does nothing more:
+    # its recipe.json keeps the settings it was trained with, whatever this call's (allowed)
+    # changes say.
+    finished = resumed and trainer.finished
     if resumed and changed and not finished:
         trainer.history.append({"iter": trainer.iteration, "mode": "resume", "changed": changed})
     # Before anything is written: a new run must not land on another run's checkpoints.
     trainer.refuse_later_checkpoints(trainer.iteration)
-    # A finished run trains nothing more: its recipe.json keeps the settings it was trained
-    # with, whatever this call's (allowed) changes say.
-    if out is not None and dist.is_main and not finished:
+    if out is not None and dist.is_main and not (finished and (out / "recipe.json").exists()):
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "recipe.json", json.dumps(recipe.to_dict(), indent=2) + "\n")
     try:
